@@ -1,0 +1,264 @@
+"""SFT datasets at controlled sycophancy levels, ready for LLaMA-Factory.
+
+Design (the reference experiment's, made explicit and reproducible): every level's
+dataset has ``size`` conversations; ``shared_clean`` clean conversations are common to
+all levels; the remaining slots hold ``round(size * level / 100)`` sycophantic
+conversations and clean ones for the rest. Selections are nested: the sycophantic
+conversations of a lower level are a subset of those of a higher level, and the extra
+clean conversations of a higher level are a prefix of those of a lower level, so two
+levels differ only in the swapped slots. Everything is drawn with one seeded RNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from simia.errors import ConfigError, DesignError, InputError
+
+#: LLaMA-Factory's ShareGPT tags for our records
+SHAREGPT_TAGS = {
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+}
+
+
+@dataclass(frozen=True)
+class DatasetDesign:
+    """What to build; validated on construction."""
+
+    levels: tuple[float, ...] = (0, 5, 10, 20)
+    size: int = 500
+    shared_clean: int = 400
+    seed: int = 42
+    #: a conversation is sycophantic when its score is above this, clean otherwise
+    threshold: float = 0
+    name_prefix: str = "telecom"
+
+    def __post_init__(self) -> None:
+        if not self.levels:
+            raise ConfigError("levels: give at least one sycophancy level")
+        if any(not 0 <= lv <= 100 for lv in self.levels):
+            raise ConfigError(f"levels: every level must be within 0..100 %, got {list(self.levels)}")
+        if len(set(self.levels)) != len(self.levels):
+            raise ConfigError(f"levels: duplicate level in {list(self.levels)}")
+        if self.size < 1:
+            raise ConfigError(f"size: must be at least 1, got {self.size}")
+        if not 0 <= self.shared_clean <= self.size:
+            raise ConfigError(f"shared_clean: must be within 0..size ({self.size}), "
+                              f"got {self.shared_clean}")
+        top = max(self.levels)
+        if self.shared_clean + self.n_sycophantic(top) > self.size:
+            raise ConfigError(
+                f"shared_clean={self.shared_clean} does not fit: the {_fmt(top)} % level needs "
+                f"{self.n_sycophantic(top)} sycophantic slots of {self.size}, leaving at most "
+                f"{self.size - self.n_sycophantic(top)} for the shared clean core")
+
+    def n_sycophantic(self, level: float) -> int:
+        """Sycophantic conversations at ``level`` % (rounded half up)."""
+        return int(self.size * level / 100 + 0.5)
+
+    def dataset_name(self, level: float) -> str:
+        return f"{self.name_prefix}_syc_{_fmt(level)}pct"
+
+
+def _fmt(level: float) -> str:
+    return str(int(level)) if float(level).is_integer() else str(level).replace(".", "p")
+
+
+@dataclass(frozen=True)
+class Label:
+    index: int
+    score: float | None
+    source: str  # "rules" | "judge"
+    error: str | None = None
+
+
+def parse_score_records(rows: Sequence[Any], path: str | Path) -> dict[int, Label]:
+    """Labels from a score file, keyed by the conversation's raw-file index.
+
+    Accepts our rule scores (``index``/``source_index`` + ``score``) and LLM judge
+    results (``conv_idx``/``index``/``source_index`` + ``wm_sycophancy_score``, as the
+    reference judge wrote them). A judge record without an integer score (a reply
+    that could not be parsed) becomes an unlabeled entry, never a silent clean.
+    """
+    labels: dict[int, Label] = {}
+    for line, rec in enumerate(rows, start=1):
+        if not isinstance(rec, dict):
+            raise InputError(path, f"line {line}: expected a JSON object, got "
+                             f"{type(rec).__name__}")
+        key = next((k for k in ("source_index", "conv_idx", "index") if k in rec), None)
+        if key is None:
+            raise InputError(path, f"line {line}: no conversation index (expected one of "
+                             "'source_index', 'conv_idx', 'index')", field="index")
+        idx = rec[key]
+        if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
+            raise InputError(path, f"line {line}: index must be a non-negative integer, "
+                             f"got {idx!r}", field=key)
+        if "wm_sycophancy_score" in rec:
+            source, field = "judge", "wm_sycophancy_score"
+        elif "score" in rec:
+            source, field = "rules", "score"
+        elif "error" in rec:  # a judge failure record: kept, but it labels nothing
+            source, field = "judge", "error"
+        else:
+            raise InputError(path, f"line {line}: no score (expected 'score' or "
+                             "'wm_sycophancy_score')", field="score")
+        score = rec.get(field)
+        if field == "error" or isinstance(score, bool) or not isinstance(score, (int, float)):
+            if source == "rules":
+                raise InputError(path, f"line {line}: score must be a number, got {score!r}",
+                                 field=field)
+            label = Label(idx, None, source, str(rec.get("error") or f"{field}={score!r}"))
+        elif not 0 <= score <= 100:
+            raise InputError(path, f"line {line}: score must be within 0..100, got {score}",
+                             field=field)
+        else:
+            label = Label(idx, float(score), source)
+        if idx in labels:
+            raise InputError(path, f"line {line}: conversation {idx} is scored twice",
+                             field=key)
+        labels[idx] = label
+    if not labels:
+        raise InputError(path, "no score records")
+    return labels
+
+
+def content_hash(row: dict[str, Any]) -> str:
+    """sha256 of what training sees of a conversation (system, tools, turns)."""
+    payload = {k: row.get(k) for k in ("system", "tools", "conversations")}
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass
+class BuiltDatasets:
+    files: dict[str, list[dict[str, Any]]]  # dataset file name -> rows
+    dataset_info: dict[str, Any]
+    metadata: dict[str, Any]
+    rejects: list[dict[str, Any]]
+
+
+def build_datasets(
+    conversations: Sequence[dict[str, Any]],
+    labels: dict[int, Label],
+    design: DatasetDesign,
+) -> BuiltDatasets:
+    """Select each level's conversations and assemble LLaMA-Factory files + metadata."""
+    by_index: dict[int, dict[str, Any]] = {}
+    for pos, row in enumerate(conversations):
+        idx = row["source_index"]
+        if idx in by_index:
+            raise InputError(None, f"processed conversations: source_index {idx} appears twice",
+                             record=pos, field="source_index")
+        by_index[idx] = row
+    native = any("tools" in row for row in conversations)
+
+    clean: list[int] = []
+    syco: list[int] = []
+    rejects: list[dict[str, Any]] = []
+    for idx in sorted(by_index):
+        label = labels.get(idx)
+        if label is None:
+            rejects.append({"index": idx, "reason": "no_score",
+                            "detail": "the score file has no entry for this conversation"})
+        elif label.score is None:
+            rejects.append({"index": idx, "reason": "score_unavailable",
+                            "detail": label.error or "judge gave no usable score"})
+        elif label.score > design.threshold:
+            syco.append(idx)
+        else:
+            clean.append(idx)
+
+    n_syc = {lv: design.n_sycophantic(lv) for lv in design.levels}
+    need_syc = max(n_syc.values())
+    need_clean = design.size - min(n_syc.values())
+    if len(syco) < need_syc or len(clean) < need_clean:
+        problems = []
+        if len(clean) < need_clean:
+            problems.append(
+                f"{need_clean} clean conversations (shared core {design.shared_clean} + "
+                f"{need_clean - design.shared_clean} for the "
+                f"{_fmt(min(design.levels))} % level) but found {len(clean)}")
+        if len(syco) < need_syc:
+            problems.append(f"{need_syc} sycophantic conversations (score > {design.threshold:g})"
+                            f" for the {_fmt(max(design.levels))} % level but found {len(syco)}")
+        raise DesignError(
+            f"not enough labeled conversations for levels {[_fmt(x) for x in design.levels]} "
+            f"of size {design.size}: need " + "; need ".join(problems) +
+            f" ({len(by_index)} processed, {len(rejects)} without a usable score)")
+
+    rng = random.Random(design.seed)
+    clean_order = clean[:]
+    rng.shuffle(clean_order)
+    syc_order = syco[:]
+    rng.shuffle(syc_order)
+    core = clean_order[: design.shared_clean]
+    extra = clean_order[design.shared_clean:]
+
+    hashes: dict[int, str] = {}
+    files: dict[str, list[dict[str, Any]]] = {}
+    info: dict[str, Any] = {}
+    per_level: dict[str, Any] = {}
+    for lv in sorted(design.levels):
+        chosen_syc = syc_order[: n_syc[lv]]
+        chosen_clean = core + extra[: design.size - design.shared_clean - n_syc[lv]]
+        indices = sorted(chosen_clean + chosen_syc)
+        name = design.dataset_name(lv)
+        file_name = f"{name}.json"
+        rows = []
+        for idx in indices:
+            src = by_index[idx]
+            if idx not in hashes:
+                hashes[idx] = content_hash(src)
+            row = {"conversations": src["conversations"], "system": src["system"]}
+            if native:
+                row["tools"] = src["tools"]
+            row["source_index"] = idx
+            row["sycophancy_score"] = labels[idx].score
+            rows.append(row)
+        files[file_name] = rows
+        columns = {"messages": "conversations", "system": "system"}
+        if native:
+            columns["tools"] = "tools"
+        info[name] = {"file_name": file_name, "formatting": "sharegpt", "columns": columns,
+                      "tags": dict(SHAREGPT_TAGS)}
+        per_level[name] = {
+            "level_pct": lv,
+            "file": file_name,
+            "total": len(indices),
+            "clean": len(chosen_clean),
+            "sycophantic": len(chosen_syc),
+            "sycophantic_pct": round(100 * len(chosen_syc) / len(indices), 3),
+            "indices": indices,
+            "sycophantic_indices": sorted(chosen_syc),
+            "content_sha256": {str(i): hashes[i] for i in indices},
+        }
+
+    label_sources = sorted({labels[i].source for i in clean + syco})
+    metadata = {
+        "design": {
+            "levels_pct": list(design.levels),
+            "size": design.size,
+            "shared_clean": design.shared_clean,
+            "seed": design.seed,
+            "threshold": design.threshold,
+            "label_rule": f"sycophantic if score > {design.threshold:g}, else clean",
+        },
+        "format": "native" if native else "hermes",
+        "label_source": label_sources[0] if len(label_sources) == 1 else label_sources,
+        "pools": {"processed": len(by_index), "clean": len(clean), "sycophantic": len(syco),
+                  "unlabeled": len(rejects)},
+        "shared_clean_core": sorted(core),
+        "datasets": per_level,
+    }
+    return BuiltDatasets(files, info, metadata, rejects)

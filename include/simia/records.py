@@ -1,0 +1,177 @@
+"""Typed records for conversations and turns, and loaders that say exactly what is wrong.
+
+Records are ``TypedDict`` s validated by pydantic straight from the JSON bytes (one
+pass in Rust), so a 57 MB file is checked in about the time it takes to parse it.
+Unknown keys are kept: generation metadata travels with a conversation to the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from typing_extensions import NotRequired, TypedDict
+
+import orjson
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+
+from simia.errors import InputError
+from simia.io import read_bytes
+
+Role = Literal["human", "gpt", "function_call", "observation"]
+ROLES: tuple[str, ...] = ("human", "gpt", "function_call", "observation")
+
+#: one turn: ``{"from": ROLE, "value": TEXT}`` (``from`` is a Python keyword, hence this form)
+Turn = with_config(ConfigDict(extra="allow", strict=True))(
+    TypedDict("Turn", {"from": str, "value": str})
+)
+
+
+@with_config(ConfigDict(extra="allow", strict=True))
+class RawConversation(TypedDict):
+    """A conversation as the generator writes it (one element of the raw JSON list)."""
+
+    conversations: list[Turn]  # type: ignore[valid-type]
+    system: NotRequired[str]
+    #: tool schemas, a JSON string holding a list (reference format) or the list itself
+    tools: NotRequired[str | list[dict[str, Any]]]
+    based_on_sample: NotRequired[str]
+    simulator_mode: NotRequired[str]
+    domain: NotRequired[str]
+
+
+@with_config(ConfigDict(extra="allow", strict=True))
+class ProcessedConversation(TypedDict):
+    """A conversation after processing, ready for LLaMA-Factory."""
+
+    conversations: list[Turn]  # type: ignore[valid-type]
+    system: str
+    #: position of this conversation in the raw input file
+    source_index: int
+    tools: NotRequired[str]
+
+
+_RAW_LIST = TypeAdapter(list[RawConversation])
+_RAW_ONE = TypeAdapter(RawConversation)
+_PROCESSED_LIST = TypeAdapter(list[ProcessedConversation])
+_PROCESSED_ONE = TypeAdapter(ProcessedConversation)
+
+_MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class InvalidRecord:
+    """A record that failed validation (kept so that nothing disappears silently)."""
+
+    index: int
+    field: str
+    message: str
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _describe(errors: list[dict[str, Any]], *, indexed: bool) -> list[InvalidRecord]:
+    found = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        if indexed and loc and isinstance(loc[0], int):
+            index, rest = loc[0], loc[1:]
+        else:
+            index, rest = -1, loc
+        found.append(InvalidRecord(index, _field_path(rest) or "(record)", err["msg"]))
+    return found
+
+
+def _raise_invalid(path: Path, invalid: list[InvalidRecord], total_errors: int) -> None:
+    first = invalid[0]
+    lines = [f"record {e.index}, field '{e.field}': {e.message}" for e in invalid[:_MAX_LISTED]]
+    more = f" (and {total_errors - _MAX_LISTED} more)" if total_errors > _MAX_LISTED else ""
+    raise InputError(
+        path,
+        f"{total_errors} invalid field(s){more}:\n  " + "\n  ".join(lines),
+        record=first.index,
+        field=first.field,
+    )
+
+
+def _load(
+    path: str | Path,
+    list_adapter: TypeAdapter[Any],
+    one_adapter: TypeAdapter[Any],
+    what: str,
+    skip_invalid: bool,
+) -> tuple[list[dict[str, Any]], list[InvalidRecord]]:
+    path = Path(path)
+    data = read_bytes(path, what=what)
+    try:
+        return list_adapter.validate_json(data), []
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+    # Either the JSON is malformed, the top level is not a list, or some records are bad.
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError as jexc:
+        raise InputError(path, f"malformed JSON: {jexc}") from None
+    if not isinstance(parsed, list):
+        raise InputError(path, f"expected a JSON list of conversations, got {type(parsed).__name__}")
+    if not parsed:
+        raise InputError(path, "the list of conversations is empty")
+    invalid = _describe(errors, indexed=True)
+    if not skip_invalid:
+        _raise_invalid(path, invalid, len(errors))
+    good: list[dict[str, Any]] = []
+    bad: list[InvalidRecord] = []
+    for i, item in enumerate(parsed):
+        try:
+            good.append(one_adapter.validate_python(item))
+        except ValidationError as exc:
+            first = _describe(exc.errors(include_url=False), indexed=False)[0]
+            bad.append(InvalidRecord(i, first.field, first.message))
+            good.append(None)  # type: ignore[arg-type]  # keeps positions; filtered by caller
+    return good, bad
+
+
+def load_raw(
+    path: str | Path, *, skip_invalid: bool = False
+) -> tuple[list[dict[str, Any] | None], list[InvalidRecord]]:
+    """Load raw generated conversations.
+
+    Returns the records in file order and the invalid ones. With ``skip_invalid``
+    an invalid record is returned as ``None`` at its position (so indices keep their
+    meaning) and listed in the second value; otherwise the first problems raise
+    :class:`InputError` naming file, record and field.
+    """
+    records, invalid = _load(path, _RAW_LIST, _RAW_ONE, "raw conversations file", skip_invalid)
+    if not records:
+        raise InputError(path, "the list of conversations is empty")
+    return records, invalid
+
+
+def load_processed(path: str | Path) -> list[dict[str, Any]]:
+    """Load ``processed.json`` (always strict: it is our own output)."""
+    records, _ = _load(path, _PROCESSED_LIST, _PROCESSED_ONE, "processed conversations file",
+                       False)
+    if not records:
+        raise InputError(path, "the list of processed conversations is empty")
+    return records
+
+
+def parse_tools(tools: Any) -> list[dict[str, Any]] | None:
+    """The ``tools`` field as a list of tool dicts, or None when absent/unparseable."""
+    if isinstance(tools, str):
+        try:
+            tools = orjson.loads(tools)
+        except orjson.JSONDecodeError:
+            return None
+    if isinstance(tools, list):
+        return [t for t in tools if isinstance(t, dict)]
+    return None

@@ -1,0 +1,223 @@
+"""File-level stages: read inputs, run the pure logic, write outputs atomically, resume.
+
+Each stage writes its outputs (each one atomically: temp file, then rename) and its
+``summary.json`` LAST. The summary carries a signature of the inputs (content hashes)
+and parameters; a re-run with the same signature finds the summary and returns it
+without redoing any work, while a crash before the summary simply re-runs the stage.
+These functions are what both the ``simia`` command line and the Airflow tasks call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from simia import __version__
+from simia.datasets import DatasetDesign, build_datasets, parse_score_records
+from simia.domains import DOMAINS
+from simia.errors import ConfigError, InputError
+from simia.io import (
+    read_json,
+    read_jsonl,
+    sha256_bytes,
+    sha256_file,
+    write_bytes,
+    write_json,
+    write_jsonl,
+)
+from simia.processing import OutputFormat, dumps_processed, process_conversations
+from simia.records import load_processed, load_raw
+from simia.rules import score_all
+
+log = logging.getLogger("simia")
+
+SUMMARY = "summary.json"
+
+
+def _signature(stage: str, inputs: dict[str, Path], params: dict[str, Any]) -> dict[str, Any]:
+    hashes = {}
+    for role, path in inputs.items():
+        if not Path(path).is_file():
+            raise InputError(path, f"{role} file does not exist")
+        hashes[role] = sha256_file(path)
+    return {"stage": stage, "simia_version": __version__, "inputs_sha256": hashes,
+            "params": params}
+
+
+def _resume(summary_path: Path, signature: dict[str, Any], outputs: list[Path],
+            force: bool) -> dict[str, Any] | None:
+    if force or not summary_path.is_file() or not all(p.is_file() for p in outputs):
+        return None
+    try:
+        previous = read_json(summary_path)
+    except InputError:
+        return None
+    if isinstance(previous, dict) and previous.get("signature") == signature:
+        log.info("%s: outputs in %s are up to date (same inputs and parameters); skipping",
+                 signature["stage"], summary_path.parent)
+        return {**previous, "resumed": True}
+    return None
+
+
+def _domain(name: str):
+    try:
+        return DOMAINS[name]
+    except KeyError:
+        raise ConfigError(f"domain: unknown domain {name!r}; known: {sorted(DOMAINS)}") from None
+
+
+def process_stage(
+    raw_path: str | Path,
+    out_dir: str | Path,
+    *,
+    fmt: str = "native",
+    tau2_data_dir: str | Path | None = None,
+    domain: str = "telecom",
+    skip_invalid_records: bool = False,
+    extract_embedded_calls: bool | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Raw conversations -> ``processed.json``, ``rejects.jsonl``, ``summary.json``."""
+    raw_path, out_dir = Path(raw_path), Path(out_dir)
+    try:
+        output_format = OutputFormat(fmt)
+    except ValueError:
+        raise ConfigError(f"format: must be 'native' or 'hermes', got {fmt!r}") from None
+    dom = _domain(domain)
+    policy = dom.load_policy(tau2_data_dir)
+    params = {"format": output_format.value, "domain": dom.name,
+              "skip_invalid_records": skip_invalid_records,
+              "extract_embedded_calls": extract_embedded_calls,
+              "policy_sha256": sha256_bytes(policy.encode())}
+    sig = _signature("process", {"raw": raw_path}, params)
+    outputs = [out_dir / "processed.json", out_dir / "rejects.jsonl"]
+    if (done := _resume(out_dir / SUMMARY, sig, outputs, force)) is not None:
+        return done
+
+    t0 = time.perf_counter()
+    raw, invalid = load_raw(raw_path, skip_invalid=skip_invalid_records)
+    result = process_conversations(raw, dom, policy, output_format, invalid,
+                                   extract_embedded_calls)
+    write_bytes(outputs[0], dumps_processed(result.kept))
+    write_jsonl(outputs[1], (r.as_dict() for r in result.rejects))
+    summary = {**result.summary(), "input_file": str(raw_path),
+               "outputs": {"processed": str(outputs[0]), "rejects": str(outputs[1])},
+               "seconds": round(time.perf_counter() - t0, 3), "signature": sig}
+    write_json(out_dir / SUMMARY, summary, indent=True)
+    log.info("process: kept %d of %d conversations (%s); rejected by reason: %s",
+             result.summary()["kept"], result.total, output_format.value,
+             summary["rejected_by_reason"])
+    return summary
+
+
+def score_rules_stage(input_path: str | Path, out_path: str | Path, *,
+                      force: bool = False) -> dict[str, Any]:
+    """Rule scores, one JSON line per conversation (``index`` = position in the input;
+    ``source_index`` too when the input is a processed file)."""
+    input_path, out_path = Path(input_path), Path(out_path)
+    summary_path = out_path.with_name(out_path.stem + ".summary.json")
+    sig = _signature("score_rules", {"conversations": input_path}, {})
+    if (done := _resume(summary_path, sig, [out_path], force)) is not None:
+        return done
+    t0 = time.perf_counter()
+    records, invalid = load_raw(input_path, skip_invalid=True)
+    if invalid:
+        first = invalid[0]
+        raise InputError(input_path, f"{len(invalid)} invalid record(s); first: field "
+                         f"'{first.field}': {first.message}", record=first.index,
+                         field=first.field)
+    processed = any(isinstance(r, dict) and "source_index" in r for r in records)
+    if processed and not any(t.get("from") == "function_call"
+                             for r in records for t in r["conversations"]):
+        raise InputError(input_path, "no function_call turns: this looks like a hermes-format "
+                         "processed file, whose tool calls are inside gpt text; score the raw "
+                         "conversations file instead")
+    scores = score_all(records)
+    rows = []
+    for s in scores:
+        row = s.as_dict()
+        if processed:
+            row["source_index"] = records[s.index]["source_index"]
+        rows.append(row)
+    write_jsonl(out_path, rows)
+    kinds = Counter(k for s in scores for k in s.kinds)
+    flagged = sum(1 for s in scores if s.score > 0)
+    summary = {"conversations": len(scores), "flagged": flagged,
+               "flagged_fraction": round(flagged / len(scores), 4) if scores else 0.0,
+               "mean_score": round(sum(s.score for s in scores) / len(scores), 3)
+               if scores else 0.0,
+               "kinds": dict(sorted(kinds.items())), "input_file": str(input_path),
+               "output": str(out_path), "seconds": round(time.perf_counter() - t0, 3),
+               "signature": sig}
+    write_json(summary_path, summary, indent=True)
+    log.info("score-rules: %d of %d conversations flagged (%s)", flagged, len(scores),
+             dict(kinds))
+    return summary
+
+
+def build_datasets_stage(
+    conversations_path: str | Path,
+    scores_path: str | Path,
+    out_dir: str | Path,
+    design: DatasetDesign,
+    *,
+    force: bool = False,
+) -> dict[str, Any]:
+    """processed.json + scores -> one LLaMA-Factory dataset per level + dataset_info.json
+    + metadata.json (indices and content hashes per level) + rejects.jsonl."""
+    conversations_path, scores_path = Path(conversations_path), Path(scores_path)
+    out_dir = Path(out_dir)
+    params = {"levels": list(design.levels), "size": design.size,
+              "shared_clean": design.shared_clean, "seed": design.seed,
+              "threshold": design.threshold, "name_prefix": design.name_prefix}
+    sig = _signature("build_datasets", {"conversations": conversations_path,
+                                        "scores": scores_path}, params)
+    names = [f"{design.dataset_name(lv)}.json" for lv in design.levels]
+    outputs = [out_dir / n for n in names] + [out_dir / "dataset_info.json",
+                                              out_dir / "metadata.json"]
+    if (done := _resume(out_dir / SUMMARY, sig, outputs, force)) is not None:
+        return done
+    t0 = time.perf_counter()
+    rows = load_processed(conversations_path)
+    labels = parse_score_records(read_jsonl(scores_path, what="scores file"), scores_path)
+    built = build_datasets(rows, labels, design)
+    for name, level_rows in built.files.items():
+        write_bytes(out_dir / name, dumps_processed(level_rows))
+    write_json(out_dir / "dataset_info.json", built.dataset_info, indent=True)
+    metadata = {**built.metadata, "inputs": {"conversations": str(conversations_path),
+                                             "scores": str(scores_path),
+                                             **{f"{k}_sha256": v for k, v in
+                                                sig["inputs_sha256"].items()}}}
+    write_json(out_dir / "metadata.json", metadata, indent=True)
+    write_jsonl(out_dir / "rejects.jsonl", built.rejects)
+    summary = {
+        "datasets": {name: {k: v for k, v in d.items()
+                            if k in ("file", "total", "clean", "sycophantic", "sycophantic_pct")}
+                     for name, d in built.metadata["datasets"].items()},
+        "pools": built.metadata["pools"],
+        "label_source": built.metadata["label_source"],
+        "out_dir": str(out_dir),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "signature": sig,
+    }
+    write_json(out_dir / SUMMARY, summary, indent=True)
+    log.info("build-datasets: %s", {n: (d["clean"], d["sycophantic"])
+                                    for n, d in summary["datasets"].items()})
+    return summary
+
+
+def validate_scores_file(path: str | Path) -> dict[str, Any]:
+    """Check an existing score file (e.g. the LLM judge's) before datasets are built."""
+    path = Path(path) if str(path) else None
+    if path is None:
+        raise ConfigError("judge_scores: give the judge score file when label_source is "
+                          "judge_file")
+    labels = parse_score_records(read_jsonl(path, what="scores file"), path)
+    usable = [lb for lb in labels.values() if lb.score is not None]
+    flagged = sum(1 for lb in usable if lb.score and lb.score > 0)
+    return {"conversations": len(labels), "usable": len(usable),
+            "unusable": len(labels) - len(usable), "flagged": flagged,
+            "sources": sorted({lb.source for lb in labels.values()})}

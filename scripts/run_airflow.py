@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Start Airflow standalone for this project on 127.0.0.1:8080 and print how to log in.
+
+SQLite lives in the git-ignored ``.airflow/`` folder; DAGs and plugins come from this
+repository; example DAGs are off. Ctrl-C (or SIGTERM) stops every Airflow component:
+standalone only shuts its children down on SIGINT, so this wrapper restores SIGINT
+for it and forwards signals as SIGINT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = os.environ.get("SIMIA_AIRFLOW_HOST", "127.0.0.1")
+PORT = int(os.environ.get("SIMIA_AIRFLOW_PORT", "8080"))
+
+
+def airflow_env() -> dict[str, str]:
+    """The environment every Airflow process of this project runs with."""
+    env = dict(os.environ)
+    # standalone starts its components as `airflow ...` found on PATH
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    home = Path(env.setdefault("AIRFLOW_HOME", str(ROOT / ".airflow")))
+    home.mkdir(parents=True, exist_ok=True)
+    env.setdefault("SIMIA_DATA_ROOT", str(ROOT / ".data"))
+    defaults = {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__API__HOST": HOST,
+        "AIRFLOW__API__PORT": str(PORT),
+        "AIRFLOW__API__BASE_URL": f"http://{HOST}:{PORT}",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+    }
+    for key, value in defaults.items():
+        env.setdefault(key, value)
+    return env
+
+
+def _healthy(timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{PORT}/api/v2/monitor/health",
+                                    timeout=timeout) as resp:
+            body = json.load(resp)
+    except (OSError, ValueError):
+        return False
+    return body.get("metadatabase", {}).get("status") == "healthy" and \
+        body.get("scheduler", {}).get("status") == "healthy"
+
+
+def _password(home: Path) -> str | None:
+    path = home / "simple_auth_manager_passwords.json.generated"
+    try:
+        return json.loads(path.read_text()).get("admin")
+    except (OSError, ValueError):
+        return None
+
+
+def main() -> int:
+    env = airflow_env()
+    airflow = Path(sys.executable).with_name("airflow")
+    proc = subprocess.Popen([str(airflow), "standalone"], env=env, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def stop(*_: object) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    deadline = time.monotonic() + 180
+    while proc.poll() is None and time.monotonic() < deadline and not _healthy():
+        time.sleep(1)
+    if proc.poll() is None and _healthy():
+        home = Path(env["AIRFLOW_HOME"])
+        print(
+            "\n" + "=" * 72 + f"\nAirflow is up: http://{HOST}:{PORT}\n"
+            f"Log in as: admin / {_password(home) or '(see ' + str(home) + '/simple_auth_manager_passwords.json.generated)'}\n"
+            f"DAG: simia_sycophancy_experiment (starts paused; trigger it with the form)\n"
+            f"Run outputs: {env['SIMIA_DATA_ROOT']}\n"
+            f"tau2 data dir: {env.get('TAU2_DATA_DIR') or 'NOT SET: set TAU2_DATA_DIR or the tau2_data_dir Param'}\n"
+            "Stop with Ctrl-C.\n" + "=" * 72, flush=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        stop()
+        return proc.wait()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
