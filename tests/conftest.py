@@ -1,0 +1,64 @@
+"""Fixtures shared by every test layer.
+
+Airflow is pointed at a throw-away AIRFLOW_HOME (SQLite) before anything imports it,
+so the suite never touches a developer's own Airflow state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="simia-airflow-home-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
+os.environ["AIRFLOW__CORE__PARALLELISM"] = "4"
+
+
+def reference_dir() -> Path | None:
+    """``$SIMIA_REFERENCE_DATA`` (the shared real data), or None."""
+    value = os.environ.get("SIMIA_REFERENCE_DATA")
+    if not value:
+        return None
+    path = Path(value)
+    return path if (path / "simia-wm-exp").is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def reference_data() -> Path:
+    path = reference_dir()
+    if path is None:
+        pytest.skip("real reference data not available: set SIMIA_REFERENCE_DATA to the "
+                    "shared data folder (holding simia-wm-exp/ and tau2-telecom/)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tau2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tau2-like data folder with a synthetic telecom policy (not tau2's text)."""
+    from simia.synthetic import synthetic_policy
+
+    folder = tmp_path_factory.mktemp("tau2") / "tau2" / "domains" / "telecom"
+    folder.mkdir(parents=True)
+    policy = synthetic_policy(seed=3)
+    (folder / "main_policy.md").write_text(policy)
+    (folder / "tech_support_manual.md").write_text("# Tech support manual\n\nCheck the SIM.\n")
+    return folder.parent.parent.parent
+
+
+@pytest.fixture(scope="session")
+def raw_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 synthetic raw conversations (sycophantic mode)."""
+    from simia.synthetic import generate_raw
+
+    path = tmp_path_factory.mktemp("raw") / "raw.json"
+    path.write_text(json.dumps(generate_raw(300, seed=7)))
+    return path
