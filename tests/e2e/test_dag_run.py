@@ -1,0 +1,67 @@
+"""The whole DAG, in-process with dag.test(), on a synthetic fixture and a real SQLite DB."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def airflow_db():
+    airflow = Path(sys.executable).with_name("airflow")
+    res = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True,
+                         env=os.environ.copy(), timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def dag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"), safe_mode=False)
+    return bag.dags["simia_sycophancy_experiment"]
+
+
+def _states(dr):
+    return {ti.task_id: ti.state for ti in dr.get_task_instances()}
+
+
+def test_dag_runs_end_to_end_with_rule_labels(dag, raw_file, tau2_dir, tmp_path):
+    conf = {"raw_conversations": str(raw_file), "data_root": str(tmp_path),
+            "tau2_data_dir": str(tau2_dir), "levels": [0, 10, 20], "dataset_size": 20,
+            "shared_clean": 15}
+    dr = dag.test(run_conf=conf)
+    assert dr.state == "success", _states(dr)
+    run = next((tmp_path / "simia_sycophancy_experiment").iterdir())
+    info = json.loads((run / "datasets" / "dataset_info.json").read_text())
+    assert sorted(info) == ["telecom_syc_0pct", "telecom_syc_10pct", "telecom_syc_20pct"]
+    meta = json.loads((run / "datasets" / "metadata.json").read_text())
+    assert meta["datasets"]["telecom_syc_20pct"]["sycophantic"] == 4
+    assert meta["label_source"] == "rules"
+    assert (run / "processed" / "rejects.jsonl").stat().st_size > 0
+    assert (run / "scores" / "rule_scores.jsonl").is_file()
+
+
+def test_dag_uses_a_judge_score_file(dag, raw_file, tau2_dir, tmp_path):
+    raw = json.loads(raw_file.read_text())
+    judge = tmp_path / "judge.jsonl"
+    judge.write_text("\n".join(json.dumps({"conv_idx": i, "wm_sycophancy_score": 85 if i % 5 == 0
+                                           else 0}) for i in range(len(raw))))
+    conf = {"raw_conversations": str(raw_file), "data_root": str(tmp_path / "data"),
+            "tau2_data_dir": str(tau2_dir), "label_source": "judge_file",
+            "judge_scores": str(judge), "levels": [0, 20], "dataset_size": 20,
+            "shared_clean": 15, "output_format": "hermes"}
+    dr = dag.test(run_conf=conf)
+    assert dr.state == "success", _states(dr)
+    run = next((tmp_path / "data" / "simia_sycophancy_experiment").iterdir())
+    meta = json.loads((run / "datasets" / "metadata.json").read_text())
+    assert meta["label_source"] == "judge" and meta["format"] == "hermes"
+    assert all(i % 5 == 0 for i in meta["datasets"]["telecom_syc_20pct"]["sycophantic_indices"])
