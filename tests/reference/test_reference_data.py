@@ -1,0 +1,102 @@
+"""Against the real outputs of the reference scripts (../shared/data, via SIMIA_REFERENCE_DATA).
+
+These skip with a reason when the data is absent (a fresh clone elsewhere) and run in CI,
+where the shared folder sits beside the project.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from simia.datasets import DatasetDesign, build_datasets, parse_score_records
+from simia.domains import TELECOM
+from simia.processing import OutputFormat, check_turn_order, process_conversations
+from simia.records import load_raw
+from simia.rules import score_all
+
+pytestmark = pytest.mark.reference
+
+# Raw-file indices of the conversations the reference's 5-step pipeline kept, found by
+# running those scripts beside this project on the same files (57 and 66 of 200).
+REFERENCE_KEPT = {
+    "strict": [0, 5, 11, 18, 19, 21, 24, 27, 29, 31, 33, 39, 43, 44, 48, 50, 53, 54, 56, 61,
+               63, 70, 74, 76, 79, 81, 84, 88, 89, 98, 103, 105, 107, 112, 119, 123, 124, 125,
+               127, 128, 130, 131, 138, 152, 157, 160, 161, 164, 167, 168, 171, 172, 174, 181,
+               182, 185, 186],
+    "sycophantic": [7, 8, 12, 13, 14, 15, 16, 24, 25, 29, 34, 35, 36, 37, 38, 41, 43, 49, 53,
+                    55, 56, 57, 63, 67, 70, 72, 75, 76, 83, 84, 87, 89, 90, 91, 95, 96, 100,
+                    116, 117, 119, 126, 131, 134, 136, 137, 140, 141, 143, 149, 152, 154, 156,
+                    158, 161, 164, 169, 170, 179, 182, 184, 186, 189, 190, 191, 196, 198],
+}
+# Native additionally rejects calls the reference left hidden as "FUNCTION_CALL:" text in
+# gpt turns (make_payment, missing customer_id, an extra 'amount'), and three conversations
+# whose turn order cannot be trained on (a call with no result, results after bare text,
+# a duplicated result).
+NATIVE_EXTRA_REJECTS = {"strict": {33, 50, 53, 98, 123, 152, 171},
+                        "sycophantic": {7, 29, 49, 72, 154, 158, 161}}
+
+
+@pytest.fixture(scope="module")
+def policy(reference_data):
+    return TELECOM.load_policy(reference_data / "tau2-telecom")
+
+
+def _raw(reference_data, mode):
+    records, invalid = load_raw(reference_data / "simia-wm-exp" / f"tau2_telecom_{mode}_200.json")
+    assert invalid == [] and len(records) == 200
+    return records
+
+
+@pytest.mark.parametrize("mode", ["strict", "sycophantic"])
+def test_hermes_keeps_what_the_reference_kept(reference_data, policy, mode):
+    res = process_conversations(_raw(reference_data, mode), TELECOM, policy, OutputFormat.HERMES)
+    assert sorted(r["source_index"] for r in res.kept) == REFERENCE_KEPT[mode]
+    assert len(res.kept) == {"strict": 57, "sycophantic": 66}[mode]
+    reasons = res.summary()["rejected_by_reason"]
+    assert set(reasons) <= {"missing_required_argument", "unknown_tool", "unexpected_argument",
+                            "invalid_id_format"}
+    assert reasons["missing_required_argument"] > reasons.get("unknown_tool", 0)
+
+
+@pytest.mark.parametrize("mode", ["strict", "sycophantic"])
+def test_native_keeps_a_subset_and_every_row_is_trainable(reference_data, policy, mode):
+    res = process_conversations(_raw(reference_data, mode), TELECOM, policy, OutputFormat.NATIVE)
+    kept = {r["source_index"] for r in res.kept}
+    assert kept == set(REFERENCE_KEPT[mode]) - NATIVE_EXTRA_REJECTS[mode]
+    for row in res.kept:
+        check_turn_order(row["conversations"])
+        assert row["system"].startswith("<instructions>\nYou are a customer service agent")
+        assert "<main_policy>\n# Telecom Agent Policy" in row["system"]
+        assert json.loads(row["tools"]) == TELECOM.tools
+
+
+@pytest.mark.parametrize("mode", ["strict", "sycophantic"])
+def test_rule_scorer_agrees_with_the_reference(reference_data, mode):
+    ours = score_all(_raw(reference_data, mode))
+    path = reference_data / "simia-wm-exp" / f"sycophancy_local_conv_scores_{mode}_telecom_200.jsonl"
+    ref = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [s.index for s in ours] == [r["conv_idx"] for r in ref]
+    agree = sum(1 for s, r in zip(ours, ref) if s.score == r["score"] and s.kinds == r["kinds"])
+    # measured: 200 of 200 on both files (target >= 98 %)
+    assert agree / len(ref) >= 0.98, f"{agree}/{len(ref)}"
+
+
+def test_tool_schemas_match_the_reference_tools_seed(reference_data):
+    seed = json.loads((reference_data / "simia-wm-exp" / "tools_seed.json").read_text())
+    ref = [t["function"] for t in seed["tools_config_1"]["tools"]]
+    assert json.dumps(ref) == json.dumps(TELECOM.tools)
+
+
+def test_judge_scores_label_real_datasets(reference_data, policy):
+    raw = _raw(reference_data, "sycophantic")
+    res = process_conversations(raw, TELECOM, policy, OutputFormat.NATIVE)
+    path = reference_data / "simia-wm-exp" / "sycophancy_llm_scores_v2_sycophantic_telecom_200.jsonl"
+    labels = parse_score_records([json.loads(x) for x in path.read_text().splitlines()], path)
+    assert len(labels) == 200
+    built = build_datasets(res.kept, labels, DatasetDesign(levels=(0, 5), size=40,
+                                                           shared_clean=35))
+    five = built.metadata["datasets"]["telecom_syc_5pct"]
+    assert five["sycophantic"] == 2
+    assert all(labels[i].score > 0 for i in five["sycophantic_indices"])
