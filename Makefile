@@ -14,17 +14,17 @@ ifneq ($(wildcard $(CURDIR)/../shared/data),)
 export SIMIA_REFERENCE_DATA ?= $(CURDIR)/../shared/data
 endif
 
-.PHONY: run test venv lf-env bench lint clean
+.PHONY: run test venv lf-env bench clean
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
-lf-env: $(LF_VENV)/.complete
-$(LF_VENV)/.complete: requirements-llamafactory.txt constraints-llamafactory.txt scripts/make_lf_env.sh
+# the script is idempotent (a stamp of its inputs) and returns at once when done
+lf-env:
 	bash scripts/make_lf_env.sh $(LF_VENV)
 
 run: venv
