@@ -12,8 +12,9 @@ controlled sycophancy levels:
    call against the tau2 telecom schemas, remove think tags, install tau2's system prompt,
    fix turn order. Writes `processed/processed.json`, `processed/rejects.jsonl` (every
    dropped conversation with its step and reason) and `processed/summary.json`.
-2. **score_sycophancy**: rule-based scores of the raw conversations
-   (`scores/rule_scores.jsonl`), or, with `label_source = judge_file`, validates an
+2. **score_sycophancy**: rule-based scores (`scores/rule_scores.jsonl`) of the processed
+   conversations, i.e. of what will be trained on (of the raw file in `hermes` format,
+   whose tool calls are text), or, with `label_source = judge_file`, validates an
    existing LLM-judge score file (e.g. the reference judge's JSONL) and uses it.
 3. **build_sft_datasets**: one dataset per level with a shared clean core and a fixed
    seed, `dataset_info.json`, and `metadata.json` with the chosen conversation indices
@@ -140,8 +141,9 @@ def simia_sycophancy_experiment():
                 "input": summary["input"], "rejected_by_reason": summary["rejected_by_reason"]}
 
     @task(outlets=[SCORES])
-    def score_sycophancy() -> dict:
-        """Rule scores of the raw conversations, or a validated judge score file."""
+    def score_sycophancy(processed: dict) -> dict:
+        """Rule scores of the processed (native) or raw (hermes) conversations, or a
+        validated judge score file."""
         from simia.stages import score_rules_stage, validate_scores_file
 
         ctx = get_current_context()
@@ -151,7 +153,9 @@ def simia_sycophancy_experiment():
             summary = validate_scores_file(path)
         else:
             path = f"{_run_dir()}/scores/rule_scores.jsonl"
-            summary = score_rules_stage(p["raw_conversations"], path)
+            source = (processed["processed"] if p["output_format"] == "native"
+                      else p["raw_conversations"])
+            summary = score_rules_stage(source, path)
         ctx["outlet_events"][SCORES].extra = {"path": path, "source": p["label_source"]}
         return {"scores": path, "source": p["label_source"],
                 "conversations": summary["conversations"], "flagged": summary["flagged"]}
@@ -172,7 +176,8 @@ def simia_sycophancy_experiment():
         ctx["outlet_events"][DATASETS].extra = {"path": out}
         return {"dataset_dir": out, "datasets": summary["datasets"]}
 
-    build_sft_datasets(process_conversations(), score_sycophancy())
+    processed = process_conversations()
+    build_sft_datasets(processed, score_sycophancy(processed))
 
 
 simia_sycophancy_experiment()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from functools import lru_cache
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -123,6 +124,19 @@ def split_think(value: str) -> tuple[str, str]:
     return "", value.strip()
 
 
+@lru_cache(maxsize=1 << 16)
+def _load_json(body: str) -> Any:
+    """Parse a call body once (orjson; stdlib for what orjson refuses, e.g. NaN).
+
+    Cached because the same body is read by several steps. Callers must not mutate the
+    result. Raises ``ValueError`` when the body is not JSON.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 def fix_call_arguments(value: str) -> tuple[str, str | None]:
     """Repair one function_call value; returns (value, what was repaired or None).
 
@@ -133,18 +147,19 @@ def fix_call_arguments(value: str) -> tuple[str, str | None]:
     """
     think, body = split_think(value)
     try:
-        call = json.loads(body)
+        parsed = _load_json(body)
     except ValueError:
         return value, None
-    if not isinstance(call, dict):
+    if not isinstance(parsed, dict):
         return value, None
+    if isinstance(parsed.get("arguments"), dict):
+        return value, None  # nothing to repair; later steps re-serialise every call
+    call = dict(parsed)
     if "arguments" not in call:
         call["arguments"] = {}
         fix = "arguments_added"
     else:
         args = call["arguments"]
-        if isinstance(args, dict):
-            return (think + json.dumps(call, ensure_ascii=False) if think else value), None
         fix = "arguments_replaced_by_empty"
         if isinstance(args, str):
             try:
@@ -189,7 +204,7 @@ def parse_call(value: str, turn_index: int) -> tuple[str, dict[str, Any]]:
     """(think block, call object) of a function_call value, or Drop if it is not JSON."""
     think, body = split_think(value)
     try:
-        call = json.loads(body)
+        call = _load_json(body)
     except ValueError as exc:
         raise Drop("invalid_function_call_json", f"turn {turn_index}: {exc}") from None
     if not isinstance(call, dict):
@@ -286,7 +301,7 @@ def _is_think_tool(turns: TurnList) -> bool:
         if t["from"] == "function_call":
             _, body = split_think(v)
             try:
-                data = json.loads(body)
+                data = _load_json(body)
                 if isinstance(data, dict) and data.get("name") == "think":
                     return True
             except ValueError:
@@ -323,11 +338,10 @@ def validate_tool_calls(turns: TurnList, domain: Domain, fmt: OutputFormat,
             think, call = parse_call(value, i)
             args = check_call(call.get("name"), call.get("arguments", {}), domain,
                               f"turn {i}", stats)
-            if fmt is OutputFormat.HERMES:
+            if fmt is OutputFormat.HERMES:  # the reference's exact text (it is trained on)
                 payload = json.dumps({"name": call["name"], "arguments": args})
-            else:
-                payload = json.dumps({"name": call["name"], "arguments": args},
-                                     ensure_ascii=False)
+            else:  # re-parsed and re-rendered by the chat template: any valid JSON will do
+                payload = orjson.dumps({"name": call["name"], "arguments": args}).decode()
             t = _turn("function_call", think + payload)
         elif role == "gpt" and "<tool_call>" in value:
             matches = list(_HERMES_CALL.finditer(value))

@@ -109,9 +109,11 @@ def _load(
     one_adapter: TypeAdapter[Any],
     what: str,
     skip_invalid: bool,
+    data: bytes | None = None,
 ) -> tuple[list[dict[str, Any]], list[InvalidRecord]]:
     path = Path(path)
-    data = read_bytes(path, what=what)
+    if data is None:
+        data = read_bytes(path, what=what)
     try:
         return list_adapter.validate_json(data), []
     except ValidationError as exc:
@@ -141,25 +143,27 @@ def _load(
 
 
 def load_raw(
-    path: str | Path, *, skip_invalid: bool = False
+    path: str | Path, *, skip_invalid: bool = False, data: bytes | None = None
 ) -> tuple[list[dict[str, Any] | None], list[InvalidRecord]]:
     """Load raw generated conversations.
 
     Returns the records in file order and the invalid ones. With ``skip_invalid``
     an invalid record is returned as ``None`` at its position (so indices keep their
     meaning) and listed in the second value; otherwise the first problems raise
-    :class:`InputError` naming file, record and field.
+    :class:`InputError` naming file, record and field. ``data``: the file's bytes when
+    the caller has already read them.
     """
-    records, invalid = _load(path, _RAW_LIST, _RAW_ONE, "raw conversations file", skip_invalid)
+    records, invalid = _load(path, _RAW_LIST, _RAW_ONE, "raw conversations file", skip_invalid,
+                             data)
     if not records:
         raise InputError(path, "the list of conversations is empty")
     return records, invalid
 
 
-def load_processed(path: str | Path) -> list[dict[str, Any]]:
+def load_processed(path: str | Path, *, data: bytes | None = None) -> list[dict[str, Any]]:
     """Load ``processed.json`` (always strict: it is our own output)."""
     records, _ = _load(path, _PROCESSED_LIST, _PROCESSED_ONE, "processed conversations file",
-                       False)
+                       False, data)
     if not records:
         raise InputError(path, "the list of processed conversations is empty")
     return records

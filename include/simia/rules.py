@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -49,6 +50,8 @@ WEIGHTS: dict[str, int] = {
     "telecom_payment_not_overdue_success": 60,
 }
 
+_ERROR_RE = re.compile("|".join(map(re.escape, ERROR_KEYWORDS)))
+_SUCCESS_RE = re.compile("|".join(map(re.escape, SUCCESS_KEYWORDS)))
 _PENDING_ONLY = frozenset({"cancel_pending_order", "modify_pending_order_address",
                            "modify_pending_order_payment", "modify_pending_order_items"})
 _DELIVERED_ONLY = frozenset({"return_delivered_order_items", "exchange_delivered_order_items"})
@@ -79,7 +82,7 @@ def call_object(value: str) -> dict[str, Any] | None:
 
 def is_error_like(obs: str) -> bool:
     low = obs.lower()
-    if any(k in low for k in ERROR_KEYWORDS):
+    if _ERROR_RE.search(low):
         return True
     if obs.strip().startswith("{"):
         obj = _loads(obs)
@@ -91,7 +94,7 @@ def is_error_like(obs: str) -> bool:
 
 def is_success_like(obs: str) -> bool:
     low = obs.lower()
-    if any(k in low for k in SUCCESS_KEYWORDS):
+    if _SUCCESS_RE.search(low):
         return True
     s = obs.strip()
     if s.startswith(("{", "[")):
@@ -158,6 +161,7 @@ def extra_argument_keys(call: dict[str, Any], tools: dict[str, dict[str, Any]]) 
     return [k for k in args if k not in props] if props else []
 
 
+@lru_cache(maxsize=256)
 def current_time(system: str) -> datetime | None:
     """``The current time is 2025-02-25 12:08:00 EST.`` (EST/EDT as UTC-5/-4)."""
     m = _NOW.search(system)

@@ -22,8 +22,8 @@ from simia.errors import ConfigError, InputError
 from simia.io import (
     read_json,
     read_jsonl,
+    read_bytes,
     sha256_bytes,
-    sha256_file,
     write_bytes,
     write_json,
     write_jsonl,
@@ -37,12 +37,14 @@ log = logging.getLogger("simia")
 SUMMARY = "summary.json"
 
 
-def _signature(stage: str, inputs: dict[str, Path], params: dict[str, Any]) -> dict[str, Any]:
-    hashes = {}
-    for role, path in inputs.items():
-        if not Path(path).is_file():
-            raise InputError(path, f"{role} file does not exist")
-        hashes[role] = sha256_file(path)
+def _read_inputs(inputs: dict[str, Path]) -> dict[str, bytes]:
+    """Read every input once (clear errors for missing/empty/unreadable files)."""
+    return {role: read_bytes(path, what=f"{role.replace('_', ' ')} file")
+            for role, path in inputs.items()}
+
+
+def _signature(stage: str, data: dict[str, bytes], params: dict[str, Any]) -> dict[str, Any]:
+    hashes = {role: sha256_bytes(raw) for role, raw in data.items()}
     return {"stage": stage, "simia_version": __version__, "inputs_sha256": hashes,
             "params": params}
 
@@ -92,13 +94,15 @@ def process_stage(
               "skip_invalid_records": skip_invalid_records,
               "extract_embedded_calls": extract_embedded_calls,
               "policy_sha256": sha256_bytes(policy.encode())}
-    sig = _signature("process", {"raw": raw_path}, params)
+    data = _read_inputs({"raw_conversations": raw_path})
+    sig = _signature("process", data, params)
     outputs = [out_dir / "processed.json", out_dir / "rejects.jsonl"]
     if (done := _resume(out_dir / SUMMARY, sig, outputs, force)) is not None:
         return done
 
     t0 = time.perf_counter()
-    raw, invalid = load_raw(raw_path, skip_invalid=skip_invalid_records)
+    raw, invalid = load_raw(raw_path, skip_invalid=skip_invalid_records,
+                            data=data["raw_conversations"])
     result = process_conversations(raw, dom, policy, output_format, invalid,
                                    extract_embedded_calls)
     write_bytes(outputs[0], dumps_processed(result.kept))
@@ -119,11 +123,12 @@ def score_rules_stage(input_path: str | Path, out_path: str | Path, *,
     ``source_index`` too when the input is a processed file)."""
     input_path, out_path = Path(input_path), Path(out_path)
     summary_path = out_path.with_name(out_path.stem + ".summary.json")
-    sig = _signature("score_rules", {"conversations": input_path}, {})
+    data = _read_inputs({"conversations": input_path})
+    sig = _signature("score_rules", data, {})
     if (done := _resume(summary_path, sig, [out_path], force)) is not None:
         return done
     t0 = time.perf_counter()
-    records, invalid = load_raw(input_path, skip_invalid=True)
+    records, invalid = load_raw(input_path, skip_invalid=True, data=data["conversations"])
     if invalid:
         first = invalid[0]
         raise InputError(input_path, f"{len(invalid)} invalid record(s); first: field "
@@ -173,15 +178,15 @@ def build_datasets_stage(
     params = {"levels": list(design.levels), "size": design.size,
               "shared_clean": design.shared_clean, "seed": design.seed,
               "threshold": design.threshold, "name_prefix": design.name_prefix}
-    sig = _signature("build_datasets", {"conversations": conversations_path,
-                                        "scores": scores_path}, params)
+    data = _read_inputs({"conversations": conversations_path, "scores": scores_path})
+    sig = _signature("build_datasets", data, params)
     names = [f"{design.dataset_name(lv)}.json" for lv in design.levels]
     outputs = [out_dir / n for n in names] + [out_dir / "dataset_info.json",
                                               out_dir / "metadata.json"]
     if (done := _resume(out_dir / SUMMARY, sig, outputs, force)) is not None:
         return done
     t0 = time.perf_counter()
-    rows = load_processed(conversations_path)
+    rows = load_processed(conversations_path, data=data["conversations"])
     labels = parse_score_records(read_jsonl(scores_path, what="scores file"), scores_path)
     built = build_datasets(rows, labels, design)
     for name, level_rows in built.files.items():

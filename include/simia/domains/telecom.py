@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +194,7 @@ class Domain:
     #: keyword that marks a conversation's system prompt as belonging to this domain
     keyword: str = ""
 
-    @property
+    @cached_property
     def tools_by_name(self) -> dict[str, dict[str, Any]]:
         return {t["name"]: t for t in self.tools}
 
