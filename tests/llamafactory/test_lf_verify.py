@@ -11,18 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from simia.datasets import SHAREGPT_TAGS
 from conftest import lf_env, run_lf_verify  # tests/llamafactory/conftest.py
 
 pytestmark = pytest.mark.llamafactory
 
-TAGS = {
-    "role_tag": "from",
-    "content_tag": "value",
-    "user_tag": "human",
-    "assistant_tag": "gpt",
-    "observation_tag": "observation",
-    "function_tag": "function_call",
-}
+TAGS = SHAREGPT_TAGS
 TOOLS = json.dumps(
     [
         {
