@@ -15,6 +15,7 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -134,9 +135,17 @@ def parse_score_records(rows: Sequence[Any], path: str | Path) -> dict[int, Labe
     return labels
 
 
+@lru_cache(maxsize=64)
+def _text_sha256(text: str | None) -> str | None:
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()
+
+
 def content_hash(row: dict[str, Any]) -> str:
-    """sha256 of what training sees of a conversation (system, tools, turns)."""
-    payload = {k: row.get(k) for k in ("system", "tools", "conversations")}
+    """sha256 of what training sees of a conversation: the turns, and the system prompt
+    and tool list (by their own sha256, computed once per distinct text)."""
+    payload = {"system_sha256": _text_sha256(row.get("system")),
+               "tools_sha256": _text_sha256(row.get("tools")),
+               "conversations": row.get("conversations")}
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

@@ -166,6 +166,13 @@ def load_processed(path: str | Path, *, data: bytes | None = None) -> list[dict[
                        False, data)
     if not records:
         raise InputError(path, "the list of processed conversations is empty")
+    # every row repeats the same system prompt and tool list (~30 KB with tau2's policy):
+    # keep one copy of each instead of one per row
+    shared: dict[str, str] = {}
+    for row in records:
+        row["system"] = shared.setdefault(row["system"], row["system"])
+        if "tools" in row:
+            row["tools"] = shared.setdefault(row["tools"], row["tools"])
     return records
 
 
