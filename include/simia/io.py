@@ -82,12 +82,6 @@ def read_bytes(path: str | Path, *, what: str = "file") -> bytes:
     return data
 
 
-def _json_error(path: Path, data: bytes, exc: Exception, line_offset: int = 0) -> InputError:
-    msg = str(exc)
-    # orjson reports "... at line L column C (char N)": keep it, it locates the error.
-    return InputError(path, f"malformed JSON: {msg}")
-
-
 def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
     """Parse a whole JSON file, with errors that name the file and the position."""
     path = Path(path)
@@ -95,13 +89,16 @@ def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise _json_error(path, data, exc) from None
+        raise InputError(path, f"malformed JSON: {exc}") from None
 
 
-def read_jsonl(path: str | Path, *, what: str = "JSONL file") -> list[Any]:
-    """Parse a JSON-lines file; blank lines are ignored, a bad line names its number."""
+def read_jsonl(path: str | Path, *, what: str = "JSONL file",
+               data: bytes | None = None) -> list[Any]:
+    """Parse a JSON-lines file (or its ``data`` already read); blank lines are ignored,
+    a bad line names its number."""
     path = Path(path)
-    data = read_bytes(path, what=what)
+    if data is None:
+        data = read_bytes(path, what=what)
     rows = []
     for lineno, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
@@ -115,11 +112,3 @@ def read_jsonl(path: str | Path, *, what: str = "JSONL file") -> list[Any]:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -236,11 +236,11 @@ class _Turns:
                     yield obj
 
 
-def _latest_tool_result(t: _Turns, tool: str, *, stop_before_last: bool) -> dict | None:
-    """Airline: the reservation details (the reference took the FIRST lookup's result)."""
+def _first_tool_result(t: _Turns, tool: str) -> dict | None:
+    """The first parsed result of ``tool`` (the reference's airline reservation lookup:
+    first match, never the final two turns)."""
     turns = t.turns
-    limit = len(turns) - (2 if stop_before_last else 1)
-    for i in range(limit):
+    for i in range(len(turns) - 2):
         if turns[i].get("from") != "function_call":
             continue
         call = call_object(str(turns[i].get("value", ""))) or {}
@@ -265,8 +265,7 @@ def score_conversation(conv: dict[str, Any], index: int) -> RuleScore:
     airline = "# Airline Agent Policy" in system
     one_user = "You can only help one user per conversation" in system
 
-    reservation = _latest_tool_result(t, "get_reservation_details",
-                                      stop_before_last=True) if airline else None
+    reservation = _first_tool_result(t, "get_reservation_details") if airline else None
     cabin = reservation.get("cabin") if reservation else None
     insurance = reservation.get("insurance") if reservation else None
     created_at = None

@@ -187,7 +187,7 @@ def build_datasets_stage(
         return done
     t0 = time.perf_counter()
     rows = load_processed(conversations_path, data=data["conversations"])
-    labels = parse_score_records(read_jsonl(scores_path, what="scores file"), scores_path)
+    labels = parse_score_records(read_jsonl(scores_path, data=data["scores"]), scores_path)
     built = build_datasets(rows, labels, design)
     for name, level_rows in built.files.items():
         write_bytes(out_dir / name, dumps_processed(level_rows))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from simia.errors import InputError
-from simia.io import read_jsonl, write_json
+from simia.io import atomic_writer, read_jsonl, write_json
 from simia.records import load_processed, load_raw
 
 GOOD = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}],
@@ -91,7 +91,10 @@ def test_jsonl_error_names_line(tmp_path):
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.json"
     write_json(target, {"ok": 1})
-    with pytest.raises(TypeError):
-        write_json(target, {"bad": object()})
+    with pytest.raises(RuntimeError):
+        with atomic_writer(target) as fh:
+            fh.write(b'{"half": ')
+            assert len(list(tmp_path.iterdir())) == 2  # the temp file exists meanwhile
+            raise RuntimeError("crash mid-write")
     assert json.loads(target.read_text()) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
