@@ -115,8 +115,11 @@ def split_embedded_turns(turns: TurnList, stats: Stats | None = None, *,
 _THINK_SPLIT = re.compile(r"<think>(.*?)</think>\s*(.*)", re.DOTALL)
 
 
+@lru_cache(maxsize=1 << 16)
 def split_think(value: str) -> tuple[str, str]:
-    """``"<think>T</think>\\n{json}"`` -> (``"<think>T</think>\\n"``, ``"{json}"``)."""
+    """``"<think>T</think>\\n{json}"`` -> (``"<think>T</think>\\n"``, ``"{json}"``).
+
+    Cached: every step that looks at a call splits the same value."""
     if "<think>" in value and "</think>" in value:
         m = _THINK_SPLIT.search(value)
         if m:
@@ -639,6 +642,9 @@ def process_conversations(
                 row[key] = value
         kept.append(row)
     rejects.sort(key=lambda r: r.index)
+    # the caches hold the input's call strings: let them go with the input
+    split_think.cache_clear()
+    _load_json.cache_clear()
     return ProcessResult(kept, rejects, stats, len(raw), fmt, extract_embedded_calls)
 
 

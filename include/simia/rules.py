@@ -252,14 +252,26 @@ def _first_tool_result(t: _Turns, tool: str) -> dict | None:
     return None
 
 
+def _index_tools(tools: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    return {x["name"]: x for x in (tools or []) if isinstance(x.get("name"), str) and x["name"]}
+
+
+@lru_cache(maxsize=16)
+def _tools_by_name(tools: str) -> dict[str, dict[str, Any]]:
+    """The ``tools`` JSON string indexed by name, parsed once per distinct string (every
+    processed row carries the same one). Callers must not mutate the result."""
+    return _index_tools(parse_tools(tools))
+
+
 def score_conversation(conv: dict[str, Any], index: int) -> RuleScore:
     """Score one conversation (raw or native-processed record)."""
     system = conv.get("system") if isinstance(conv.get("system"), str) else ""
     raw_turns = conv.get("conversations") if isinstance(conv.get("conversations"), list) else []
     t = _Turns(raw_turns)
     turns = t.turns
-    tools = {x["name"]: x for x in (parse_tools(conv.get("tools")) or [])
-             if isinstance(x.get("name"), str) and x["name"]}
+    tools_field = conv.get("tools")
+    tools = (_tools_by_name(tools_field) if isinstance(tools_field, str)
+             else _index_tools(parse_tools(tools_field)))
     now = current_time(system) if system else None
     telecom = "# Telecom Agent Policy" in system
     airline = "# Airline Agent Policy" in system

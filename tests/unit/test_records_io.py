@@ -47,6 +47,9 @@ def test_file_level_errors(tmp_path, content, needle):
     ({"conversations": [{"from": "human", "value": 3}]}, "conversations[0].value"),
     ({"conversations": [{"value": "x"}]}, "conversations[0].from"),
     ({"conversations": [], "system": 5}, "system"),
+    ({"conversations": [], "tools": [1]}, "tools.str"),  # union: both forms listed
+    ({"conversations": [], "simulator_mode": None}, "simulator_mode"),
+    ({"conversations": [[]]}, "conversations[0]"),
     ("not an object", "(record)"),
 ])
 def test_record_level_errors_name_record_and_field(tmp_path, record, field):
@@ -80,6 +83,28 @@ def test_processed_requires_source_index(tmp_path):
     with pytest.raises(InputError) as exc:
         load_processed(path)
     assert exc.value.field == "source_index"
+
+
+@pytest.mark.parametrize("index", ["0", True, 1.0])
+def test_processed_source_index_must_be_an_integer(tmp_path, index):
+    path = _write(tmp_path, json.dumps([{**GOOD, "source_index": 0},
+                                        {**GOOD, "source_index": index}]))
+    with pytest.raises(InputError) as exc:
+        load_processed(path)
+    assert (exc.value.record, exc.value.field) == (1, "source_index")
+
+
+def test_shape_check_accepts_what_pydantic_accepts(tmp_path):
+    """The fast shape check and the pydantic models agree on valid records of every
+    optional form (tools as a string or a list, metadata present or absent)."""
+    from simia.records import _RAW_LIST
+    records = [GOOD, {"conversations": []},
+               {"conversations": [{"from": "gpt", "value": "", "x": 1}],
+                "tools": [{"name": "t"}], "based_on_sample": "a", "simulator_mode": "base",
+                "domain": "telecom", "system": ""}]
+    data = json.dumps(records).encode()
+    loaded, invalid = load_raw(_write(tmp_path, data))
+    assert invalid == [] and loaded == _RAW_LIST.validate_json(data) == records
 
 
 def test_jsonl_error_names_line(tmp_path):
