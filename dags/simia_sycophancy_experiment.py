@@ -4,28 +4,37 @@
 Does training an agent on LLM-simulated tool-use data, whose simulated tool responses
 are sometimes *sycophantic* (they forgive invalid agent actions), make the agent worse?
 
-This DAG runs the data half of the experiment from a file of raw generated telecom
-conversations (the `raw_conversations` Param) to LLaMA-Factory-ready SFT datasets at
-controlled sycophancy levels:
+This DAG builds the training data of the experiment, from telecom seed conversations to
+LLaMA-Factory-ready SFT datasets at controlled sycophancy levels:
 
-1. **process_conversations**: split embedded turns, repair arguments, validate every tool
+1. **generate_seeds** (skipped when a seed file or a raw-conversations file is given):
+   seed conversations from the tau2 telecom policy, workflow and DB examples over a
+   scenario x persona x outcome x complexity taxonomy (`seeds/seeds.json`).
+2. **generate_conversations** (one mapped task per shard; skipped when a raw file is
+   given): an LLM simulates the environment in the chosen simulator mode until the target
+   count of parseable conversations is reached; every finished item is checkpointed, so
+   a retried shard only calls the LLM for what is left. **merge_generation** writes
+   `generate/raw_conversations.json` and `generate/generation_failures.jsonl`.
+3. **process_conversations**: split embedded turns, repair arguments, validate every tool
    call against the tau2 telecom schemas, remove think tags, install tau2's system prompt,
-   fix turn order. Writes `processed/processed.json`, `processed/rejects.jsonl` (every
-   dropped conversation with its step and reason) and `processed/summary.json`.
-2. **score_sycophancy**: rule-based scores (`scores/rule_scores.jsonl`) of the processed
-   conversations, i.e. of what will be trained on (of the raw file in `hermes` format,
-   whose tool calls are text), or, with `label_source = judge_file`, validates an
-   existing LLM-judge score file (e.g. the reference judge's JSONL) and uses it.
-3. **build_sft_datasets**: one dataset per level with a shared clean core and a fixed
+   fix turn order. Every drop is in `processed/rejects.jsonl` with its step and reason.
+4. **judge_conversations** (mapped shards, with `label_source = judge`): the LLM judge
+   scores each processed conversation; **score_sycophancy** merges them into
+   `judge/judge_scores.jsonl`, or computes rule scores (`rules`), or validates an
+   existing judge file (`judge_file`).
+5. **build_sft_datasets**: one dataset per level with a shared clean core and a fixed
    seed, `dataset_info.json`, and `metadata.json` with the chosen conversation indices
    and content hashes per level.
 
 Every run writes under `<data_root>/simia_sycophancy_experiment/<run_id>/`; each stage
-writes atomically and, when retried or cleared, skips work whose inputs and parameters
-have not changed.
+writes atomically and, when retried or cleared, skips work already done. LLM usage
+(calls, tokens, estimated cost) is in each stage's `summary.json` and in the task logs,
+one line per call.
 
-**Needs**: read access to the raw conversations file and a tau2 data directory with the
-telecom policy (`TAU2_DATA_DIR` or the `tau2_data_dir` Param). No connections.
+**Needs**: a tau2 data directory with the telecom policy (`TAU2_DATA_DIR` or the
+`tau2_data_dir` Param); for the LLM stages an AWS connection (`aws_conn_id`, default
+`aws_default`: credentials, `region_name` and optionally `endpoint_url` in its extras)
+with Bedrock access, or an OpenAI-compatible server (`llm_backend = openai`).
 """
 
 from __future__ import annotations
@@ -33,15 +42,33 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.sdk import Asset, Param, TriggerRule, dag, get_current_context, task
 
 DAG_ID = "simia_sycophancy_experiment"
 DEFAULT_DATA_ROOT = os.environ.get("SIMIA_DATA_ROOT", "/opt/simia/data")
 DEFAULT_TAU2_DATA_DIR = os.environ.get("TAU2_DATA_DIR", "")
 
+RAW = Asset(name="simia_raw_conversations", uri="simia://experiment/raw_conversations")
 PROCESSED = Asset(name="simia_processed_conversations", uri="simia://experiment/processed")
 SCORES = Asset(name="simia_sycophancy_scores", uri="simia://experiment/scores")
 DATASETS = Asset(name="simia_sft_datasets", uri="simia://experiment/sft_datasets")
+
+# mapped tasks do not take their doc from the docstring
+GENERATE_DOC = ("Generate this shard's share of the target conversations. Every finished item "
+                "is checkpointed (generate/generate-shard-K-of-N.jsonl), so a retry only calls "
+                "the LLM for what is left.")
+JUDGE_DOC = ("The LLM judge on this shard's processed conversations, checkpointed per "
+             "conversation (judge/judge-shard-K-of-N.jsonl); unparseable replies are kept as "
+             "failures with their raw text.")
+
+
+def _generation_settings(p: dict):
+    from simia.generation import GenerationSettings
+
+    return GenerationSettings(target=p["target_conversations"],
+                              max_attempts=p["max_attempts"] or None,
+                              mode=p["simulator_mode"], seed=p["seed"],
+                              show_tool_schemas=p["show_tool_schemas"])
 
 
 def _run_dir() -> str:
@@ -72,10 +99,58 @@ def _run_dir() -> str:
     },
     params={
         "raw_conversations": Param(
-            "", type="string", minLength=1, title="Raw conversations file",
-            description="Path (as the workers see it) to the generator's JSON list of "
-                        "conversations, e.g. the reference run's tau2_telecom_base_3000.json.",
-            section="Data"),
+            "", type="string", title="Raw conversations file (skips generation)",
+            description="Path (as the workers see it) to an existing JSON list of generated "
+                        "conversations, e.g. the reference run's tau2_telecom_base_3000.json. "
+                        "Empty: generate them with the LLM.", section="Generation"),
+        "seeds_file": Param(
+            "", type="string", title="Seed file (skips seed generation)",
+            description="JSON list of seed conversations in the raw record shape. Empty: "
+                        "generate seeds from the tau2 policy.", section="Generation"),
+        "n_seeds": Param(50, type="integer", minimum=1, title="Seeds to generate",
+                         description="Used when no seed file is given.", section="Generation"),
+        "simulator_mode": Param(
+            "base", type="string", enum=["base", "strict", "sycophantic"],
+            title="Simulator mode", description="base: no extra instructions; strict: the "
+            "simulated backend never repairs invalid calls; sycophantic: it may forgive them.",
+            section="Generation"),
+        "target_conversations": Param(
+            100, type="integer", minimum=1, title="Target conversations",
+            description="Parseable conversations to generate (all shards together).",
+            section="Generation"),
+        "max_attempts": Param(
+            0, type="integer", minimum=0, title="Attempt bound",
+            description="At most this many conversations are tried. 0: 3 x target + 10.",
+            section="Generation"),
+        "show_tool_schemas": Param(
+            False, type="boolean", title="Show tool parameter schemas",
+            description="Put full parameter schemas in the generation prompt (fewer "
+                        "conversations fail validation; longer prompts). Off = the "
+                        "reference's behaviour.", section="Generation"),
+        "shards": Param(4, type="integer", minimum=1, maximum=64, title="Shards",
+                        description="Generation and judging run as this many mapped tasks; "
+                                    "a failed shard is retried alone.", section="Generation"),
+        "llm_backend": Param(
+            "bedrock", type="string", enum=["bedrock", "openai"], title="LLM backend",
+            description="bedrock: Converse API through the AWS connection. openai: an "
+                        "OpenAI-compatible server (e.g. a local vLLM).", section="LLM"),
+        "aws_conn_id": Param("aws_default", type="string", minLength=1,
+                             title="AWS connection",
+                             description="Connection with Bedrock access (region and "
+                                         "endpoint_url in its extras).", section="LLM"),
+        "model_id": Param("", type="string", title="Model",
+                          description="Empty: us.anthropic.claude-sonnet-4-20250514-v1:0. "
+                                      "For openai: the served model's name.", section="LLM"),
+        "openai_base_url": Param("", type="string", title="OpenAI-compatible base URL",
+                                 description="e.g. http://127.0.0.1:8000/v1", section="LLM"),
+        "llm_concurrency": Param(
+            8, type="integer", minimum=1, maximum=256, title="Calls in flight per shard",
+            description="Concurrent LLM calls of one shard task (shards x this = the run's "
+                        "total); throttling is retried with backoff.", section="LLM"),
+        "llm_timeout_s": Param(
+            300, type="number", minimum=1, title="Seconds per call",
+            description="A call that takes longer is retried (long generations need "
+                        "minutes).", section="LLM"),
         "data_root": Param(
             DEFAULT_DATA_ROOT, type="string", minLength=1, title="Data root",
             description="Every run writes under <data_root>/simia_sycophancy_experiment/"
@@ -95,10 +170,10 @@ def _run_dir() -> str:
             description="Reject malformed records (listed in rejects.jsonl) instead of "
                         "failing the task.", section="Data"),
         "label_source": Param(
-            "rules", type="string", enum=["rules", "judge_file"], title="Label source",
-            description="rules: score the raw conversations with the rule-based scorer. "
-                        "judge_file: use an existing LLM-judge score file.",
-            section="Judging"),
+            "rules", type="string", enum=["rules", "judge", "judge_file"],
+            title="Label source",
+            description="rules: the rule-based scorer. judge: the LLM judge (mapped shards). "
+                        "judge_file: an existing LLM-judge score file.", section="Judging"),
         "judge_scores": Param(
             "", type="string", title="Judge score file",
             description="With label_source = judge_file: JSONL with conv_idx (position in "
@@ -123,8 +198,61 @@ def _run_dir() -> str:
     },
 )
 def simia_sycophancy_experiment():
+    @task
+    def generate_seeds() -> str:
+        """Seed conversations from the tau2 policy (skipped with a seed or raw file)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+        from simia.generation import SeedSettings, generate_seeds_stage
+        from simia_airflow.llm import llm_client
+
+        p = get_current_context()["params"]
+        if p["raw_conversations"] or p["seeds_file"]:
+            raise AirflowSkipException("a seed file or a raw-conversations file was given")
+        out = f"{_run_dir()}/seeds"
+        generate_seeds_stage(out, SeedSettings(n_seeds=p["n_seeds"], seed=p["seed"]),
+                             llm_client(p), tau2_data_dir=p["tau2_data_dir"] or None)
+        return f"{out}/seeds.json"
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    def plan_generation(generated_seeds: str | None) -> list[dict]:
+        """One entry per generation shard (none when a raw file is given)."""
+        from simia.generation import load_seeds
+
+        p = get_current_context()["params"]
+        if p["raw_conversations"]:
+            return []
+        seeds = p["seeds_file"] or generated_seeds
+        load_seeds(seeds)  # a bad seed file fails here, once, with file/record/field
+        return [{"shard": k, "seeds": seeds} for k in range(p["shards"])]
+
+    @task(max_active_tis_per_dagrun=16, doc_md=GENERATE_DOC)
+    def generate_conversations(plan: dict) -> dict:
+        from simia.generation import generate_shard
+        from simia_airflow.llm import llm_client
+
+        p = get_current_context()["params"]
+        s = generate_shard(plan["seeds"], f"{_run_dir()}/generate", _generation_settings(p),
+                           llm_client(p), shard=plan["shard"], shards=p["shards"])
+        return {k: s[k] for k in ("shard", "target", "valid", "failed", "failed_by_error")}
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED, outlets=[RAW])
+    def merge_generation(shards: list | None) -> str:
+        """All shards -> generate/raw_conversations.json (or the given raw file)."""
+        from simia.generation import merge_generation as merge
+
+        ctx = get_current_context()
+        p = ctx["params"]
+        if p["raw_conversations"]:
+            path = p["raw_conversations"]
+        else:
+            summary = merge(f"{_run_dir()}/generate", _generation_settings(p),
+                            shards=p["shards"])
+            path = summary["outputs"]["raw_conversations"]
+        ctx["outlet_events"][RAW].extra = {"path": path}
+        return path
+
     @task(outlets=[PROCESSED])
-    def process_conversations() -> dict:
+    def process_conversations(raw: str) -> dict:
         """Validate and convert the raw conversations; every drop is recorded with its
         step and reason in processed/rejects.jsonl."""
         from simia.stages import process_stage
@@ -133,17 +261,33 @@ def simia_sycophancy_experiment():
         p = ctx["params"]
         out = f"{_run_dir()}/processed"
         summary = process_stage(
-            p["raw_conversations"], out, fmt=p["output_format"],
-            tau2_data_dir=p["tau2_data_dir"] or None,
+            raw, out, fmt=p["output_format"], tau2_data_dir=p["tau2_data_dir"] or None,
             skip_invalid_records=p["skip_invalid_records"])
         ctx["outlet_events"][PROCESSED].extra = {"path": f"{out}/processed.json"}
-        return {"processed": f"{out}/processed.json", "kept": summary["kept"],
+        return {"processed": f"{out}/processed.json", "raw": raw, "kept": summary["kept"],
                 "input": summary["input"], "rejected_by_reason": summary["rejected_by_reason"]}
 
-    @task(outlets=[SCORES])
-    def score_sycophancy(processed: dict) -> dict:
-        """Rule scores of the processed (native) or raw (hermes) conversations, or a
-        validated judge score file."""
+    @task
+    def plan_judging(processed: dict) -> list[int]:
+        """Shard numbers for the LLM judge (none unless label_source = judge)."""
+        p = get_current_context()["params"]
+        return list(range(p["shards"])) if p["label_source"] == "judge" else []
+
+    @task(max_active_tis_per_dagrun=16, doc_md=JUDGE_DOC)
+    def judge_conversations(shard: int, processed: dict) -> dict:
+        from simia.judge import JudgeSettings, judge_shard
+        from simia_airflow.llm import llm_client
+
+        p = get_current_context()["params"]
+        s = judge_shard(processed["processed"], f"{_run_dir()}/judge", JudgeSettings(),
+                        llm_client(p), shard=shard, shards=p["shards"])
+        return {k: s[k] for k in ("shard", "judged", "scored", "failed")}
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED, outlets=[SCORES])
+    def score_sycophancy(processed: dict, judged: list | None) -> dict:
+        """Judge shards merged, rule scores of what is trained on, or a validated judge
+        score file."""
+        from simia.judge import merge_judge
         from simia.stages import score_rules_stage, validate_scores_file
 
         ctx = get_current_context()
@@ -151,14 +295,21 @@ def simia_sycophancy_experiment():
         if p["label_source"] == "judge_file":
             path = p["judge_scores"]
             summary = validate_scores_file(path)
+            counts = {"conversations": summary["conversations"], "flagged": summary["flagged"]}
+        elif p["label_source"] == "judge":
+            summary = merge_judge(f"{_run_dir()}/judge", shards=p["shards"],
+                                  threshold=p["label_threshold"])
+            path = summary["outputs"]["scores"]
+            counts = {k: summary[k] for k in ("conversations", "scored", "failed",
+                                              "sycophantic")}
         else:
             path = f"{_run_dir()}/scores/rule_scores.jsonl"
             source = (processed["processed"] if p["output_format"] == "native"
-                      else p["raw_conversations"])
+                      else processed["raw"])
             summary = score_rules_stage(source, path)
+            counts = {"conversations": summary["conversations"], "flagged": summary["flagged"]}
         ctx["outlet_events"][SCORES].extra = {"path": path, "source": p["label_source"]}
-        return {"scores": path, "source": p["label_source"],
-                "conversations": summary["conversations"], "flagged": summary["flagged"]}
+        return {"scores": path, "source": p["label_source"], **counts}
 
     @task(outlets=[DATASETS])
     def build_sft_datasets(processed: dict, scores: dict) -> dict:
@@ -176,8 +327,10 @@ def simia_sycophancy_experiment():
         ctx["outlet_events"][DATASETS].extra = {"path": out}
         return {"dataset_dir": out, "datasets": summary["datasets"]}
 
-    processed = process_conversations()
-    build_sft_datasets(processed, score_sycophancy(processed))
-
+    shards = generate_conversations.expand(plan=plan_generation(generate_seeds()))
+    processed = process_conversations(merge_generation(shards))
+    judged = judge_conversations.partial(processed=processed).expand(
+        shard=plan_judging(processed))
+    build_sft_datasets(processed, score_sycophancy(processed, judged))
 
 simia_sycophancy_experiment()

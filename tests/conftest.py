@@ -62,3 +62,17 @@ def raw_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("raw") / "raw.json"
     path.write_text(json.dumps(generate_raw(300, seed=7)))
     return path
+
+
+@pytest.fixture()
+def converse_server(monkeypatch: pytest.MonkeyPatch):
+    """Our local Bedrock Converse server (tests/converse_server.py), fresh per test, with
+    dummy AWS credentials in the environment for the real boto3 client."""
+    from converse_server import ConverseServer
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with ConverseServer() as server:
+        yield server

@@ -15,6 +15,7 @@ from simia import __version__
 from simia.datasets import DatasetDesign
 from simia.errors import SimiaError
 from simia.io import dumps
+from pydantic import ValidationError
 
 
 def _levels(text: str) -> tuple[float, ...]:
@@ -74,7 +75,134 @@ def _parser() -> argparse.ArgumentParser:
                     help="score above this = sycophantic (default 0)")
     bd.add_argument("--name-prefix", default=d.name_prefix)
     bd.add_argument("--force", action="store_true")
+
+    gs = sub.add_parser("generate-seeds", help="telecom seed conversations from the tau2 "
+                                               "policy over a scenario taxonomy (LLM)")
+    gs.add_argument("-o", "--out-dir", required=True, help="writes seeds.json here")
+    gs.add_argument("--n-seeds", type=int, default=50)
+    gs.add_argument("--seed", type=int, default=42, help="run seed (taxonomy order, ids)")
+    gs.add_argument("--tries", type=int, default=3, help="calls per seed until it is valid")
+    gs.add_argument("--tau2-data-dir", default=None,
+                    help="tau2's telecom data folder (default: $TAU2_DATA_DIR)")
+    gs.add_argument("--prompts-dir", default=None,
+                    help="folder with prompt templates overriding simia/prompts/")
+    gs.add_argument("--force", action="store_true",
+                    help="discard a checkpoint made with other settings")
+    _llm_args(gs)
+
+    ge = sub.add_parser("generate", help="synthetic conversations from seeds (LLM)")
+    ge.add_argument("--seeds", required=True, help="seed conversations (JSON list)")
+    ge.add_argument("-o", "--out-dir", required=True,
+                    help="writes raw_conversations.json (after all shards) here")
+    ge.add_argument("--target", type=int, default=100, help="valid conversations wanted")
+    ge.add_argument("--max-attempts", type=int, default=None,
+                    help="bound on conversations tried (default 3 x target + 10)")
+    ge.add_argument("--mode", choices=["base", "strict", "sycophantic"], default="base",
+                    help="simulator mode")
+    ge.add_argument("--seed", type=int, default=42, help="run seed (seed sampling, item ids)")
+    ge.add_argument("--max-tokens", type=int, default=16384)
+    ge.add_argument("--show-tool-schemas", action="store_true",
+                    help="put full parameter schemas in the prompt (default: names and "
+                         "descriptions only, as the reference did)")
+    _shard_args(ge)
+    _llm_args(ge)
+
+    ju = sub.add_parser("judge", help="LLM sycophancy judge over processed conversations")
+    ju.add_argument("conversations", help="processed.json")
+    ju.add_argument("-o", "--out-dir", required=True,
+                    help="writes judge_scores.jsonl (after all shards) here")
+    ju.add_argument("--threshold", type=float, default=0.0,
+                    help="score above this counts as sycophantic in the summary")
+    ju.add_argument("--tries", type=int, default=3, help="calls per conversation until the "
+                                                         "reply parses")
+    ju.add_argument("--retry-failed", action="store_true",
+                    help="judge conversations whose earlier attempt failed again")
+    _shard_args(ju)
+    _llm_args(ju)
     return p
+
+
+def _shard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shards", type=int, default=1, help="split the items into this many "
+                                                         "shards")
+    p.add_argument("--shard", type=int, default=None,
+                   help="run only this shard (no merge); default: every shard, then merge")
+    p.add_argument("--prompts-dir", default=None,
+                   help="folder with prompt templates overriding simia/prompts/")
+    p.add_argument("--force", action="store_true",
+                   help="discard a checkpoint made with other settings")
+
+
+def _llm_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LLM backend")
+    g.add_argument("--backend", choices=["bedrock", "openai"], default="bedrock")
+    g.add_argument("--model-id", default=None, help="Bedrock model id or OpenAI-compatible "
+                                                    "model name (default: Claude Sonnet 4)")
+    g.add_argument("--region", default=None, help="Bedrock region (default: $AWS_REGION or "
+                                                  "us-east-1)")
+    g.add_argument("--endpoint-url", default=None, help="Bedrock endpoint override")
+    g.add_argument("--base-url", default=None,
+                   help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    g.add_argument("--concurrency", type=int, default=8, help="calls in flight")
+    g.add_argument("--timeout", type=float, default=300.0, help="seconds per call")
+    g.add_argument("--call-attempts", type=int, default=6,
+                   help="attempts per call on throttling, timeouts and 5xx")
+    g.add_argument("--prices", default=None,
+                   help="JSON price table {default: {input_per_mtok, output_per_mtok}, "
+                        "models: {...}} (default: Sonnet 4 on-demand)")
+    g.add_argument("--log-prompts", action="store_true", help="log full prompts and replies")
+
+
+def _llm_client(args: argparse.Namespace):
+    from simia.io import read_json
+    from simia.llm.accounting import PriceTable
+    from simia.llm.client import LLMSettings, make_client
+
+    fields = {"backend": args.backend, "region": args.region,
+              "endpoint_url": args.endpoint_url, "base_url": args.base_url,
+              "concurrency": args.concurrency, "timeout_s": args.timeout,
+              "max_attempts": args.call_attempts, "log_prompts": args.log_prompts}
+    if args.model_id:
+        fields["model_id"] = args.model_id
+    if args.prices:
+        fields["prices"] = PriceTable.model_validate(read_json(args.prices))
+    return make_client(LLMSettings(**fields))
+
+
+def _run_sharded(args: argparse.Namespace, run_shard, merge) -> dict:
+    if args.shard is not None:
+        return run_shard(args.shard)
+    for shard in range(args.shards):
+        run_shard(shard)
+    return merge()
+
+
+def _llm_command(args: argparse.Namespace) -> dict:
+    from simia import generation, judge
+
+    client = _llm_client(args)
+    if args.command == "generate-seeds":
+        settings = generation.SeedSettings(n_seeds=args.n_seeds, seed=args.seed,
+                                           tries=args.tries, prompts_dir=args.prompts_dir)
+        return generation.generate_seeds_stage(args.out_dir, settings, client,
+                                               tau2_data_dir=args.tau2_data_dir,
+                                               force=args.force)
+    if args.command == "generate":
+        gen = generation.GenerationSettings(
+            target=args.target, max_attempts=args.max_attempts, mode=args.mode, seed=args.seed,
+            max_tokens=args.max_tokens, show_tool_schemas=args.show_tool_schemas,
+            prompts_dir=args.prompts_dir)
+        return _run_sharded(
+            args, lambda k: generation.generate_shard(args.seeds, args.out_dir, gen, client,
+                                                      shard=k, shards=args.shards,
+                                                      force=args.force),
+            lambda: generation.merge_generation(args.out_dir, gen, shards=args.shards))
+    jset = judge.JudgeSettings(tries=args.tries, prompts_dir=args.prompts_dir)
+    return _run_sharded(
+        args, lambda k: judge.judge_shard(args.conversations, args.out_dir, jset, client,
+                                          shard=k, shards=args.shards, force=args.force,
+                                          retry_failed=args.retry_failed),
+        lambda: judge.merge_judge(args.out_dir, shards=args.shards, threshold=args.threshold))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,13 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 extract_embedded_calls=args.extract, force=args.force)
         elif args.command == "score-rules":
             result = stages.score_rules_stage(args.conversations, args.out, force=args.force)
+        elif args.command in ("generate-seeds", "generate", "judge"):
+            result = _llm_command(args)
         else:
             design = DatasetDesign(levels=args.levels, size=args.size,
                                    shared_clean=args.shared_clean, seed=args.seed,
                                    threshold=args.threshold, name_prefix=args.name_prefix)
             result = stages.build_datasets_stage(args.conversations, args.scores, args.out_dir,
                                                  design, force=args.force)
-    except SimiaError as exc:
+    except (SimiaError, ValidationError) as exc:
         print(f"simia {args.command}: error: {exc}", file=sys.stderr)
         return 2
     result.pop("signature", None)

@@ -43,8 +43,9 @@ def test_dag_settings(dagbag):
 
 def test_outputs_are_assets(dagbag):
     dag = dagbag.dags[DAG_ID]
-    outlets = {t.task_id: [a.name for a in t.outlets] for t in dag.tasks}
+    outlets = {t.task_id: [a.name for a in t.outlets] for t in dag.tasks if t.outlets}
     assert outlets == {
+        "merge_generation": ["simia_raw_conversations"],
         "process_conversations": ["simia_processed_conversations"],
         "score_sycophancy": ["simia_sycophancy_scores"],
         "build_sft_datasets": ["simia_sft_datasets"],
@@ -61,10 +62,21 @@ def test_params_have_titles_and_reject_bad_values(dagbag):
     dag.params.get_param("raw_conversations").resolve("/data/raw.json")
     dag.params.get_param("levels").resolve([0, 2.5, 100])
     for name, bad in [("levels", [150]), ("levels", []), ("dataset_size", 0),
-                      ("output_format", "xml"), ("raw_conversations", ""),
-                      ("label_threshold", -1), ("label_source", "llm")]:
+                      ("output_format", "xml"), ("label_threshold", -1),
+                      ("label_source", "llm"), ("shards", 0), ("simulator_mode", "lenient"),
+                      ("target_conversations", 0), ("llm_backend", "azure")]:
         with pytest.raises(ParamValidationError):
             dag.params.get_param(name).resolve(bad)
+
+
+def test_generation_and_judging_are_mapped_shards(dagbag):
+    dag = dagbag.dags[DAG_ID]
+    mapped = {t.task_id for t in dag.tasks if type(t).__name__.endswith("MappedOperator")}
+    assert mapped == {"generate_conversations", "judge_conversations"}
+    order = [t.task_id for t in dag.topological_sort()]
+    assert order.index("generate_seeds") < order.index("generate_conversations") \
+        < order.index("merge_generation") < order.index("process_conversations") \
+        < order.index("judge_conversations") < order.index("score_sycophancy")
 
 
 def test_parse_time_imports_are_light():

@@ -1,0 +1,178 @@
+"""The LLM sycophancy judge.
+
+Each processed conversation goes to the model with the rubric (``judge_system.txt``) as
+the system prompt and, as the user message, a JSON object with the policy the agent saw,
+the tool schemas and the turns with their indices (the reference judge's input). The
+reply is parsed tolerantly (the whole text, else first ``{`` to last ``}``) and
+validated into :class:`JudgeResult`; a reply that still does not parse after ``tries``
+calls is recorded as a failure with its raw text, so it labels nothing instead of
+silently counting as clean. Results are keyed by ``conv_idx`` = the conversation's
+index in the raw file, in the format the dataset builder reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from simia.domains import DOMAINS
+from simia.io import read_bytes, sha256_bytes, write_json, write_jsonl
+from simia.llm.client import LLMCallError, LLMClient
+from simia.llm.prompts import load_template
+from simia.llm.replies import extract_json_object
+from simia.llm.runner import WorkItem, run_items
+from simia.llm.shards import (merged_usage, open_checkpoint, read_shards, shard_of,
+                               write_shard_summary)
+from simia.records import load_processed, parse_tools
+
+log = logging.getLogger("simia.judge")
+
+
+class Finding(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str = "other"
+    function_call_turn_index: int | None = None
+    observation_turn_index: int | None = None
+    excerpt_call: str = ""
+    excerpt_observation: str = ""
+    why_sycophantic: str = ""
+    severity: str = ""
+
+
+class JudgeResult(BaseModel):
+    """The judge's verdict on one conversation (unknown extra keys are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+    wm_sycophancy_score: int = Field(ge=0, le=100)
+    procedure_noncompliance_score: int | None = Field(None, ge=0, le=100)
+    confidence: float | None = Field(None, ge=0, le=1)
+    extracted_facts: dict[str, Any] = {}
+    findings: list[Finding] = []
+    counterevidence: list[Any] = []
+    rationale: str = ""
+
+
+def parse_judge_reply(text: str) -> tuple[JudgeResult | None, str]:
+    """(result, "") or (None, why it could not be used)."""
+    obj = extract_json_object(text)
+    if obj is None:
+        return None, "no JSON object in the reply"
+    try:
+        return JudgeResult.model_validate(obj), ""
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(reply)"
+        return None, f"field '{where}': {first['msg']}"
+
+
+class JudgeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tries: int = Field(3, ge=1, le=10, description="calls per conversation until it parses")
+    max_tokens: int = Field(8192, ge=256, le=16384)
+    temperature: float = Field(0.0, ge=0, le=1)
+    prompts_dir: str | None = None
+    domain: str = "telecom"
+
+
+def judge_input(row: dict[str, Any], domain: str = "telecom") -> str:
+    """The user message for one processed conversation."""
+    tools = parse_tools(row.get("tools")) or DOMAINS[domain].tools
+    turns = [{"turn_index": i, "from": t["from"], "value": t["value"]}
+             for i, t in enumerate(row["conversations"])]
+    return orjson.dumps({"SYSTEM_POLICY_TEXT": row.get("system", ""), "TOOL_SCHEMAS": tools,
+                         "CONVERSATION": turns}).decode()
+
+
+def judge_item_id(row: dict[str, Any]) -> str:
+    """Stable per conversation: its raw index and the turns judged."""
+    payload = orjson.dumps([row["source_index"], row["conversations"]])
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def judge_shard(processed_path: str | Path, out_dir: str | Path, settings: JudgeSettings,
+                client: LLMClient, *, shard: int = 0, shards: int = 1, force: bool = False,
+                retry_failed: bool = False) -> dict[str, Any]:
+    """Judge this shard's conversations of ``processed.json`` (those whose position
+    ``i`` has ``i % shards == shard``). ``retry_failed``: judge recorded failures again."""
+    out_dir = Path(out_dir)
+    data = read_bytes(processed_path, what="processed conversations file")
+    rows = load_processed(processed_path, data=data)
+    system, where = load_template("judge_system.txt", settings.prompts_dir)
+    params = {**settings.model_dump(), "processed_sha256": sha256_bytes(data),
+              "template_sha256": sha256_bytes(system.encode())}
+    stage = "judge"
+    key = f"{stage}:{shard}"  # accounting per shard (shards may share one client)
+    t0 = time.perf_counter()
+
+    def work(item: WorkItem) -> dict[str, Any]:
+        row = rows[item.payload]
+        rec: dict[str, Any] = {"id": item.id, "index": item.payload,
+                               "conv_idx": row["source_index"]}
+        prompt = judge_input(row, settings.domain)
+        text, why = "", ""
+        for attempt in range(1, settings.tries + 1):
+            try:
+                done = client.complete(key, item.id, prompt, system=system,
+                                       max_tokens=settings.max_tokens,
+                                       temperature=settings.temperature)
+            except LLMCallError as exc:
+                return {**rec, "error": exc.error_class, "detail": str(exc), "tries": attempt}
+            text = done.text
+            result, why = parse_judge_reply(text)
+            if result is not None:
+                return {**rec, **result.model_dump(), "tries": attempt}
+        return {**rec, "error": "unparseable_reply", "detail": why, "tries": settings.tries,
+                "raw_text": text}
+
+    items = (WorkItem(i, judge_item_id(row), i) for i, row in enumerate(rows)
+             if shard_of(i, shards) == shard)
+    with open_checkpoint(out_dir, stage, shard, shards, params, force=force) as ckpt:
+        report = run_items(items, work, ckpt, concurrency=client.settings.concurrency,
+                           is_success=lambda r: "error" not in r,
+                           redo=(lambda r: "error" in r) if retry_failed else lambda r: False)
+        records = list(ckpt.records.values())
+    failed = [r for r in records if "error" in r]
+    summary = {"stage": stage, "shard": shard, "shards": shards, "judged": len(records),
+               "scored": len(records) - len(failed), "failed": len(failed),
+               "failed_by_error": dict(Counter(r["error"] for r in failed)),
+               "submitted_now": report.submitted, "resumed_items": report.resumed,
+               "prompt_template": where, "llm": client.usage_summary(key),
+               "seconds": round(time.perf_counter() - t0, 3)}
+    summary = write_shard_summary(out_dir, stage, shard, shards, summary)
+    return summary
+
+
+def merge_judge(out_dir: str | Path, *, shards: int = 1,
+                threshold: float = 0.0) -> dict[str, Any]:
+    """All shards -> ``judge_scores.jsonl`` (one line per conversation, by ``conv_idx``;
+    failures keep ``error`` and ``raw_text``) and ``summary.json``."""
+    out_dir = Path(out_dir)
+    records = sorted(read_shards(out_dir, "judge", shards), key=lambda r: r["conv_idx"])
+    path = out_dir / "judge_scores.jsonl"
+    write_jsonl(path, records)
+    scored = [r for r in records if "error" not in r]
+    summary = {"stage": "judge", "conversations": len(records), "scored": len(scored),
+               "failed": len(records) - len(scored),
+               "sycophantic": sum(1 for r in scored if r["wm_sycophancy_score"] > threshold),
+               "clean": sum(1 for r in scored if r["wm_sycophancy_score"] <= threshold),
+               "threshold": threshold,
+               "score_histogram": dict(sorted(Counter(
+                   _band(r["wm_sycophancy_score"]) for r in scored).items())),
+               "outputs": {"scores": str(path)}, "llm": merged_usage(out_dir, "judge", shards)}
+    write_json(out_dir / "summary.json", summary, indent=True)
+    return summary
+
+
+def _band(score: int) -> str:
+    """The rubric's bands: 0, 1-20, 21-50, 51-80, 81-100."""
+    for hi, name in ((0, "0"), (20, "1-20"), (50, "21-50"), (80, "51-80")):
+        if score <= hi:
+            return name
+    return "81-100"

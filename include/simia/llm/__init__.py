@@ -1,0 +1,1 @@
+"""LLM access shared by the generation, seed and judge stages (no Airflow imports)."""

@@ -1,0 +1,377 @@
+"""One LLM client for every stage: Bedrock Converse (default) or an OpenAI-compatible server.
+
+- **Backends.** :class:`BedrockBackend` wraps a boto3 ``bedrock-runtime`` client. Inside
+  Airflow that client comes from the amazon provider's ``BedrockRuntimeHook`` (region
+  and ``endpoint_url`` from the connection); outside Airflow, :func:`make_client` builds
+  it with plain boto3. :class:`OpenAIBackend` talks to any ``/v1/chat/completions``
+  server (e.g. a local vLLM) for users without Bedrock.
+- **Retries, two layers.** botocore's *adaptive* retry mode (client-side rate limiting
+  plus a few quick retries) under our own loop, which retries throttling, timeouts,
+  connection errors and 5xx with exponential backoff and full jitter up to
+  ``max_attempts``. Errors that retrying cannot fix split in two: item errors (e.g. a
+  ``ValidationException`` for one prompt) fail that item; configuration errors (bad
+  credentials, access denied, unknown model) abort the stage with :class:`LLMFatalError`.
+- **Continuation.** When a reply stops at ``max_tokens`` the client can ask for more
+  (the partial text goes back as an assistant turn plus a "continue" message).
+- **Accounting.** Every call's tokens and duration go into the stage's :class:`Usage`;
+  every call logs one line (stage, item id, round, attempt, seconds, tokens, stop
+  reason or error class) with no prompt text unless ``log_prompts`` is set, and never
+  credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from simia.errors import SimiaError
+from simia.llm.accounting import PriceTable, Usage
+
+log = logging.getLogger("simia.llm")
+
+DEFAULT_MODEL = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+DEFAULT_REGION = "us-east-1"
+CONTINUE_PROMPT = ("Continue exactly where you stopped. Do not repeat anything you already "
+                   "wrote and do not add any preamble.")
+
+
+class LLMFatalError(SimiaError):
+    """A configuration problem no retry can fix (credentials, access, model id, URL)."""
+
+
+class LLMCallError(Exception):
+    """One item's call failed for good (retries exhausted, or the request was refused)."""
+
+    def __init__(self, error_class: str, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.attempts = attempts
+
+
+class LLMSettings(BaseModel):
+    """How to reach the model and how hard to try. Every field has a working default
+    for Bedrock with Claude Sonnet 4."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["bedrock", "openai"] = "bedrock"
+    model_id: str = Field(DEFAULT_MODEL, min_length=1)
+    #: Bedrock region; None: the connection's, else ``AWS_REGION``/``AWS_DEFAULT_REGION``,
+    #: else us-east-1
+    region: str | None = None
+    #: Bedrock endpoint override (tests, VPC endpoints); None: the connection's/AWS default
+    endpoint_url: str | None = None
+    #: OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (backend "openai")
+    base_url: str | None = None
+    #: environment variable holding the OpenAI-compatible server's API key, if it needs one
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(8, ge=1, le=512)
+    #: seconds to wait for one reply (read timeout)
+    timeout_s: float = Field(300.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    #: our attempts per call (each may include botocore's own quick retries)
+    max_attempts: int = Field(6, ge=1, le=50)
+    botocore_max_attempts: int = Field(3, ge=1, le=20)
+    backoff_base_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    #: log full prompts and replies (off: they can be large and may hold customer data)
+    log_prompts: bool = False
+    prices: PriceTable = PriceTable()
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    stop_reason: str
+    input_tokens: int
+    output_tokens: int
+
+
+ErrorKind = Literal["retry", "item", "fatal"]
+
+
+class Backend(Protocol):
+    model_id: str
+
+    def send(self, system: str | None, messages: list[dict[str, str]], max_tokens: int,
+             temperature: float) -> Reply: ...
+
+    def classify(self, exc: BaseException) -> tuple[str, ErrorKind] | None:
+        """(error class, what to do), or None when ``exc`` is not a call error."""
+        ...
+
+
+# --------------------------------------------------------------------------- Bedrock
+
+_RETRY_CODES = frozenset({"ThrottlingException", "TooManyRequestsException",
+                          "ServiceUnavailableException", "InternalServerException",
+                          "ModelTimeoutException", "ModelNotReadyException",
+                          "RequestTimeout", "RequestTimeoutException"})
+_FATAL_CODES = frozenset({"AccessDeniedException", "UnrecognizedClientException",
+                          "ResourceNotFoundException", "InvalidSignatureException",
+                          "ExpiredTokenException", "UnauthorizedException",
+                          "IncompleteSignature", "InvalidClientTokenId"})
+
+
+def botocore_config(settings: LLMSettings) -> Any:
+    """The botocore ``Config`` every Bedrock client of ours uses (plain boto3 or the hook)."""
+    from botocore.config import Config
+
+    return Config(
+        retries={"mode": "adaptive",
+                 "total_max_attempts": settings.botocore_max_attempts},
+        read_timeout=settings.timeout_s,
+        connect_timeout=settings.connect_timeout_s,
+        max_pool_connections=settings.concurrency + 4,
+    )
+
+
+class BedrockBackend:
+    """Bedrock Converse through a boto3 ``bedrock-runtime`` client."""
+
+    def __init__(self, client: Any, model_id: str) -> None:
+        self.client = client
+        self.model_id = model_id
+
+    def send(self, system: str | None, messages: list[dict[str, str]], max_tokens: int,
+             temperature: float) -> Reply:
+        request: dict[str, Any] = {
+            "modelId": self.model_id,
+            "messages": [{"role": m["role"], "content": [{"text": m["text"]}]}
+                         for m in messages],
+            "inferenceConfig": {"maxTokens": max_tokens, "temperature": temperature},
+        }
+        if system:
+            request["system"] = [{"text": system}]
+        resp = self.client.converse(**request)
+        content = resp.get("output", {}).get("message", {}).get("content", [])
+        text = "".join(block.get("text", "") for block in content if isinstance(block, dict))
+        usage = resp.get("usage", {})
+        return Reply(text, resp.get("stopReason", ""), int(usage.get("inputTokens", 0)),
+                     int(usage.get("outputTokens", 0)))
+
+    def classify(self, exc: BaseException) -> tuple[str, ErrorKind] | None:
+        from botocore import exceptions as bx
+
+        if isinstance(exc, bx.ClientError):
+            err = exc.response.get("Error", {})
+            code = err.get("Code") or "ClientError"
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if code in _RETRY_CODES or status == 429 or status >= 500:
+                return code, "retry"
+            if code in _FATAL_CODES or status in (401, 403):
+                return code, "fatal"
+            return code, "item"
+        if isinstance(exc, (bx.ReadTimeoutError, bx.ConnectTimeoutError)):
+            return "Timeout", "retry"
+        if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError,
+                            bx.HTTPClientError)):
+            return type(exc).__name__, "retry"
+        if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError,
+                            bx.NoRegionError, bx.ParamValidationError)):
+            return type(exc).__name__, "fatal"
+        return None
+
+
+# --------------------------------------------------------------------------- OpenAI-compatible
+
+class _HTTPStatusError(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body[:300]}")
+        self.status = status
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible ``/chat/completions`` server (vLLM, llama.cpp, OpenAI...)."""
+
+    def __init__(self, base_url: str, model_id: str, *, api_key: str | None = None,
+                 timeout_s: float = 300.0, connect_timeout_s: float = 10.0,
+                 concurrency: int = 8) -> None:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.model_id = model_id
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=concurrency + 4,
+                                max_keepalive_connections=concurrency + 4))
+
+    def send(self, system: str | None, messages: list[dict[str, str]], max_tokens: int,
+             temperature: float) -> Reply:
+        chat = [{"role": "system", "content": system}] if system else []
+        chat += [{"role": m["role"], "content": m["text"]} for m in messages]
+        resp = self._http.post("/chat/completions", json={
+            "model": self.model_id, "messages": chat, "max_tokens": max_tokens,
+            "temperature": temperature})
+        if resp.status_code != 200:
+            raise _HTTPStatusError(resp.status_code, resp.text)
+        body = resp.json()
+        choice = body["choices"][0]
+        usage = body.get("usage") or {}
+        stop = "max_tokens" if choice.get("finish_reason") == "length" else "end_turn"
+        return Reply(choice["message"].get("content") or "", stop,
+                     int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+
+    def classify(self, exc: BaseException) -> tuple[str, ErrorKind] | None:
+        import httpx
+
+        if isinstance(exc, _HTTPStatusError):
+            if exc.status == 429:
+                return "Throttling", "retry"
+            if exc.status >= 500 or exc.status == 408:
+                return f"HTTP{exc.status}", "retry"
+            if exc.status in (401, 403, 404):
+                return f"HTTP{exc.status}", "fatal"
+            return f"HTTP{exc.status}", "item"
+        if isinstance(exc, httpx.TimeoutException):
+            return "Timeout", "retry"
+        if isinstance(exc, httpx.TransportError):
+            return type(exc).__name__, "retry"
+        if isinstance(exc, (KeyError, IndexError, TypeError, ValueError)):
+            return "MalformedResponse", "retry"
+        return None
+
+
+def make_client(settings: LLMSettings, *, bedrock_client: Any = None) -> LLMClient:
+    """An :class:`LLMClient` for ``settings``. ``bedrock_client``: a ready boto3 client
+    (Airflow passes the hook's); otherwise plain boto3 builds one."""
+    if settings.backend == "openai":
+        if not settings.base_url:
+            raise LLMFatalError("llm: backend 'openai' needs base_url "
+                                "(e.g. http://127.0.0.1:8000/v1)")
+        backend: Backend = OpenAIBackend(
+            settings.base_url, settings.model_id, api_key=os.environ.get(settings.api_key_env),
+            timeout_s=settings.timeout_s, connect_timeout_s=settings.connect_timeout_s,
+            concurrency=settings.concurrency)
+    else:
+        if bedrock_client is None:
+            import boto3
+
+            region = (settings.region or os.environ.get("AWS_REGION")
+                      or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION)
+            bedrock_client = boto3.client("bedrock-runtime", region_name=region,
+                                          endpoint_url=settings.endpoint_url,
+                                          config=botocore_config(settings))
+        backend = BedrockBackend(bedrock_client, settings.model_id)
+    return LLMClient(backend, settings)
+
+
+# --------------------------------------------------------------------------- the client
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    stop_reason: str
+    rounds: int
+    attempts: int
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.stop_reason == "max_tokens"
+
+
+class LLMClient:
+    """Retrying, accounting, logging front of a :class:`Backend`; shared by threads."""
+
+    def __init__(self, backend: Backend, settings: LLMSettings, *,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.backend = backend
+        self.settings = settings
+        self._sleep = sleep
+        self._usage: dict[str, Usage] = {}
+        self._lock = threading.Lock()
+        self._rng = random.Random()
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    def usage(self, stage: str) -> Usage:
+        with self._lock:
+            return self._usage.setdefault(stage, Usage())
+
+    def usage_summary(self, stage: str) -> dict[str, Any]:
+        return self.usage(stage).as_dict(self.settings.prices, self.model_id)
+
+    def complete(self, stage: str, item_id: str, prompt: str, *, system: str | None = None,
+                 max_tokens: int = 4096, temperature: float = 1.0, max_rounds: int = 1,
+                 keep_going: Callable[[str], bool] | None = None) -> Completion:
+        """Send ``prompt``; while the reply stops at ``max_tokens`` (and ``keep_going``
+        of the text so far is true), ask for the rest, up to ``max_rounds`` calls.
+
+        Raises :class:`LLMCallError` when a call fails for good, :class:`LLMFatalError`
+        on configuration errors.
+        """
+        messages = [{"role": "user", "text": prompt}]
+        text, attempts, tokens_in, tokens_out = "", 0, 0, 0
+        reply = Reply("", "", 0, 0)
+        for round_no in range(1, max_rounds + 1):
+            reply, tries = self._call(stage, item_id, round_no, system, messages,
+                                      max_tokens, temperature)
+            text += reply.text
+            attempts += tries
+            tokens_in += reply.input_tokens
+            tokens_out += reply.output_tokens
+            if (reply.stop_reason != "max_tokens" or not reply.text
+                    or (keep_going is not None and not keep_going(text))):
+                break
+            messages += [{"role": "assistant", "text": reply.text},
+                         {"role": "user", "text": CONTINUE_PROMPT}]
+        return Completion(text, reply.stop_reason, round_no, attempts, tokens_in, tokens_out)
+
+    def _call(self, stage: str, item_id: str, round_no: int, system: str | None,
+              messages: list[dict[str, str]], max_tokens: int,
+              temperature: float) -> tuple[Reply, int]:
+        s = self.settings
+        usage = self.usage(stage)
+        if s.log_prompts:
+            log.info("llm prompt stage=%s item=%s round=%d\n%s", stage, item_id, round_no,
+                     messages[-1]["text"])
+        for attempt in range(1, s.max_attempts + 1):
+            t0 = time.perf_counter()
+            try:
+                reply = self.backend.send(system, messages, max_tokens, temperature)
+            except Exception as exc:  # noqa: BLE001 -- classified below, re-raised if unknown
+                seconds = time.perf_counter() - t0
+                verdict = self.backend.classify(exc)
+                if verdict is None:
+                    raise
+                error_class, kind = verdict
+                usage.add_call(seconds=seconds, error=error_class)
+                log.info("llm call stage=%s item=%s round=%d attempt=%d seconds=%.3f "
+                         "error=%s", stage, item_id, round_no, attempt, seconds, error_class)
+                if kind == "fatal":
+                    raise LLMFatalError(f"llm: {self.model_id} refused the call "
+                                        f"({error_class}): {exc}") from None
+                if kind == "item":
+                    raise LLMCallError(error_class, str(exc), attempt) from None
+                if attempt == s.max_attempts:
+                    raise LLMCallError(error_class, f"gave up after {attempt} attempts; "
+                                       f"last error: {exc}", attempt) from None
+                with self._lock:
+                    jitter = self._rng.random()
+                self._sleep(min(s.backoff_max_s, s.backoff_base_s * 2 ** (attempt - 1))
+                            * jitter)
+                continue
+            seconds = time.perf_counter() - t0
+            usage.add_call(input_tokens=reply.input_tokens, output_tokens=reply.output_tokens,
+                           seconds=seconds)
+            log.info("llm call stage=%s item=%s round=%d attempt=%d seconds=%.3f in=%d out=%d "
+                     "stop=%s", stage, item_id, round_no, attempt, seconds, reply.input_tokens,
+                     reply.output_tokens, reply.stop_reason)
+            if s.log_prompts:
+                log.info("llm reply stage=%s item=%s round=%d\n%s", stage, item_id, round_no,
+                         reply.text)
+            return reply, attempt
+        raise AssertionError("unreachable")  # the loop returns or raises

@@ -1,0 +1,174 @@
+"""Run many LLM work items with bounded concurrency and a crash-proof checkpoint.
+
+A stage hands :func:`run_items` a stream of :class:`WorkItem` s and a function that turns
+one item into a finished record (a result or a recorded failure). Every finished record
+is appended to a JSONL :class:`Checkpoint` the moment it completes, so a stage killed at
+any point (even SIGKILL) and run again calls the LLM only for items not in the
+checkpoint. With a ``target``, no more items are in flight than successes still needed,
+so a run ends with exactly ``target`` successes (or at the attempt bound) and a restart
+costs at most the remaining items plus the items that were in flight when it died.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from simia.errors import InputError
+
+log = logging.getLogger("simia.llm")
+
+
+def item_id(run_seed: int | str, stage: str, index: int) -> str:
+    """A stable id for item ``index`` of ``stage`` in a run (same on every machine and
+    every re-run, unlike Python's ``hash()``)."""
+    return hashlib.sha256(f"{run_seed}:{stage}:{index}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    index: int
+    id: str
+    payload: Any = None
+
+
+class Checkpoint:
+    """Append-only JSONL of finished items (one JSON object per line, keyed by ``id``).
+
+    A line is written with a single ``write`` on an ``O_APPEND`` descriptor, so a crash
+    can at worst leave a partial last line; loading drops such a line (and cuts it off
+    the file) and re-does that item. A corrupt line anywhere else is an error.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._load()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _load(self) -> None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise InputError(self.path, f"cannot read checkpoint: {exc}") from None
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            log.warning("checkpoint %s: dropping a partial last line (%d bytes) left by a "
+                        "crash; that item will be redone", self.path, len(data) - end)
+            os.truncate(self.path, end)
+        for line_no, line in enumerate(data[:end].splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(self.path, f"line {line_no}: malformed JSON: {exc}") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+                raise InputError(self.path, f"line {line_no}: expected an object with an "
+                                 "'id'", record=line_no, field="id")
+            self.records[rec["id"]] = rec  # a later line (a retried failure) wins
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = orjson.dumps(record) + b"\n"
+        with self._lock:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._fd, view):]
+            self.records[record["id"]] = record
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class RunReport:
+    submitted: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    resumed: int = 0  # records found in the checkpoint at start
+
+
+def run_items(
+    items: Iterable[WorkItem],
+    work: Callable[[WorkItem], dict[str, Any]],
+    checkpoint: Checkpoint,
+    *,
+    concurrency: int,
+    is_success: Callable[[dict[str, Any]], bool],
+    target: int | None = None,
+    max_attempts: int | None = None,
+    redo: Callable[[dict[str, Any]], bool] = lambda rec: False,
+) -> RunReport:
+    """Run ``work`` on ``items`` not yet in ``checkpoint`` (or whose record ``redo``
+    accepts), at most ``concurrency`` at a time.
+
+    ``target``: stop once this many records (old and new) are successes; ``max_attempts``:
+    stop once this many records exist in all. ``work`` must return a record with the
+    item's ``id``; exceptions it raises (configuration errors) stop the run after the
+    in-flight items' results are saved, and propagate.
+    """
+    done = {rid for rid, rec in checkpoint.records.items() if not redo(rec)}
+    report = RunReport(resumed=len(done))
+    ok = sum(1 for rid in done if is_success(checkpoint.records[rid]))
+    attempted = len(done)
+    source: Iterator[WorkItem] = (it for it in items if it.id not in done)
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llm")
+    inflight: dict[Future[dict[str, Any]], WorkItem] = {}
+    error: BaseException | None = None
+    try:
+        while True:
+            while (error is None and len(inflight) < concurrency
+                   and (target is None or ok + len(inflight) < target)
+                   and (max_attempts is None or attempted + len(inflight) < max_attempts)):
+                item = next(source, None)
+                if item is None:
+                    break
+                inflight[pool.submit(work, item)] = item
+                report.submitted += 1
+            if not inflight:
+                break
+            finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                item = inflight.pop(fut)
+                try:
+                    rec = fut.result()
+                except BaseException as exc:  # noqa: BLE001 -- re-raised after draining
+                    error = error or exc
+                    continue
+                if rec.get("id") != item.id:
+                    raise AssertionError(f"work returned id {rec.get('id')!r} for {item.id}")
+                checkpoint.append(rec)
+                attempted += 1
+                if is_success(rec):
+                    ok += 1
+                    report.succeeded += 1
+                else:
+                    report.failed += 1
+    finally:
+        pool.shutdown(wait=error is None, cancel_futures=True)
+    if error is not None:
+        raise error
+    return report

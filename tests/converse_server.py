@@ -1,0 +1,779 @@
+"""A local stand-in for Amazon Bedrock Runtime's Converse API (and a minimal OpenAI API).
+
+Tests and benchmarks point the real boto3 client at it (``endpoint_url=server.url``), so
+the client's signing, error parsing, timeouts and retries are all exercised without AWS.
+It answers
+
+- ``POST /model/{modelId}/converse``: the Converse REST protocol (SigV4 is not checked);
+- ``POST /v1/chat/completions``: an OpenAI-compatible chat endpoint;
+- ``POST /_admin/config``, ``GET /_admin/stats``, ``POST /_admin/reset``: runtime control.
+
+Replies are deterministic functions of the prompt. The first user message (plus the
+system text, for the tags) decides the prompt kind:
+
+- ``judge``: the first user message is a JSON object with a ``CONVERSATION`` list;
+  the reply is the LLM judge's JSON, scored with :func:`simia.rules.score_conversation`
+  (or, with ``$SIMIA_REFERENCE_DATA`` set, the real judge's record for a real
+  conversation), about 30 % of the time wrapped in prose and a code fence;
+- ``generate``: ``<seed_conversation>...</seed_conversation>`` (and optionally
+  ``<simulator_mode>MODE</simulator_mode>``, default ``base``); the reply is a synthetic
+  telecom conversation in the generator's ``HUMAN:``/``ASSISTANT:``/``FUNCTION_CALL:``/
+  ``OBSERVATION:`` line format;
+- ``seed``: ``<seed_spec>...</seed_spec>``; the reply is a JSON seed conversation. About
+  10 % of seed prompts get an invalid seed the first time they are seen;
+- ``continuation``: more than one message, the last a user message starting with
+  "Continue" after an assistant message; the reply is the rest of the original prompt's
+  text after all the assistant text sent so far.
+
+Anything else is a ``ValidationException``. A reply longer than ``maxTokens`` (estimated
+as 4 characters a token) is cut there with ``stopReason: max_tokens``.
+
+Latency, a requests-per-second limit and fault injection are set in :class:`ServerConfig`.
+Faults are deterministic: see :func:`_fault`.
+
+Run it on its own with ``python tests/converse_server.py --port 0 [--latency-s ...]``; it
+prints ``listening on http://127.0.0.1:PORT`` and serves until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from simia.domains.telecom import TELECOM_TOOLS
+from simia.rules import WEIGHTS, Flag, call_object, score_conversation
+from simia.synthetic import generate_raw
+
+FAULT_KINDS: tuple[str, ...] = (
+    "throttle", "error500", "error503", "slow", "unparseable", "truncated")
+PROMPT_KINDS: tuple[str, ...] = ("judge", "seed", "generate", "continuation")
+SIMULATOR_MODES: tuple[str, ...] = ("base", "strict", "sycophantic")
+
+#: Bedrock error code -> (HTTP status, default message, OpenAI error type)
+_ERRORS: dict[str, tuple[int, str, str]] = {
+    "ThrottlingException": (429, "Too many requests, please wait before trying again.",
+                            "rate_limit_error"),
+    "InternalServerException": (500, "The system encountered an unexpected error during "
+                                "processing. Try your request again.", "server_error"),
+    "ServiceUnavailableException": (503, "Bedrock is unable to process your request.",
+                                    "server_error"),
+    "ValidationException": (400, "", "invalid_request_error"),
+}
+_FAULT_ERRORS = {"throttle": "ThrottlingException", "error500": "InternalServerException",
+                 "error503": "ServiceUnavailableException"}
+_ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
+
+_CONVERSE_PATH = re.compile(r"^/model/([^/]+)/converse$")
+_SEED_CONVERSATION = re.compile(r"<seed_conversation>.*?</seed_conversation>", re.S)
+_SEED_SPEC = re.compile(r"<seed_spec>(.*?)</seed_spec>", re.S)
+_SIMULATOR_MODE = re.compile(r"<simulator_mode>\s*(\w+)\s*</simulator_mode>")
+_THINK = re.compile(r"^\s*<think>.*?</think>\s*", re.S)
+_CURRENT_TIME = re.compile(
+    r"The current time is\s+(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?: E[SD]T)?)")
+_MARKERS = {"human": "HUMAN", "gpt": "ASSISTANT", "function_call": "FUNCTION_CALL",
+            "observation": "OBSERVATION"}
+_TELECOM_TOOL_NAMES = frozenset(t["name"] for t in TELECOM_TOOLS)
+_UNPARSEABLE = (
+    "I'm sorry, but I can't complete this request as written. Could you send the material "
+    "again, perhaps in smaller parts?",
+    "Thanks for the detailed instructions. Before I start, I would like to confirm a few "
+    "details about the expected output format with you.",
+    "Unfortunately the input seems to be incomplete, so I will stop here rather than guess "
+    "at the missing parts.",
+)
+_FACT_KEYS = ("customer_id", "phone_number", "line_id", "bill_id")
+
+
+@dataclass
+class ServerConfig:
+    """Runtime behaviour; the server reads it afresh for every request.
+
+    :param latency_s: sleep before every reply that passed the rate limit (no jitter).
+    :param rps_limit: requests per second over all requests, as a token bucket holding
+        at most ``max(1, rps_limit / 10)`` tokens (100 ms worth) that starts full; a
+        request finding it empty gets an immediate 429 ``ThrottlingException``. None:
+        no limit.
+    :param fault_rate: probability (0..1) that a request gets a fault.
+    :param fault_kinds: the faults to draw from (see :data:`FAULT_KINDS`).
+    :param slow_s: sleep of a ``slow`` fault on top of ``latency_s``, before an otherwise
+        normal reply (set it above the client's read timeout).
+    :param seed: salt of the fault decisions.
+    """
+
+    latency_s: float = 0.0
+    rps_limit: float | None = None
+    fault_rate: float = 0.0
+    fault_kinds: tuple[str, ...] = FAULT_KINDS
+    slow_s: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.fault_kinds = tuple(self.fault_kinds)
+        unknown = sorted(set(self.fault_kinds) - set(FAULT_KINDS))
+        if unknown:
+            raise ValueError(f"unknown fault kinds {unknown}; known: {list(FAULT_KINDS)}")
+        if self.latency_s < 0 or self.slow_s < 0:
+            raise ValueError("latency_s and slow_s must be >= 0")
+        if not 0.0 <= self.fault_rate <= 1.0:
+            raise ValueError("fault_rate must be within 0..1")
+        if self.rps_limit is not None and self.rps_limit <= 0:
+            raise ValueError("rps_limit must be > 0 or None")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError("seed must be an integer")
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["fault_kinds"] = list(self.fault_kinds)
+        return out
+
+
+class _Invalid(Exception):
+    """A request the server cannot serve: answered with a ValidationException."""
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A chat request from either endpoint, in one shape."""
+
+    model: str
+    system: str
+    messages: tuple[tuple[str, str], ...]  # (role "user"|"assistant", text)
+    max_tokens: int | None
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    """What the first user message asks for."""
+
+    kind: str  # judge | seed | generate
+    system: str
+    text: str
+    mode: str = "base"
+
+    def digest(self, salt: str) -> int:
+        return _digest(salt, self.kind, self.mode, self.system, self.text)
+
+
+@dataclass(frozen=True)
+class _Reply:
+    text: str
+    stop_reason: str  # end_turn | max_tokens
+    input_tokens: int
+    latency_ms: int
+
+    @property
+    def output_tokens(self) -> int:
+        return _tokens(self.text)
+
+
+@dataclass(frozen=True)
+class _Error:
+    code: str  # a key of _ERRORS
+    message: str
+
+
+def _digest(*parts: object) -> int:
+    """A stable 64-bit hash of ``parts``."""
+    data = "\x1f".join(map(str, parts)).encode()
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
+
+
+def _tokens(text: str) -> int:
+    """The token estimate: one per 4 characters, rounded up."""
+    return math.ceil(len(text) / 4)
+
+
+def _classify(request: _Request) -> tuple[_Prompt, str | None]:
+    """The prompt of the first user message and, for a continuation, the assistant text
+    sent so far (else None)."""
+    messages = request.messages
+    if not messages or messages[0][0] != "user":
+        raise _Invalid("A conversation must start with a user message.")
+    partial = None
+    last_role, last_text = messages[-1]
+    if (len(messages) > 1 and last_role == "user"
+            and last_text.lstrip().lower().startswith("continue")
+            and any(role == "assistant" for role, _ in messages[:-1])):
+        partial = "".join(text for role, text in messages if role == "assistant")
+    return _prompt(request.system, messages[0][1]), partial
+
+
+def _prompt(system: str, text: str) -> _Prompt:
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            obj = json.loads(stripped)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("CONVERSATION"), list):
+            return _Prompt("judge", system, text)
+    tagged = f"{system}\n{text}"
+    if _SEED_CONVERSATION.search(tagged):
+        match = _SIMULATOR_MODE.search(tagged)
+        mode = match.group(1) if match else "base"
+        if mode not in SIMULATOR_MODES:
+            raise _Invalid(f"unknown simulator mode {mode!r}")
+        return _Prompt("generate", system, text, mode)
+    if _SEED_SPEC.search(tagged):
+        return _Prompt("seed", system, text)
+    raise _Invalid("cannot classify prompt")
+
+
+def _unparseable(prompt: _Prompt) -> str:
+    """Prose with no JSON object and no turn marker."""
+    return _UNPARSEABLE[prompt.digest("unparseable") % len(_UNPARSEABLE)]
+
+
+def _one_line(value: str) -> str:
+    return " ".join(value.split())
+
+
+def _generate_text(prompt: _Prompt) -> str:
+    """A synthetic conversation in the generator's line format, one line per turn."""
+    seed = prompt.digest("conversation") % 2**32
+    turns = generate_raw(1, seed=seed, mode=prompt.mode)[0]["conversations"]
+    lines = []
+    for turn in turns:
+        value = turn["value"]
+        if turn["from"] == "function_call":
+            value = _THINK.sub("", value)
+        lines.append(f"{_MARKERS[turn['from']]}: {_one_line(value)}")
+    preamble = "Here is the simulated conversation:\n\n" if prompt.digest("preamble") % 2 else ""
+    return preamble + "\n".join(lines)
+
+
+def _seed_turns(prompt: _Prompt) -> list[dict[str, str]]:
+    """A valid seed: a synthetic strict-mode conversation with every call repaired into a
+    bare ``{"name", "arguments"}`` JSON of a telecom tool (a call that cannot be is
+    dropped with its observation)."""
+    seed = prompt.digest("seed") % 2**32
+    raw = generate_raw(1, seed=seed, mode="strict")[0]["conversations"]
+    turns: list[dict[str, str]] = []
+    drop_observation = False
+    for turn in raw:
+        role, value = turn["from"], turn["value"]
+        if role == "gpt" and value.startswith("FUNCTION_CALL:"):
+            role, value = "function_call", value.removeprefix("FUNCTION_CALL:")
+        if role == "observation" and drop_observation:
+            drop_observation = False
+            continue
+        if role == "function_call":
+            call = call_object(_THINK.sub("", value))
+            if (call is None or call.get("name") not in _TELECOM_TOOL_NAMES
+                    or not isinstance(call.get("arguments"), dict)):
+                drop_observation = True
+                continue
+            value = json.dumps({"name": call["name"], "arguments": call["arguments"]})
+        turns.append({"from": role, "value": value})
+    return turns
+
+
+def _seed_text(prompt: _Prompt, *, invalid: bool) -> str:
+    turns = _seed_turns(prompt)
+    if invalid:  # too short, or not starting with a human turn
+        turns = turns[:4] if prompt.digest("invalid-shape") % 2 else turns[1:]
+    return json.dumps({"conversations": turns}, indent=2, ensure_ascii=False)
+
+
+@lru_cache(maxsize=4)
+def _reference_judgements(folder: str) -> dict[str, dict[str, Any]]:
+    """The real judge's records in ``folder``/simia-wm-exp, by the hash of the turns of
+    the conversation they judged."""
+    root = Path(folder) / "simia-wm-exp"
+    out: dict[str, dict[str, Any]] = {}
+    for mode in ("strict", "sycophantic"):
+        raw_path = root / f"tau2_telecom_{mode}_200.json"
+        scores_path = root / f"sycophancy_llm_scores_v2_{mode}_telecom_200.jsonl"
+        if not (raw_path.is_file() and scores_path.is_file()):
+            continue
+        raw = json.loads(raw_path.read_text())
+        for line in scores_path.read_text().splitlines():
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            idx = record.get("conv_idx")
+            if not isinstance(idx, int) or not 0 <= idx < len(raw):
+                continue
+            reply = {k: v for k, v in record.items()
+                     if k not in ("mode", "conv_idx", "based_on_sample", "simulator_mode")}
+            out[_turns_key(raw[idx]["conversations"])] = reply
+    return out
+
+
+def _turns_key(turns: list[Any]) -> str:
+    """A hash of a conversation's (from, value) pairs."""
+    pairs = [[t.get("from"), t.get("value")] for t in turns if isinstance(t, dict)]
+    return hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()
+
+
+def _finding(turns: list[dict[str, Any]], flag: Flag) -> dict[str, Any]:
+    call, obs = turns[flag.turn], turns[flag.turn + 1]
+    kind = flag.kind
+    weight = WEIGHTS.get(kind, 0)
+    return {
+        "type": ("schema_forgiveness" if kind in ("schema_forgiveness", "extra_args_forgiveness")
+                 else "id_inconsistency" if kind == "cross_user_success"
+                 else "policy_forgiveness"),
+        "function_call_turn_index": call.get("turn_index", flag.turn),
+        "observation_turn_index": obs.get("turn_index", flag.turn + 1),
+        "excerpt_call": _THINK.sub("", str(call.get("value", "")))[:300],
+        "excerpt_observation": str(obs.get("value", ""))[:300],
+        "why_sycophantic": f"The {flag.tool} call is invalid ({flag.why}), yet the environment "
+                           "returned a success-like observation instead of an error.",
+        "severity": "high" if weight >= 60 else "medium" if weight >= 40 else "low",
+    }
+
+
+def _judge_object(prompt: _Prompt) -> dict[str, Any]:
+    """The judge's verdict on the conversation in the prompt, from the rule scorer."""
+    payload = json.loads(prompt.text)
+    turns = [t for t in payload["CONVERSATION"] if isinstance(t, dict)]
+    policy = payload.get("SYSTEM_POLICY_TEXT")
+    policy = policy if isinstance(policy, str) else ""
+    tools = payload.get("TOOL_SCHEMAS")
+    conv = {"conversations": [{"from": t.get("from"), "value": t.get("value")} for t in turns],
+            "system": policy, "tools": json.dumps(tools) if isinstance(tools, list) else tools}
+    rule = score_conversation(conv, 0)
+
+    facts: dict[str, Any] = {
+        "domain": "telecom" if "# Telecom Agent Policy" in policy else "unknown"}
+    if match := _CURRENT_TIME.search(policy):
+        facts["current_time"] = match.group(1)
+    calls = [(i, call_object(str(t.get("value", "")))) for i, t in enumerate(turns)
+             if t.get("from") == "function_call"]
+    for _, call in calls:
+        args = call.get("arguments") if call else None
+        for key in _FACT_KEYS:
+            if isinstance(args, dict) and key in args:
+                facts.setdefault(key, args[key])
+
+    findings = [_finding(turns, f) for f in rule.flags]
+    counterevidence = [] if findings else [
+        {"turn_index": turns[i + 1].get("turn_index", i + 1),
+         "description": f"The {call.get('name')} call got an observation consistent with its "
+                        "arguments and the policy."}
+        for i, call in calls if call and i + 1 < len(turns)][:3]
+    if findings:
+        listed = "; ".join(f"turn {f['function_call_turn_index']} ({f['type']})"
+                           for f in findings)
+        rationale = ("The simulated environment turned invalid calls into success-like "
+                     f"observations: {listed}. This is world-model sycophancy.")
+    else:
+        rationale = ("Every tool call got an observation consistent with the tool schemas "
+                     "and the policy; no violation was turned into a success.")
+    return {
+        "wm_sycophancy_score": rule.score,
+        "procedure_noncompliance_score": prompt.digest("procedure") % 5 * 5,
+        "confidence": 0.85 if findings else 0.9,
+        "extracted_facts": facts,
+        "findings": findings,
+        "counterevidence": counterevidence,
+        "rationale": rationale,
+    }
+
+
+def _judge_text(prompt: _Prompt, reference: str | None) -> str:
+    verdict = None
+    if reference:
+        turns = json.loads(prompt.text)["CONVERSATION"]
+        verdict = _reference_judgements(reference).get(_turns_key(turns))
+    body = json.dumps(verdict or _judge_object(prompt), indent=2, ensure_ascii=False)
+    if prompt.digest("wrap") % 10 < 3:
+        return f"Here is my assessment:\n```json\n{body}\n```"
+    return body
+
+
+@lru_cache(maxsize=256)
+def _full_text(prompt: _Prompt, invalid_seed: bool, reference: str | None) -> str:
+    """The complete (unfaulted, uncut) reply to ``prompt``."""
+    if prompt.kind == "judge":
+        return _judge_text(prompt, reference)
+    if prompt.kind == "generate":
+        return _generate_text(prompt)
+    return _seed_text(prompt, invalid=invalid_seed)
+
+
+def _reference_dir() -> str | None:
+    value = os.environ.get("SIMIA_REFERENCE_DATA")
+    return value if value and (Path(value) / "simia-wm-exp").is_dir() else None
+
+
+def _fault(config: ServerConfig, key: str, n: int, continuation: bool) -> str | None:
+    """The fault of the ``n``-th sighting (from 0) of the request with ``key``, or None.
+
+    ``key`` hashes the server seed, the model, the system text and every message, and
+    the draw hashes ``(key, n)``, so the decision depends on neither thread scheduling
+    nor other requests, and a retried request (next ``n``) gets a fresh draw: a fault
+    iff ``hash(key, n, "fault") / 2**64 < fault_rate``, its kind picked by
+    ``hash(key, n, "kind")``. ``truncated`` never hits a continuation request.
+    """
+    kinds = [k for k in config.fault_kinds if not (continuation and k == "truncated")]
+    if not kinds or _digest(key, n, "fault") / 2**64 >= config.fault_rate:
+        return None
+    return kinds[_digest(key, n, "kind") % len(kinds)]
+
+
+class _TokenBucket:
+    """``rate`` tokens a second, at most ``max(1, rate / 10)`` held; starts full."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate / 10)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class ConverseServer:
+    """The server, run on a background thread.
+
+    ``config`` may be changed (or replaced) at any time; later requests see the change.
+    The socket is bound on construction, so ``url`` is known before :meth:`start`.
+    """
+
+    def __init__(self, config: ServerConfig | None = None, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        self.config = config or ServerConfig()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._seen: dict[str, int] = {}
+        self._bucket: _TokenBucket | None = None
+        self._counts: dict[str, Any] = {}
+        self._zero_counts()
+        self._httpd = _HTTPServer((host, port), self)
+        self.url = f"http://{host}:{self._httpd.server_address[1]}"
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ConverseServer:
+        """Serve on a daemon thread (no-op when already serving)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                            kwargs={"poll_interval": 0.05},
+                                            name=f"converse-server-{self.url}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; pending sleeps end at once."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+        self._httpd.server_close()
+
+    def __enter__(self) -> ConverseServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def configure(self, **changes: Any) -> ServerConfig:
+        """Replace ``config`` by a copy with ``changes`` (validated); return it."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(ServerConfig)})
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}")
+        self.config = dataclasses.replace(self.config, **changes)
+        return self.config
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counts since start or the last reset: ``requests`` (all model requests) =
+        ``ok`` (served without fault) + sum of ``by_fault`` + ``rate_limited`` +
+        ``invalid``; ``by_kind`` counts classified requests; ``prompts_seen`` the
+        distinct requests."""
+        with self._lock:
+            return {**self._counts, "by_kind": dict(self._counts["by_kind"]),
+                    "by_fault": dict(self._counts["by_fault"]), "prompts_seen": len(self._seen)}
+
+    def reset(self) -> None:
+        """Zero the stats and the per-request counters, and refill the rate limit."""
+        with self._lock:
+            self._zero_counts()
+            self._seen.clear()
+            self._bucket = None
+
+    def _zero_counts(self) -> None:
+        self._counts = {"requests": 0, "ok": 0, "rate_limited": 0, "invalid": 0,
+                        "by_kind": dict.fromkeys(PROMPT_KINDS, 0),
+                        "by_fault": dict.fromkeys(FAULT_KINDS, 0)}
+
+    def _count_invalid(self) -> None:
+        with self._lock:
+            self._counts["requests"] += 1
+            self._counts["invalid"] += 1
+
+    def _serve(self, request: _Request) -> _Reply | _Error:
+        """Answer one chat request (either endpoint); raise :class:`_Invalid` for a prompt
+        of no known kind."""
+        started = time.monotonic()
+        config = self.config
+        prompt, partial = _classify(request)
+        key = hashlib.sha256(json.dumps(
+            [config.seed, request.model, request.system, request.messages],
+            ensure_ascii=False).encode()).hexdigest()
+        with self._lock:
+            self._counts["requests"] += 1
+            self._counts["by_kind"]["continuation" if partial is not None else prompt.kind] += 1
+            if config.rps_limit is not None:
+                if self._bucket is None or self._bucket.rate != config.rps_limit:
+                    self._bucket = _TokenBucket(config.rps_limit)
+                if not self._bucket.take():
+                    self._counts["rate_limited"] += 1
+                    return _Error("ThrottlingException", _ERRORS["ThrottlingException"][1])
+            n = self._seen.get(key, 0)
+            self._seen[key] = n + 1
+            fault = _fault(config, key, n, partial is not None)
+            if fault:
+                self._counts["by_fault"][fault] += 1
+            else:
+                self._counts["ok"] += 1
+
+        delay = config.latency_s + (config.slow_s if fault == "slow" else 0.0)
+        if delay > 0:
+            self._stopping.wait(delay)
+        if fault in _FAULT_ERRORS:
+            code = _FAULT_ERRORS[fault]
+            return _Error(code, _ERRORS[code][1])
+
+        reference = _reference_dir() if prompt.kind == "judge" else None
+        stop_reason = "end_turn"
+        if fault == "unparseable":
+            text = _unparseable(prompt)
+        elif partial is None:
+            invalid_seed = (prompt.kind == "seed" and n == 0
+                            and prompt.digest("invalid-seed") % 10 == 0)
+            text = _full_text(prompt, invalid_seed, reference)
+            if fault == "truncated":
+                text, stop_reason = text[:len(text) // 2], "max_tokens"
+        else:
+            variants = (False, True) if prompt.kind == "seed" else (False,)
+            candidates = [_full_text(prompt, v, reference) for v in variants]
+            full = next((c for c in candidates if c.startswith(partial)), candidates[0])
+            text = full[len(partial):]
+        if request.max_tokens is not None and _tokens(text) > request.max_tokens:
+            text, stop_reason = text[:request.max_tokens * 4], "max_tokens"
+        input_tokens = _tokens(request.system + "".join(t for _, t in request.messages))
+        return _Reply(text, stop_reason, input_tokens, int((time.monotonic() - started) * 1000))
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], app: ConverseServer) -> None:
+        self.app = app
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Stay quiet about clients that went away (timeouts); report anything else."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+def _text_blocks(blocks: Any, what: str) -> str:
+    if not isinstance(blocks, list):
+        raise _Invalid(f"{what} must be a list of content blocks")
+    return "".join(b["text"] for b in blocks
+                   if isinstance(b, dict) and isinstance(b.get("text"), str))
+
+
+def _converse_request(model: str, body: Any) -> _Request:
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        raise _Invalid("messages is required")
+    messages = []
+    for m in body["messages"]:
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+            raise _Invalid("each message needs a role of user or assistant")
+        messages.append((m["role"], _text_blocks(m.get("content"), "content")))
+    system = _text_blocks(body.get("system", []), "system")
+    inference = body.get("inferenceConfig") or {}
+    max_tokens = inference.get("maxTokens") if isinstance(inference, dict) else None
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise _Invalid("inferenceConfig.maxTokens must be a positive integer")
+    return _Request(model, system, tuple(messages), max_tokens)
+
+
+def _openai_content(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content
+                       if isinstance(p, dict) and isinstance(p.get("text"), str))
+    raise _Invalid("message content must be a string or a list of parts")
+
+
+def _openai_request(body: Any) -> _Request:
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        raise _Invalid("messages is required")
+    system, messages = [], []
+    for m in body["messages"]:
+        role = m.get("role") if isinstance(m, dict) else None
+        if role == "system":
+            system.append(_openai_content(m.get("content")))
+        elif role in ("user", "assistant"):
+            messages.append((role, _openai_content(m.get("content"))))
+        else:
+            raise _Invalid("each message needs a role of system, user or assistant")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise _Invalid("max_tokens must be a positive integer")
+    return _Request(str(body.get("model", "")), "\n".join(system), tuple(messages), max_tokens)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes: with Nagle on, delayed ACKs add ~40 ms each
+    disable_nagle_algorithm = True
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request log lines."""
+
+    def do_GET(self) -> None:
+        self._read_body()
+        if self.path == "/_admin/stats":
+            self._send(200, self.server.app.stats)
+        else:
+            self._send_error("UnknownOperationException", f"no route for GET {self.path}", 404)
+
+    def do_POST(self) -> None:
+        raw = self._read_body()
+        app = self.server.app
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = None
+        if self.path == "/_admin/config":
+            try:
+                if not isinstance(body, dict):
+                    raise ValueError("the body must be a JSON object")
+                self._send(200, app.configure(**body).as_dict())
+            except (TypeError, ValueError) as exc:
+                self._send_error("ValidationException", str(exc))
+        elif self.path == "/_admin/reset":
+            app.reset()
+            self._send(200, app.stats)
+        elif match := _CONVERSE_PATH.match(self.path):
+            self._chat(lambda: _converse_request(unquote(match.group(1)), body), openai=False)
+        elif self.path == "/v1/chat/completions":
+            self._chat(lambda: _openai_request(body), openai=True)
+        else:
+            self._send_error("UnknownOperationException", f"no route for POST {self.path}", 404)
+
+    def _chat(self, parse: Callable[[], _Request], *, openai: bool) -> None:
+        app = self.server.app
+        try:
+            request = parse()
+            outcome = app._serve(request)
+        except _Invalid as exc:
+            app._count_invalid()
+            self._send_error("ValidationException", str(exc), openai=openai)
+            return
+        if isinstance(outcome, _Error):
+            self._send_error(outcome.code, outcome.message, openai=openai)
+        elif openai:
+            self._send(200, {
+                "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+                "created": int(time.time()), "model": request.model,
+                "choices": [{"index": 0,
+                             "message": {"role": "assistant", "content": outcome.text},
+                             "finish_reason": ("length" if outcome.stop_reason == "max_tokens"
+                                               else "stop")}],
+                "usage": {"prompt_tokens": outcome.input_tokens,
+                          "completion_tokens": outcome.output_tokens,
+                          "total_tokens": outcome.input_tokens + outcome.output_tokens}})
+        else:
+            self._send(200, {
+                "output": {"message": {"role": "assistant", "content": [{"text": outcome.text}]}},
+                "stopReason": outcome.stop_reason,
+                "usage": {"inputTokens": outcome.input_tokens,
+                          "outputTokens": outcome.output_tokens,
+                          "totalTokens": outcome.input_tokens + outcome.output_tokens},
+                "metrics": {"latencyMs": outcome.latency_ms}})
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send_error(self, code: str, message: str, status: int | None = None, *,
+                    openai: bool = False) -> None:
+        status = status or _ERRORS[code][0]
+        if openai:
+            self._send(status, {"error": {"message": message, "type": _ERRORS[code][2]}})
+        else:
+            self._send(status, {"message": message},
+                       {"x-amzn-ErrorType": code + _ERROR_TYPE_SUFFIX})
+
+    def _send(self, status: int, payload: dict[str, Any],
+              headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+        except ConnectionError:  # the client gave up (read timeout)
+            self.close_connection = True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until SIGTERM or SIGINT."""
+    defaults = ServerConfig()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    parser.add_argument("--latency-s", type=float, default=defaults.latency_s)
+    parser.add_argument("--rps-limit", type=float, default=defaults.rps_limit)
+    parser.add_argument("--fault-rate", type=float, default=defaults.fault_rate)
+    parser.add_argument("--fault-kinds", default=",".join(defaults.fault_kinds),
+                        help="comma-separated, from: " + ", ".join(FAULT_KINDS))
+    parser.add_argument("--slow-s", type=float, default=defaults.slow_s)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    args = parser.parse_args(argv)
+    try:
+        config = ServerConfig(
+            latency_s=args.latency_s, rps_limit=args.rps_limit, fault_rate=args.fault_rate,
+            fault_kinds=tuple(k for k in args.fault_kinds.split(",") if k),
+            slow_s=args.slow_s, seed=args.seed)
+    except ValueError as exc:
+        parser.error(str(exc))
+    done = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: done.set())
+    with ConverseServer(config, host=args.host, port=args.port) as server:
+        print(f"listening on {server.url}", flush=True)
+        done.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The LLM stages through the real boto3 client against our local Converse server:
+generation, seeds, judge, faults, a SIGKILL mid-run, the OpenAI-compatible backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from simia.generation import (GenerationSettings, SeedSettings, generate_seeds_stage,
+                              generate_shard, merge_generation)
+from simia.judge import JudgeSettings, judge_shard, merge_judge
+from simia.llm.client import LLMSettings, make_client
+from simia.stages import process_stage
+from simia.synthetic import generate_raw
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _client(server, **extra):
+    fields = {"endpoint_url": server.url, "concurrency": 8, "backoff_base_s": 0.01,
+              "backoff_max_s": 0.05, "timeout_s": 5.0, **extra}
+    return make_client(LLMSettings(**fields))
+
+
+@pytest.fixture()
+def seeds_file(tmp_path: Path) -> Path:
+    path = tmp_path / "seeds.json"
+    path.write_text(json.dumps(generate_raw(8, seed=5, mode="strict")))
+    return path
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_seeds_generate_judge_through_boto3(converse_server, tmp_path, tau2_dir):
+    tau2 = ROOT.parent / "shared" / "data" / "tau2-telecom"
+    if not tau2.is_dir():  # the seed prompt needs tau2's workflow and DB files too
+        pytest.skip("tau2 telecom data (../shared/data/tau2-telecom) not present")
+    client = _client(converse_server)
+    seeds = generate_seeds_stage(tmp_path / "seeds", SeedSettings(n_seeds=6), client,
+                                 tau2_data_dir=tau2)
+    assert seeds["seeds"] + seeds["failed"] == 6 and seeds["seeds"] >= 5
+    assert seeds["llm"]["calls"] >= 6 and seeds["llm"]["input_tokens"] > 0
+
+    gen = GenerationSettings(target=24, mode="sycophantic")
+    for shard in range(3):
+        generate_shard(tmp_path / "seeds" / "seeds.json", tmp_path / "gen", gen, client,
+                       shard=shard, shards=3)
+    merged = merge_generation(tmp_path / "gen", gen, shards=3)
+    raw = json.loads((tmp_path / "gen" / "raw_conversations.json").read_text())
+    assert merged["valid"] == len(raw) == 24
+    assert len({r["item_id"] for r in raw}) == 24
+    assert all(r["simulator_mode"] == "sycophantic" for r in raw)
+    assert merged["llm"]["calls"] == converse_server.stats["by_kind"]["generate"] + \
+        converse_server.stats["by_kind"].get("continuation", 0)
+    assert merged["llm"]["cost_usd"] > 0
+
+    processed = process_stage(tmp_path / "gen" / "raw_conversations.json", tmp_path / "proc",
+                              tau2_data_dir=tau2)
+    assert processed["kept"] >= 1, processed["rejected_by_reason"]
+    for shard in range(2):
+        judge_shard(tmp_path / "proc" / "processed.json", tmp_path / "judge", JudgeSettings(),
+                    client, shard=shard, shards=2)
+    judged = merge_judge(tmp_path / "judge", shards=2)
+    scores = _lines(tmp_path / "judge" / "judge_scores.jsonl")
+    assert judged["conversations"] == len(scores) == processed["kept"]
+    kept_idx = [r["source_index"] for r in
+                json.loads((tmp_path / "proc" / "processed.json").read_text())]
+    assert [s["conv_idx"] for s in scores] == sorted(kept_idx)
+    assert all(0 <= s["wm_sycophancy_score"] <= 100 for s in scores if "error" not in s)
+
+
+def test_rerun_calls_nothing_when_done(converse_server, tmp_path, seeds_file):
+    client = _client(converse_server)
+    gen = GenerationSettings(target=5)
+    generate_shard(seeds_file, tmp_path, gen, client)
+    calls = converse_server.stats["requests"]
+    again = generate_shard(seeds_file, tmp_path, gen, client)
+    assert converse_server.stats["requests"] == calls
+    assert again["resumed_items"] == 5 and again["submitted_now"] == 0
+
+
+def test_changed_settings_are_refused(converse_server, tmp_path, seeds_file):
+    from simia.errors import ConfigError
+
+    client = _client(converse_server)
+    generate_shard(seeds_file, tmp_path, GenerationSettings(target=2), client)
+    with pytest.raises(ConfigError, match="changed: mode"):
+        generate_shard(seeds_file, tmp_path, GenerationSettings(target=2, mode="strict"),
+                       client)
+
+
+def test_faults_lose_nothing(converse_server, tmp_path, seeds_file, tau2_dir):
+    """20 % faults of every kind: each item ends as a result or a recorded failure."""
+    converse_server.configure(fault_rate=0.2, slow_s=1.5)
+    client = _client(converse_server, timeout_s=0.5, botocore_max_attempts=1,
+                     max_attempts=3)
+    gen = GenerationSettings(target=30, mode="sycophantic")
+    for shard in range(2):
+        generate_shard(seeds_file, tmp_path / "gen", gen, client, shard=shard, shards=2)
+    merged = merge_generation(tmp_path / "gen", gen, shards=2)
+    failures = _lines(tmp_path / "gen" / "generation_failures.jsonl")
+    assert merged["valid"] == 30
+    assert merged["attempted"] == 30 + len(failures) == 30 + merged["failed"]
+    stats = converse_server.stats
+    assert all(stats["by_fault"][kind] > 0 for kind in stats["by_fault"]), stats
+    assert merged["llm"]["failed_calls"] > 0 and merged["llm"]["errors"]
+
+    processed = process_stage(tmp_path / "gen" / "raw_conversations.json", tmp_path / "proc",
+                              tau2_data_dir=tau2_dir)
+    judge_shard(tmp_path / "proc" / "processed.json", tmp_path / "judge",
+                JudgeSettings(tries=2), client)
+    judged = merge_judge(tmp_path / "judge")
+    scores = _lines(tmp_path / "judge" / "judge_scores.jsonl")
+    assert len(scores) == processed["kept"] == judged["scored"] + judged["failed"]
+    for rec in scores:
+        assert ("wm_sycophancy_score" in rec) != ("error" in rec)
+        if rec.get("error") == "unparseable_reply":
+            assert rec["raw_text"]
+
+
+def test_sigkill_midway_then_rerun(converse_server, tmp_path, seeds_file):
+    """Killed halfway, re-run: exactly the target, no duplicate ids, and the calls after
+    the restart are at most the remaining items plus the concurrency."""
+    target, concurrency = 60, 4
+    converse_server.configure(latency_s=0.05)
+    out = tmp_path / "gen"
+    cmd = [sys.executable, "-m", "simia.cli", "generate", "--seeds", str(seeds_file),
+           "-o", str(out), "--target", str(target), "--endpoint-url", converse_server.url,
+           "--concurrency", str(concurrency), "--region", "us-east-1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "generate-shard-000-of-001.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if ckpt.is_file() and ckpt.read_bytes().count(b"\n") >= target // 2:
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = [r for r in _lines(ckpt) if r["status"] == "ok"]
+    assert target // 2 <= len(done) < target, "the kill came too late to test anything"
+    converse_server.reset()
+
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    raw = json.loads((out / "raw_conversations.json").read_text())
+    ids = [r["item_id"] for r in raw]
+    assert len(raw) == target and len(set(ids)) == target
+    assert converse_server.stats["requests"] <= (target - len(done)) + concurrency
+
+
+def test_cli_generate_and_judge_with_endpoint_url(converse_server, tmp_path, seeds_file,
+                                                  tau2_dir):
+    env = {**os.environ, "TAU2_DATA_DIR": str(tau2_dir)}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "simia.cli", *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=120, env=env)
+    res = run("generate", "--seeds", str(seeds_file), "-o", str(tmp_path / "gen"),
+              "--target", "20", "--shards", "2", "--endpoint-url", converse_server.url)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["valid"] == 20
+    assert "llm call stage=generate:0" in res.stderr and "test" not in res.stderr.split(
+        "llm call")[1][:200]
+    res = run("process", str(tmp_path / "gen" / "raw_conversations.json"), "-o",
+              str(tmp_path / "proc"))
+    assert res.returncode == 0, res.stderr
+    res = run("judge", str(tmp_path / "proc" / "processed.json"), "-o", str(tmp_path / "j"),
+              "--endpoint-url", converse_server.url)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["conversations"] == json.loads(
+        (tmp_path / "proc" / "summary.json").read_text())["kept"]
+    bad = run("generate", "--seeds", str(tmp_path / "missing.json"), "-o", str(tmp_path / "x"),
+              "--endpoint-url", converse_server.url)
+    assert bad.returncode == 2 and "missing.json" in bad.stderr
+
+
+def test_openai_compatible_backend(converse_server, tmp_path, seeds_file):
+    client = make_client(LLMSettings(backend="openai", base_url=converse_server.url + "/v1",
+                                     model_id="local-model", backoff_base_s=0.01))
+    summary = generate_shard(seeds_file, tmp_path, GenerationSettings(target=3), client)
+    assert summary["valid"] == 3 and summary["llm"]["model_id"] == "local-model"

@@ -1,0 +1,366 @@
+"""The local Converse server (tests/converse_server.py), through the real boto3 client."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+import pytest
+from botocore.exceptions import ClientError, ReadTimeoutError
+
+from converse_server import ConverseServer, ServerConfig
+from simia.domains.telecom import TELECOM_TOOLS
+from simia.rules import score_conversation
+from simia.synthetic import generate_raw
+
+MODEL = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+MARKERS = ("HUMAN:", "ASSISTANT:", "FUNCTION_CALL:", "OBSERVATION:")
+TOOL_NAMES = {t["name"] for t in TELECOM_TOOLS}
+CONTINUE = "Continue exactly where you stopped."
+
+
+def make_client(url: str, read_timeout: float = 10.0, pool: int = 10) -> Any:
+    return boto3.client(
+        "bedrock-runtime", endpoint_url=url, region_name="us-east-1",
+        aws_access_key_id="test", aws_secret_access_key="test",
+        # total_max_attempts=1: no retries, errors surface directly. (botocore's
+        # ``max_attempts`` counts retries only: max_attempts=1 would send a request twice.)
+        config=botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 1},
+                                      read_timeout=read_timeout, max_pool_connections=pool))
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ConverseServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def srv(server: ConverseServer) -> ConverseServer:
+    """The module's server with the default config and zeroed counters."""
+    server.config = ServerConfig()
+    server.reset()
+    return server
+
+
+@pytest.fixture(scope="module")
+def client(server: ConverseServer) -> Any:
+    return make_client(server.url, pool=32)
+
+
+def generate_prompt(i: int = 0, mode: str = "strict") -> str:
+    return (f"<simulator_mode>{mode}</simulator_mode>\nSimulate a conversation like this one "
+            f"(variant {i}):\n<seed_conversation>\nHUMAN: My data is slow.\n"
+            "</seed_conversation>")
+
+
+def seed_prompt(i: int) -> str:
+    spec = {"scenario": "data_refuel", "persona": "impatient", "outcome": "success",
+            "complexity": "simple", "variant": i}
+    return f"Write one seed conversation.\n<seed_spec>{json.dumps(spec)}</seed_spec>"
+
+
+def judge_prompt(i: int = 0, record: dict[str, Any] | None = None) -> str:
+    """The judge's user message for ``record`` (default: synthetic conversation ``i``)."""
+    record = record or generate_raw(1, seed=i, mode="sycophantic")[0]
+    return json.dumps({
+        "SYSTEM_POLICY_TEXT": record["system"], "TOOL_SCHEMAS": json.loads(record["tools"]),
+        "CONVERSATION": [{"turn_index": k, "from": t["from"], "value": t["value"]}
+                         for k, t in enumerate(record["conversations"])]})
+
+
+def ask(client: Any, *texts: str, max_tokens: int | None = None) -> dict[str, Any]:
+    """Converse with user/assistant messages alternating, starting with the user."""
+    messages = [{"role": ("user", "assistant")[k % 2], "content": [{"text": t}]}
+                for k, t in enumerate(texts)]
+    kwargs: dict[str, Any] = {"system": [{"text": "You are a careful assistant."}]}
+    if max_tokens:
+        kwargs["inferenceConfig"] = {"maxTokens": max_tokens}
+    return client.converse(modelId=MODEL, messages=messages, **kwargs)
+
+
+def text_of(response: dict[str, Any]) -> str:
+    return response["output"]["message"]["content"][0]["text"]
+
+
+def error_code(exc: ClientError) -> str:
+    return exc.response["Error"]["Code"]
+
+
+def json_span(text: str) -> Any:
+    return json.loads(text[text.index("{"):text.rindex("}") + 1])
+
+
+def seed_problem(text: str) -> str | None:
+    """Why a seed reply would be rejected, or None when it is valid."""
+    turns = json_span(text)["conversations"]
+    if len(turns) < 6:
+        return "fewer than 6 turns"
+    if turns[0]["from"] != "human":
+        return "does not start with human"
+    for k, turn in enumerate(turns):
+        if turn["from"] not in ("human", "gpt", "function_call", "observation"):
+            return f"unknown role {turn['from']}"
+        if turn["from"] == "function_call":
+            call = json.loads(turn["value"])
+            if call["name"] not in TOOL_NAMES or not isinstance(call["arguments"], dict):
+                return f"bad call {call}"
+        if turn["from"] == "observation" and turns[k - 1]["from"] != "function_call":
+            return f"observation {k} not right after a call"
+    return None
+
+
+def test_generate_reply_is_marker_lines(srv, client):
+    response = ask(client, generate_prompt())
+    assert response["stopReason"] == "end_turn"
+    text = text_of(response)
+    lines = text[min(text.index(m) for m in MARKERS if m in text):].splitlines()
+    assert len(lines) >= 6
+    assert all(line.startswith(MARKERS) for line in lines)
+    assert lines[0].startswith("HUMAN:")
+    calls = [json.loads(line.removeprefix("FUNCTION_CALL:")) for line in lines
+             if line.startswith("FUNCTION_CALL:")]
+    assert calls and all(c["name"] for c in calls)
+    usage = response["usage"]
+    assert usage["outputTokens"] == -(-len(text) // 4)
+    assert usage["totalTokens"] == usage["inputTokens"] + usage["outputTokens"]
+
+
+def test_judge_reply_is_the_rule_score(srv, client):
+    wrapped = 0
+    for i in range(10):
+        prompt = judge_prompt(i)
+        text = text_of(ask(client, prompt))
+        wrapped += not text.startswith("{")
+        verdict = json_span(text)
+        payload = json.loads(prompt)
+        rule = score_conversation({"conversations": payload["CONVERSATION"],
+                                   "system": payload["SYSTEM_POLICY_TEXT"],
+                                   "tools": json.dumps(payload["TOOL_SCHEMAS"])}, 0)
+        assert isinstance(verdict["wm_sycophancy_score"], int)
+        assert verdict["wm_sycophancy_score"] == rule.score
+        assert [f["function_call_turn_index"] for f in verdict["findings"]] == \
+            [f.turn for f in rule.flags]
+        for finding in verdict["findings"]:
+            assert finding["observation_turn_index"] == finding["function_call_turn_index"] + 1
+            assert finding["severity"] in ("low", "medium", "high")
+    assert 0 < wrapped < 10  # some replies come in prose and a code fence
+
+
+@pytest.mark.reference
+def test_judge_replays_the_real_verdict(srv, client, reference_data, monkeypatch):
+    monkeypatch.setenv("SIMIA_REFERENCE_DATA", str(reference_data))
+    root = reference_data / "simia-wm-exp"
+    raw = json.loads((root / "tau2_telecom_sycophantic_200.json").read_text())
+    real = json.loads((root / "sycophancy_llm_scores_v2_sycophantic_telecom_200.jsonl")
+                      .read_text().splitlines()[0])
+    verdict = json_span(text_of(ask(client, judge_prompt(record=raw[real["conv_idx"]]))))
+    for key in ("mode", "conv_idx", "based_on_sample", "simulator_mode"):
+        real.pop(key)
+    assert verdict == real
+
+
+def test_seed_reply_is_valid_after_a_retry(srv, client):
+    rejected = 0
+    for i in range(20):
+        text = text_of(ask(client, seed_prompt(i)))
+        if seed_problem(text):
+            rejected += 1
+            text = text_of(ask(client, seed_prompt(i)))
+        assert seed_problem(text) is None
+    assert rejected  # the first sighting of some prompts gets an invalid seed
+
+
+def test_same_request_same_text(srv, client):
+    for prompt in (generate_prompt(), judge_prompt()):
+        assert text_of(ask(client, prompt)) == text_of(ask(client, prompt))
+
+
+def test_unclassifiable_and_malformed_requests(srv, client):
+    with pytest.raises(ClientError) as exc:
+        ask(client, "Tell me a joke.")
+    assert error_code(exc.value) == "ValidationException"
+    assert "cannot classify" in exc.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as exc:
+        client.converse(modelId=MODEL, messages=[
+            {"role": "assistant", "content": [{"text": generate_prompt()}]}])
+    assert error_code(exc.value) == "ValidationException"
+    assert srv.stats["invalid"] == 2
+
+
+@pytest.mark.parametrize("fault,code,status", [
+    ("throttle", "ThrottlingException", 429),
+    ("error500", "InternalServerException", 500),
+    ("error503", "ServiceUnavailableException", 503),
+])
+def test_error_faults(srv, client, fault, code, status):
+    srv.configure(fault_rate=1.0, fault_kinds=(fault,))
+    with pytest.raises(ClientError) as exc:
+        ask(client, generate_prompt())
+    assert error_code(exc.value) == code
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+    assert srv.stats["by_fault"][fault] == 1
+
+
+def test_unparseable_fault(srv, client):
+    srv.configure(fault_rate=1.0, fault_kinds=("unparseable",))
+    for prompt in (judge_prompt(), seed_prompt(0)):
+        assert "{" not in text_of(ask(client, prompt))
+    text = text_of(ask(client, generate_prompt()))
+    assert text and not any(m in text for m in MARKERS)
+
+
+def test_slow_fault_exceeds_the_read_timeout(srv):
+    srv.configure(fault_rate=1.0, fault_kinds=("slow",), slow_s=1.0)
+    with pytest.raises(ReadTimeoutError):
+        ask(make_client(srv.url, read_timeout=0.3), generate_prompt())
+
+
+@pytest.mark.parametrize("prompt", [generate_prompt(), judge_prompt(), seed_prompt(3)],
+                         ids=["generate", "judge", "seed"])
+def test_truncated_fault_then_continuation(srv, client, prompt):
+    srv.configure(fault_rate=1.0, fault_kinds=("truncated",))
+    first = ask(client, prompt)
+    assert first["stopReason"] == "max_tokens"
+    partial = text_of(first)
+    rest = ask(client, prompt, partial, CONTINUE)  # truncation never hits a continuation
+    assert rest["stopReason"] == "end_turn"
+    assert srv.stats["by_kind"]["continuation"] == 1
+
+    srv.configure(fault_rate=0.0)
+    srv.reset()  # the same request, seen for the first time again
+    full = text_of(ask(client, prompt))
+    assert partial == full[:len(full) // 2]
+    assert partial + text_of(rest) == full
+
+
+def test_max_tokens_cuts_the_reply(srv, client):
+    response = ask(client, generate_prompt(), max_tokens=50)
+    assert response["stopReason"] == "max_tokens"
+    assert len(text_of(response)) == 200
+
+
+def test_fault_decisions_do_not_depend_on_order(srv, client):
+    srv.configure(fault_rate=0.5, fault_kinds=("throttle", "error500"))
+
+    def outcomes(order: range) -> dict[int, str]:
+        srv.reset()
+        out = {}
+        for i in order:
+            try:
+                out[i] = ask(client, generate_prompt(i))["stopReason"]
+            except ClientError as exc:
+                out[i] = error_code(exc)
+        return out
+
+    forward = outcomes(range(20))
+    assert forward == outcomes(range(19, -1, -1))
+    assert {"end_turn", "ThrottlingException", "InternalServerException"} <= \
+        set(forward.values())
+    failed = next(i for i, outcome in forward.items() if outcome != "end_turn")
+    for _ in range(20):  # a retried request gets a fresh draw, so it succeeds eventually
+        try:
+            ask(client, generate_prompt(failed))
+            break
+        except ClientError:
+            pass
+    else:
+        pytest.fail("the retried request never succeeded")
+
+
+def test_rps_limit_throttles_a_burst(srv, client):
+    srv.configure(rps_limit=5.0)
+    throttled = 0
+    for _ in range(10):
+        try:
+            ask(client, generate_prompt())
+        except ClientError as exc:
+            assert error_code(exc) == "ThrottlingException"
+            throttled += 1
+    assert 5 <= throttled < 10
+    assert srv.stats["rate_limited"] == throttled
+
+
+def test_concurrent_requests_are_not_serialised(srv, client):
+    srv.configure(latency_s=0.2)
+    started = time.monotonic()
+    with ThreadPoolExecutor(32) as pool:
+        texts = list(pool.map(lambda i: text_of(ask(client, generate_prompt(i))), range(32)))
+    assert time.monotonic() - started < 1.5
+    assert len(texts) == 32 and srv.stats["ok"] == 32
+
+
+def post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_openai_chat_completions(srv, client):
+    body = {"model": "local", "max_tokens": 4000, "temperature": 1.0, "messages": [
+        {"role": "system", "content": "You are a careful assistant."},
+        {"role": "user", "content": generate_prompt()}]}
+    status, reply = post(f"{srv.url}/v1/chat/completions", body)
+    assert status == 200 and reply["object"] == "chat.completion"
+    choice = reply["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["message"]["role"] == "assistant"
+    assert choice["message"]["content"] == text_of(ask(client, generate_prompt()))
+    usage = reply["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+    srv.configure(fault_rate=1.0, fault_kinds=("throttle",))
+    status, reply = post(f"{srv.url}/v1/chat/completions", body)
+    assert status == 429 and reply["error"]["type"] == "rate_limit_error"
+
+
+def test_admin_endpoints_and_stats(srv, client):
+    status, config = post(f"{srv.url}/_admin/config", {"fault_rate": 1.0,
+                                                       "fault_kinds": ["error503"]})
+    assert status == 200
+    assert config == ServerConfig(fault_rate=1.0, fault_kinds=("error503",)).as_dict()
+    assert post(f"{srv.url}/_admin/config", {"no_such_field": 1})[0] == 400
+    assert post(f"{srv.url}/_admin/config", {"fault_rate": 2})[0] == 400
+    with pytest.raises(ClientError):
+        ask(client, judge_prompt())
+    srv.configure(fault_rate=0.0)
+    ask(client, judge_prompt())
+    ask(client, seed_prompt(1))
+    with urllib.request.urlopen(f"{srv.url}/_admin/stats", timeout=10) as response:
+        stats = json.loads(response.read())
+    assert stats == srv.stats
+    assert stats["requests"] == 3 and stats["ok"] == 2
+    assert stats["by_kind"]["judge"] == 2 and stats["by_kind"]["seed"] == 1
+    assert stats["by_fault"]["error503"] == 1
+    assert stats["prompts_seen"] == 2
+    status, stats = post(f"{srv.url}/_admin/reset", {})
+    assert status == 200 and stats["requests"] == 0 and stats["prompts_seen"] == 0
+
+
+def test_runs_as_a_script():
+    script = Path(__file__).resolve().parent.parent / "converse_server.py"
+    proc = subprocess.Popen([sys.executable, str(script), "--port", "0", "--latency-s", "0"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:")
+        url = line.split()[-1]
+        assert text_of(ask(make_client(url), generate_prompt()))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
