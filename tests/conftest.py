@@ -51,6 +51,9 @@ def tau2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     policy = synthetic_policy(seed=3)
     (folder / "main_policy.md").write_text(policy)
     (folder / "tech_support_manual.md").write_text("# Tech support manual\n\nCheck the SIM.\n")
+    (folder / "tech_support_workflow.md").write_text(
+        "# Workflow\n\n1. Check the line status.\n2. Check the SIM card.\n")
+    (folder / "db.toml").write_text('[[plans]]\nplan_id = "P1001"\nname = "Basic Plan"\n')
     return folder.parent.parent.parent
 
 

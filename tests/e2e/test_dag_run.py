@@ -65,3 +65,29 @@ def test_dag_uses_a_judge_score_file(dag, raw_file, tau2_dir, tmp_path):
     meta = json.loads((run / "datasets" / "metadata.json").read_text())
     assert meta["label_source"] == "judge" and meta["format"] == "hermes"
     assert all(i % 5 == 0 for i in meta["datasets"]["telecom_syc_20pct"]["sycophantic_indices"])
+
+
+def test_dag_from_seeds_to_datasets_with_the_llm_judge(dag, tau2_dir, tmp_path,
+                                                       converse_server, monkeypatch):
+    """No input files: seeds, mapped generation and judge shards against our Converse
+    server through the amazon provider's hook (endpoint_url from the connection)."""
+    monkeypatch.setenv("AIRFLOW_CONN_SIMIA_TEST_BEDROCK", json.dumps(
+        {"conn_type": "aws", "extra": {"endpoint_url": converse_server.url,
+                                       "region_name": "us-east-1"}}))
+    conf = {"data_root": str(tmp_path), "tau2_data_dir": str(tau2_dir), "n_seeds": 6,
+            "target_conversations": 60, "shards": 3, "simulator_mode": "sycophantic",
+            "aws_conn_id": "simia_test_bedrock", "label_source": "judge",
+            "levels": [0, 10], "dataset_size": 10, "shared_clean": 8}
+    dr = dag.test(run_conf=conf)
+    states = _states(dr)
+    assert dr.state == "success", states
+    assert states["generate_seeds"] == "success"
+    run = next((tmp_path / "simia_sycophancy_experiment").iterdir())
+    raw = json.loads((run / "generate" / "raw_conversations.json").read_text())
+    assert len(raw) == 60 and len({r["item_id"] for r in raw}) == 60
+    judged = json.loads((run / "judge" / "summary.json").read_text())
+    kept = json.loads((run / "processed" / "summary.json").read_text())["kept"]
+    assert judged["conversations"] == kept and judged["llm"]["calls"] >= kept
+    meta = json.loads((run / "datasets" / "metadata.json").read_text())
+    assert meta["label_source"] == "judge"
+    assert converse_server.stats["by_kind"]["seed"] >= 6
