@@ -80,6 +80,8 @@ class LLMSettings(BaseModel):
     #: our attempts per call (each may include botocore's own quick retries)
     max_attempts: int = Field(6, ge=1, le=50)
     botocore_max_attempts: int = Field(3, ge=1, le=20)
+    #: adaptive: botocore also paces requests after throttling (client-side rate limit)
+    botocore_retry_mode: Literal["adaptive", "standard"] = "adaptive"
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
     #: log full prompts and replies (off: they can be large and may hold customer data)
@@ -126,7 +128,7 @@ def botocore_config(settings: LLMSettings) -> Any:
     from botocore.config import Config
 
     return Config(
-        retries={"mode": "adaptive",
+        retries={"mode": settings.botocore_retry_mode,
                  "total_max_attempts": settings.botocore_max_attempts},
         read_timeout=settings.timeout_s,
         connect_timeout=settings.connect_timeout_s,

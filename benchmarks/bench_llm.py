@@ -1,0 +1,144 @@
+"""Throughput of the LLM stages against our local Converse server (tests/converse_server.py).
+
+Two measurements, both through the real boto3 client and the same ``generate_shard`` the
+DAG and the CLI run (prompt rendering, line parsing, checkpointing included):
+
+1. **latency-bound**: the server answers every request after a fixed latency; the ideal
+   rate is concurrency / latency. Prints achieved conversations/s and the ratio
+   (target >= 0.9 at concurrency 32, 200 ms).
+2. **rate-limited**: the server throttles (429) above a requests-per-second limit;
+   prints achieved/limit (target >= 0.85) and checks that no item is lost: every item
+   ends as a conversation or a recorded failure, and the target is reached.
+
+The server runs in its own process so that it does not compete with the client for
+the GIL. Figures are printed, never asserted.
+
+    .venv/bin/python benchmarks/bench_llm.py [--n 640] [--concurrency 32] [--latency 0.2]
+                                              [--rps 60] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _server(latency: float, rps: float | None) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, str(ROOT / "tests" / "converse_server.py"), "--port", "0",
+           "--latency-s", str(latency)]
+    if rps:
+        cmd += ["--rps-limit", str(rps)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise SystemExit(f"converse server did not start: {line!r}")
+    return proc, line.removeprefix("listening on ")
+
+
+def _stats(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/_admin/stats", timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def _run(url: str, seeds: Path, out: Path, n: int, concurrency: int,
+         mode: str = "adaptive") -> tuple[float, dict]:
+    from simia.generation import GenerationSettings, generate_shard
+    from simia.llm.client import LLMSettings, make_client
+
+    client = make_client(LLMSettings(endpoint_url=url, concurrency=concurrency,
+                                     timeout_s=30, backoff_base_s=0.05, backoff_max_s=1.0,
+                                     max_attempts=20, botocore_retry_mode=mode))
+    settings = GenerationSettings(target=n, max_attempts=n * 2)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    summary = generate_shard(seeds, out, settings, client)
+    seconds = time.perf_counter() - t0
+    summary["client_cpu_fraction"] = round((time.process_time() - cpu0) / seconds, 2)
+    return seconds, summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=640, help="conversations per measurement")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--latency", type=float, default=0.2, help="server latency (s)")
+    ap.add_argument("--rps", type=float, default=60.0, help="server rate limit (req/s)")
+    ap.add_argument("--retry-mode", choices=["adaptive", "standard"], default="adaptive",
+                    help="botocore retry mode for the rate-limited run")
+    ap.add_argument("--json", default=None, help="also write the figures here")
+    args = ap.parse_args()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    import logging
+
+    logging.disable(logging.INFO)  # one log line per call would dominate the timing
+
+    from simia.synthetic import generate_raw
+
+    figures: dict = {}
+    with tempfile.TemporaryDirectory(prefix="simia-bench-llm-") as tmp:
+        seeds = Path(tmp) / "seeds.json"
+        seeds.write_text(json.dumps(generate_raw(20, seed=1, mode="strict")))
+
+        proc, url = _server(args.latency, None)
+        try:
+            seconds, summary = _run(url, seeds, Path(tmp) / "latency", args.n, args.concurrency)
+        finally:
+            proc.terminate()
+            proc.wait()
+        ideal = args.concurrency / args.latency
+        rate = summary["valid"] / seconds
+        figures["latency"] = {"n": args.n, "concurrency": args.concurrency,
+                              "latency_s": args.latency, "seconds": round(seconds, 3),
+                              "conversations_per_s": round(rate, 1),
+                              "ideal_per_s": round(ideal, 1), "ratio": round(rate / ideal, 3),
+                              "client_cpu_fraction": summary["client_cpu_fraction"]}
+
+        proc, url = _server(0.05, args.rps)
+        try:
+            seconds, summary = _run(url, seeds, Path(tmp) / "rps", args.n, args.concurrency,
+                                    args.retry_mode)
+            stats = _stats(url)
+        finally:
+            proc.terminate()
+            proc.wait()
+        ckpt = Path(tmp) / "rps" / "generate-shard-000-of-001.jsonl"
+        records = [json.loads(x) for x in ckpt.read_text().splitlines() if x.strip()]
+        rate = summary["valid"] / seconds
+        figures["rate_limited"] = {
+            "n": args.n, "concurrency": args.concurrency, "rps_limit": args.rps,
+            "retry_mode": args.retry_mode,
+            "seconds": round(seconds, 3), "conversations_per_s": round(rate, 1),
+            "ratio": round(rate / args.rps, 3), "valid": summary["valid"],
+            "recorded_failures": summary["failed"], "items": len(records),
+            "lost": summary["submitted_now"] - len(records),
+            "server_429": stats["rate_limited"], "server_requests": stats["requests"]}
+
+    lat, rl = figures["latency"], figures["rate_limited"]
+    print(f"latency-bound  {lat['n']} conversations, concurrency {lat['concurrency']}, "
+          f"{lat['latency_s'] * 1000:.0f} ms per call")
+    print(f"  achieved {lat['conversations_per_s']:.1f}/s of ideal {lat['ideal_per_s']:.1f}/s"
+          f"  ratio {lat['ratio']:.2f}  (target >= 0.9); client process CPU "
+          f"{lat['client_cpu_fraction']:.0%} of one core")
+    print(f"rate-limited   {rl['n']} conversations, concurrency {rl['concurrency']}, "
+          f"server limit {rl['rps_limit']:.0f} req/s, botocore {rl['retry_mode']} retries")
+    print(f"  achieved {rl['conversations_per_s']:.1f}/s  ratio {rl['ratio']:.2f}  "
+          f"(target >= 0.85); {rl['server_429']} throttled of {rl['server_requests']} "
+          f"requests; valid {rl['valid']}, recorded failures {rl['recorded_failures']}, "
+          f"lost {rl['lost']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
