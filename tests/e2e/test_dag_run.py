@@ -74,7 +74,10 @@ def test_dag_from_seeds_to_datasets_with_the_llm_judge(dag, tau2_dir, tmp_path,
     monkeypatch.setenv("AIRFLOW_CONN_SIMIA_TEST_BEDROCK", json.dumps(
         {"conn_type": "aws", "extra": {"endpoint_url": converse_server.url,
                                        "region_name": "us-east-1"}}))
-    conf = {"data_root": str(tmp_path), "tau2_data_dir": str(tau2_dir), "n_seeds": 6,
+    # every input Param explicitly: dag.test keeps the previous run's conf as defaults
+    conf = {"raw_conversations": "", "seeds_file": "", "judge_scores": "",
+            "output_format": "native", "data_root": str(tmp_path),
+            "tau2_data_dir": str(tau2_dir), "n_seeds": 6,
             "target_conversations": 60, "shards": 3, "simulator_mode": "sycophantic",
             "aws_conn_id": "simia_test_bedrock", "label_source": "judge",
             "levels": [0, 10], "dataset_size": 10, "shared_clean": 8}
