@@ -51,18 +51,21 @@ def _stats(url: str) -> dict:
 
 
 def _run(url: str, seeds: Path, out: Path, n: int, concurrency: int,
-         mode: str = "adaptive") -> tuple[float, dict]:
+         mode: str = "standard", learn: bool = True,
+         max_rps: float | None = None) -> tuple[float, dict]:
     from simia.generation import GenerationSettings, generate_shard
     from simia.llm.client import LLMSettings, make_client
 
     client = make_client(LLMSettings(endpoint_url=url, concurrency=concurrency,
                                      timeout_s=30, backoff_base_s=0.05, backoff_max_s=1.0,
-                                     max_attempts=20, botocore_retry_mode=mode))
+                                     max_attempts=20, botocore_retry_mode=mode,
+                                     learn_rps=learn, max_rps=max_rps))
     settings = GenerationSettings(target=n, max_attempts=n * 2)
     t0, cpu0 = time.perf_counter(), time.process_time()
     summary = generate_shard(seeds, out, settings, client)
     seconds = time.perf_counter() - t0
     summary["client_cpu_fraction"] = round((time.process_time() - cpu0) / seconds, 2)
+    summary["pacer"] = client.pacer.stats() if client.pacer is not None else None
     return seconds, summary
 
 
@@ -72,8 +75,14 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--latency", type=float, default=0.2, help="server latency (s)")
     ap.add_argument("--rps", type=float, default=60.0, help="server rate limit (req/s)")
-    ap.add_argument("--retry-mode", choices=["adaptive", "standard"], default="adaptive",
-                    help="botocore retry mode for the rate-limited run")
+    ap.add_argument("--retry-mode", choices=["adaptive", "standard"], default="standard",
+                    help="botocore retry mode for the rate-limited run (default: the "
+                         "client's default, standard)")
+    ap.add_argument("--no-learn", action="store_true",
+                    help="rate-limited run without the client's learning pacer (learn_rps "
+                         "off), e.g. to see botocore's adaptive mode alone")
+    ap.add_argument("--max-rps", type=float, default=None,
+                    help="the client's max_rps for the rate-limited run (default: none)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
@@ -106,7 +115,7 @@ def main() -> int:
         proc, url = _server(0.05, args.rps)
         try:
             seconds, summary = _run(url, seeds, Path(tmp) / "rps", args.n, args.concurrency,
-                                    args.retry_mode)
+                                    args.retry_mode, not args.no_learn, args.max_rps)
             stats = _stats(url)
         finally:
             proc.terminate()
@@ -116,7 +125,8 @@ def main() -> int:
         rate = summary["valid"] / seconds
         figures["rate_limited"] = {
             "n": args.n, "concurrency": args.concurrency, "rps_limit": args.rps,
-            "retry_mode": args.retry_mode,
+            "retry_mode": args.retry_mode, "learn_rps": not args.no_learn,
+            "max_rps": args.max_rps, "pacer": summary["pacer"],
             "seconds": round(seconds, 3), "conversations_per_s": round(rate, 1),
             "ratio": round(rate / args.rps, 3), "valid": summary["valid"],
             "recorded_failures": summary["failed"], "items": len(records),
@@ -130,11 +140,15 @@ def main() -> int:
           f"  ratio {lat['ratio']:.2f}  (target >= 0.9); client process CPU "
           f"{lat['client_cpu_fraction']:.0%} of one core")
     print(f"rate-limited   {rl['n']} conversations, concurrency {rl['concurrency']}, "
-          f"server limit {rl['rps_limit']:.0f} req/s, botocore {rl['retry_mode']} retries")
+          f"server limit {rl['rps_limit']:.0f} req/s, botocore {rl['retry_mode']} retries, "
+          f"learn_rps {rl['learn_rps']}, max_rps {rl['max_rps']}")
     print(f"  achieved {rl['conversations_per_s']:.1f}/s  ratio {rl['ratio']:.2f}  "
           f"(target >= 0.85); {rl['server_429']} throttled of {rl['server_requests']} "
           f"requests; valid {rl['valid']}, recorded failures {rl['recorded_failures']}, "
           f"lost {rl['lost']}")
+    if rl["pacer"]:
+        print(f"  pacer: final rate {rl['pacer']['rate']} req/s, {rl['pacer']['cuts']} cuts, "
+              f"{rl['pacer']['throttled']} throttled of {rl['pacer']['requests']} attempts")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

@@ -127,6 +127,19 @@ def test_faults_lose_nothing(converse_server, tmp_path, seeds_file, tau2_dir):
             assert rec["raw_text"]
 
 
+def test_rate_limit_paces_every_attempt_and_loses_nothing(converse_server, tmp_path,
+                                                          seeds_file):
+    """The pacer sees every HTTP attempt (botocore's own retries too) and every 429."""
+    converse_server.configure(rps_limit=25.0)
+    client = _client(converse_server, botocore_max_attempts=3, max_attempts=20)
+    summary = generate_shard(seeds_file, tmp_path, GenerationSettings(target=60), client)
+    assert summary["valid"] == 60 and summary["failed"] == 0
+    stats, pacer = converse_server.stats, client.pacer.stats()
+    assert pacer["requests"] == stats["requests"] and pacer["throttled"] == stats["rate_limited"]
+    assert stats["rate_limited"] > 0 and pacer["cuts"] >= 1
+    assert 0 < pacer["rate"] < 60  # learnt near the limit, far below the unpaced rate
+
+
 def test_sigkill_midway_then_rerun(converse_server, tmp_path, seeds_file):
     """Killed halfway, re-run: exactly the target, no duplicate ids, and the calls after
     the restart are at most the remaining items plus the concurrency."""
@@ -186,3 +199,4 @@ def test_openai_compatible_backend(converse_server, tmp_path, seeds_file):
                                      model_id="local-model", backoff_base_s=0.01))
     summary = generate_shard(seeds_file, tmp_path, GenerationSettings(target=3), client)
     assert summary["valid"] == 3 and summary["llm"]["model_id"] == "local-model"
+    assert client.pacer.requests == converse_server.stats["requests"]

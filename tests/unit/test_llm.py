@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 import pytest
 
@@ -13,6 +14,7 @@ from simia.generation import enough_text, parse_lines, pick_seed, seed_problems
 from simia.judge import parse_judge_reply
 from simia.llm.accounting import PriceTable
 from simia.llm.client import LLMCallError, LLMClient, LLMFatalError, LLMSettings, Reply
+from simia.llm.pacing import RatePacer
 from simia.llm.prompts import render
 from simia.llm.replies import extract_json_object
 from simia.llm.runner import Checkpoint, WorkItem, item_id, run_items
@@ -255,3 +257,119 @@ def test_prompt_fields_must_be_provided():
     assert render("a {{x}} b", "t", x="1", unused="2") == "a 1 b"
     with pytest.raises(ConfigError, match=r"unknown field\(s\) \['y'\]"):
         render("{{x}} {{y}}", "t.txt", x="1")
+
+
+class FakeTime:
+    """A clock that only moves when someone sleeps (or the test says so)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def _pacer(**kw):
+    t = FakeTime()
+    return RatePacer(clock=t.clock, sleep=t.sleep, **kw), t
+
+
+def test_pacer_spaces_requests_at_max_rps():
+    pacer, t = _pacer(max_rps=10.0, learn=False)
+    start = t.now
+    for _ in range(21):
+        pacer.acquire()
+    assert t.now - start == pytest.approx(2.0)  # 21 starts, 0.1 s apart
+    assert all(s == pytest.approx(0.1) for s in t.slept)
+    t.now += 5.0  # idle: no credit piles up, the next request goes at once...
+    assert pacer.acquire() == 0.0
+    assert pacer.acquire() == pytest.approx(0.1)  # ...and the one after waits its turn
+    assert pacer.rate == 10.0 and pacer.cuts == 0
+    off, _ = _pacer(learn=False)
+    assert not off.active and off.acquire() == 0.0
+
+
+def test_pacer_is_free_until_throttled_then_cuts_to_the_accepted_rate():
+    pacer, t = _pacer(decrease=0.9, hold_s=1.0, window_s=2.0)
+    while pacer.cuts == 0:  # 40 req/s sent, 30 accepted: never delayed until the cut
+        assert pacer.rate is None and t.now < 101.15  # no cut before hold_s of history
+        for i in range(4):
+            assert pacer.acquire() == 0.0
+            pacer.record(throttled=i == 3)
+        t.now += 0.1
+    assert pacer.rate == pytest.approx(0.9 * 30.0, rel=0.1)
+    assert pacer.acquire() == 0.0 and pacer.acquire() == pytest.approx(1 / pacer.rate)
+    cut = pacer.rate
+    pacer.record(throttled=True)  # within hold_s of the cut: no second cut
+    assert pacer.rate == cut and pacer.cuts == 1 and pacer.throttled == 13
+
+
+def test_pacer_never_cuts_more_than_half_and_respects_the_floor():
+    pacer, t = _pacer(max_rps=40.0, min_rps=1.0, hold_s=1.0)
+    pacer.acquire()
+    for _ in range(4):  # everything throttled: accepted rate 0
+        t.now += 1.0
+        pacer.record(throttled=True)
+    assert pacer.rate == pytest.approx(40.0 / 16)
+    for _ in range(5):
+        t.now += 1.0
+        pacer.record(throttled=True)
+    assert pacer.rate == 1.0 and pacer.cuts == 9
+
+
+def test_pacer_probes_upwards_only_while_it_limits():
+    pacer, t = _pacer(max_rps=20.0, probe_per_s=0.05, hold_s=0.0, window_s=1.0)
+    pacer.acquire()
+    pacer.record(throttled=False)
+    t.now += 1.0
+    pacer.record(throttled=True)  # accepted 1 req/s over the last second: cut to 10
+    assert pacer.rate == pytest.approx(10.0)
+    start = t.now
+    for _ in range(11):  # a queue of requests: the rate is the limit, it grows
+        pacer.acquire()
+    grown = pacer.rate
+    assert t.now - start == pytest.approx(1.0, rel=0.1)
+    assert 10.0 * 1.03 < grown < 10.0 * 1.07  # about 5 % in the ~1 s those took
+    for _ in range(10):  # one request every 2 s: the rate is not the limit
+        t.now += 2.0
+        assert pacer.acquire() == 0.0
+    assert pacer.rate == grown
+    for _ in range(2000):  # never above max_rps
+        pacer.acquire()
+    assert pacer.rate == 20.0
+
+
+def test_pacer_is_shared_by_threads():
+    pacer = RatePacer(max_rps=200.0, learn=False)
+    stamps: list[float] = []
+    lock = threading.Lock()
+
+    def go():
+        for _ in range(5):
+            pacer.acquire()
+            with lock:
+                stamps.append(time.monotonic())
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    stamps.sort()
+    # 40 starts at 200/s take at least 39 intervals of 5 ms, however the threads interleave
+    assert stamps[-1] - stamps[0] >= 39 * 0.005 * 0.9 and pacer.requests == 40
+
+
+def test_settings_for_pacing():
+    settings = LLMSettings()
+    assert settings.botocore_retry_mode == "standard" and settings.learn_rps
+    assert settings.max_rps is None
+    with pytest.raises(ValueError):
+        LLMSettings(max_rps=0)
+    client = LLMClient(Scripted([]), settings)
+    assert client.pacer is None  # a backend without one

@@ -5,12 +5,18 @@
   and ``endpoint_url`` from the connection); outside Airflow, :func:`make_client` builds
   it with plain boto3. :class:`OpenAIBackend` talks to any ``/v1/chat/completions``
   server (e.g. a local vLLM) for users without Bedrock.
-- **Retries, two layers.** botocore's *adaptive* retry mode (client-side rate limiting
-  plus a few quick retries) under our own loop, which retries throttling, timeouts,
+- **Retries, two layers.** botocore's retries (``botocore_retry_mode``: *standard* by
+  default, *adaptive* available) under our own loop, which retries throttling, timeouts,
   connection errors and 5xx with exponential backoff and full jitter up to
   ``max_attempts``. Errors that retrying cannot fix split in two: item errors (e.g. a
   ``ValidationException`` for one prompt) fail that item; configuration errors (bad
   credentials, access denied, unknown model) abort the stage with :class:`LLMFatalError`.
+- **Pacing.** A :class:`~simia.llm.pacing.RatePacer` shared by the client's threads
+  spaces every HTTP attempt (ours and botocore's retries) at a rate learnt from
+  throttling (AIMD: cut to just below the rate the service accepted, probe upwards
+  while the rate is what limits us), capped by ``max_rps`` when set. This does what
+  botocore's adaptive mode does, without its deep cuts, so *standard* is the default;
+  with *adaptive* set, turn ``learn_rps`` off (two limiters would both react).
 - **Continuation.** When a reply stops at ``max_tokens`` the client can ask for more
   (the partial text goes back as an assistant turn plus a "continue" message).
 - **Accounting.** Every call's tokens and duration go into the stage's :class:`Usage`;
@@ -34,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from simia.errors import SimiaError
 from simia.llm.accounting import PriceTable, Usage
+from simia.llm.pacing import RatePacer
 
 log = logging.getLogger("simia.llm")
 
@@ -80,8 +87,18 @@ class LLMSettings(BaseModel):
     #: our attempts per call (each may include botocore's own quick retries)
     max_attempts: int = Field(6, ge=1, le=50)
     botocore_max_attempts: int = Field(3, ge=1, le=20)
-    #: adaptive: botocore also paces requests after throttling (client-side rate limit)
-    botocore_retry_mode: Literal["adaptive", "standard"] = "adaptive"
+    #: botocore's retry mode. standard (default): a few quick retries, and our pacer
+    #: (``learn_rps``) paces after throttling. adaptive: botocore's own client-side rate
+    #: limiter as well (cuts to 70 % of its send rate on every throttle, then climbs
+    #: back on a cubic curve); set ``learn_rps`` off with it
+    botocore_retry_mode: Literal["adaptive", "standard"] = "standard"
+    #: ceiling on HTTP requests (attempts) per second of this client, over all its
+    #: threads: a share of the account's quota for the model (one client per CLI
+    #: process or Airflow task, so divide by the shards running at once). None: none
+    max_rps: float | None = Field(None, gt=0)
+    #: learn the sustainable request rate from throttling and pace all threads at it
+    #: (see :class:`simia.llm.pacing.RatePacer`); off: only ``max_rps`` paces
+    learn_rps: bool = True
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
     #: log full prompts and replies (off: they can be large and may hold customer data)
@@ -136,12 +153,41 @@ def botocore_config(settings: LLMSettings) -> Any:
     )
 
 
-class BedrockBackend:
-    """Bedrock Converse through a boto3 ``bedrock-runtime`` client."""
+_THROTTLE_CODES = frozenset({"ThrottlingException", "TooManyRequestsException",
+                             "Throttling", "ThrottledException", "RequestLimitExceeded"})
 
-    def __init__(self, client: Any, model_id: str) -> None:
+
+class BedrockBackend:
+    """Bedrock Converse through a boto3 ``bedrock-runtime`` client.
+
+    With a ``pacer``, every HTTP attempt the client makes (botocore's own retries
+    included) waits for its slot (botocore's ``before-send`` event) and reports whether
+    it was throttled (``needs-retry``), through the client's event hooks.
+    """
+
+    def __init__(self, client: Any, model_id: str, pacer: RatePacer | None = None) -> None:
         self.client = client
         self.model_id = model_id
+        self.pacer = pacer
+        if pacer is not None and pacer.active:
+            events = client.meta.events
+            events.register("before-send.bedrock-runtime", self._before_send,
+                            unique_id=f"simia-pacer-send-{id(self)}")
+            events.register("needs-retry.bedrock-runtime", self._after_attempt,
+                            unique_id=f"simia-pacer-seen-{id(self)}")
+
+    def _before_send(self, **_: Any) -> None:
+        assert self.pacer is not None
+        self.pacer.acquire()
+
+    def _after_attempt(self, response: Any = None, **_: Any) -> None:
+        """Tell the pacer whether this attempt was throttled (no response: a connection
+        error or timeout, neither). Returns None: botocore reads a value as a retry delay."""
+        if response is None or self.pacer is None:
+            return
+        http, parsed = response
+        code = (parsed or {}).get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+        self.pacer.record(getattr(http, "status_code", 0) == 429 or code in _THROTTLE_CODES)
 
     def send(self, system: str | None, messages: list[dict[str, str]], max_tokens: int,
              temperature: float) -> Reply:
@@ -196,11 +242,12 @@ class OpenAIBackend:
 
     def __init__(self, base_url: str, model_id: str, *, api_key: str | None = None,
                  timeout_s: float = 300.0, connect_timeout_s: float = 10.0,
-                 concurrency: int = 8) -> None:
+                 concurrency: int = 8, pacer: RatePacer | None = None) -> None:
         import httpx
 
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.model_id = model_id
+        self.pacer = pacer
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"), headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
@@ -211,9 +258,13 @@ class OpenAIBackend:
              temperature: float) -> Reply:
         chat = [{"role": "system", "content": system}] if system else []
         chat += [{"role": m["role"], "content": m["text"]} for m in messages]
+        if self.pacer is not None:
+            self.pacer.acquire()
         resp = self._http.post("/chat/completions", json={
             "model": self.model_id, "messages": chat, "max_tokens": max_tokens,
             "temperature": temperature})
+        if self.pacer is not None:
+            self.pacer.record(resp.status_code == 429)
         if resp.status_code != 200:
             raise _HTTPStatusError(resp.status_code, resp.text)
         body = resp.json()
@@ -245,7 +296,9 @@ class OpenAIBackend:
 
 def make_client(settings: LLMSettings, *, bedrock_client: Any = None) -> LLMClient:
     """An :class:`LLMClient` for ``settings``. ``bedrock_client``: a ready boto3 client
-    (Airflow passes the hook's); otherwise plain boto3 builds one."""
+    (Airflow passes the hook's); otherwise plain boto3 builds one. Either way the
+    client gets a :class:`RatePacer` from ``max_rps``/``learn_rps`` (see its docs)."""
+    pacer = RatePacer(settings.max_rps, learn=settings.learn_rps)
     if settings.backend == "openai":
         if not settings.base_url:
             raise LLMFatalError("llm: backend 'openai' needs base_url "
@@ -253,7 +306,7 @@ def make_client(settings: LLMSettings, *, bedrock_client: Any = None) -> LLMClie
         backend: Backend = OpenAIBackend(
             settings.base_url, settings.model_id, api_key=os.environ.get(settings.api_key_env),
             timeout_s=settings.timeout_s, connect_timeout_s=settings.connect_timeout_s,
-            concurrency=settings.concurrency)
+            concurrency=settings.concurrency, pacer=pacer)
     else:
         if bedrock_client is None:
             import boto3
@@ -263,7 +316,7 @@ def make_client(settings: LLMSettings, *, bedrock_client: Any = None) -> LLMClie
             bedrock_client = boto3.client("bedrock-runtime", region_name=region,
                                           endpoint_url=settings.endpoint_url,
                                           config=botocore_config(settings))
-        backend = BedrockBackend(bedrock_client, settings.model_id)
+        backend = BedrockBackend(bedrock_client, settings.model_id, pacer)
     return LLMClient(backend, settings)
 
 
@@ -298,6 +351,11 @@ class LLMClient:
     @property
     def model_id(self) -> str:
         return self.backend.model_id
+
+    @property
+    def pacer(self) -> RatePacer | None:
+        """The backend's request pacer, if it has one."""
+        return getattr(self.backend, "pacer", None)
 
     def usage(self, stage: str) -> Usage:
         with self._lock:
