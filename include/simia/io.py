@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,116 @@ def atomic_writer(path: str | Path) -> Iterator[IO[bytes]]:
         except FileNotFoundError:
             pass
         raise
+
+
+#: a string value (after the key's colon): optional whitespace, then the JSON string
+_STRING_VALUE = re.compile(rb'([ \t\r\n]*)("(?:[^"\\]++|\\.)*+")')
+#: shared values shorter than this are not worth factoring out
+_MIN_SHARED = 512
+
+
+def _factor_out(data: bytes, key: str, placeholder: bytes) -> tuple[bytes, str, int] | None:
+    """Replace every ``"key": "V"`` whose encoded bytes equal the first one's by
+    ``"key": "PLACEHOLDER"``; returns (new bytes, V decoded, replacements), or None when
+    there is nothing worth doing.
+
+    Each match is a whole JSON string value (a ``"`` not preceded by a backslash
+    delimits a string, and the first value's bytes are complete escapes), so the new
+    bytes parse to the same structure with those values swapped.
+    """
+    prefix = b'"' + key.encode() + b'":'
+    start = data.find(prefix)
+    if start < 0:
+        return None
+    m = _STRING_VALUE.match(data, start + len(prefix))
+    if m is None or len(m.group(2)) < _MIN_SHARED:
+        return None
+    try:
+        value = orjson.loads(m.group(2))
+    except orjson.JSONDecodeError:
+        return None
+    token = data[start:m.end()]
+    replacement = prefix + m.group(1) + b'"' + placeholder + b'"'
+    # find a short head of the token, then compare the whole token in place
+    head = token[:64]
+    view = memoryview(data)
+    parts: list[Any] = []
+    done = 0
+    at = start
+    while at >= 0:
+        if data.startswith(token, at):
+            parts += (view[done:at], replacement)
+            done = at + len(token)
+            at = data.find(head, done)
+        else:
+            at = data.find(head, at + 1)
+    if len(parts) < 4:  # a single occurrence: nothing shared
+        return None
+    parts.append(view[done:])
+    return b"".join(parts), value, len(parts) // 2
+
+
+def loads_records(data: bytes, shared_keys: tuple[str, ...] = ()) -> Any:
+    """``orjson.loads(data)``, faster for a JSON list of records that all repeat the same
+    long string under ``shared_keys`` (every conversation file repeats its system prompt
+    and tool list: most of its bytes).
+
+    Each such value is parsed once: its repeats are swapped for a placeholder before
+    parsing and the one decoded string is put back afterwards, shared by every record
+    (one copy in memory). The result equals ``orjson.loads(data)``; whenever that cannot
+    be guaranteed (a repeat outside a top-level record's key, the bytes do not parse),
+    the whole ``data`` is parsed as is, so errors are ``orjson.loads``' own.
+    """
+    factored = data
+    shared: list[tuple[str, str, str, int]] = []
+    for key in shared_keys:
+        placeholder = f"\x00simia-shared:{key}:{os.urandom(8).hex()}\x00"
+        found = _factor_out(factored, key, orjson.dumps(placeholder)[1:-1])
+        if found is not None:
+            factored, value, count = found
+            shared.append((key, placeholder, value, count))
+    if not shared:
+        return orjson.loads(data)
+    try:
+        parsed = orjson.loads(factored)
+    except orjson.JSONDecodeError:
+        return orjson.loads(data)
+    del factored
+    if not isinstance(parsed, list):
+        return orjson.loads(data)
+    for key, placeholder, value, count in shared:
+        restored = 0
+        for record in parsed:
+            if type(record) is dict and record.get(key) == placeholder:
+                record[key] = value
+                restored += 1
+        if restored != count:
+            return orjson.loads(data)
+    return parsed
+
+
+def dumps_records(rows: list[dict[str, Any]], shared_keys: tuple[str, ...] = (), *,
+                  indent: bool = False) -> bytes:
+    """``orjson.dumps(rows)`` (indented with ``indent``) for a list of records that repeat
+    long strings under ``shared_keys``: each distinct such string is encoded once and
+    its bytes spliced into every record that holds it (the same output, without
+    re-encoding ~30 KB per record)."""
+    encoded: dict[str, Any] = {}  # string -> orjson.Fragment of its JSON encoding
+    out = []
+    for row in rows:
+        patch = None
+        for key in shared_keys:
+            value = row.get(key)
+            if type(value) is not str or len(value) < _MIN_SHARED:
+                continue
+            fragment = encoded.get(value)
+            if fragment is None:
+                fragment = encoded[value] = orjson.Fragment(orjson.dumps(value))
+            if patch is None:
+                patch = dict(row)
+            patch[key] = fragment
+        out.append(row if patch is None else patch)
+    return orjson.dumps(out, option=orjson.OPT_INDENT_2 if indent else 0)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

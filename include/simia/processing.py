@@ -37,7 +37,8 @@ from typing import Any
 import orjson
 
 from simia.domains.telecom import AGENT_INSTRUCTION, HERMES_INSTRUCTION, Domain
-from simia.records import ROLES
+from simia.io import dumps_records
+from simia.records import ROLES, SHARED_KEYS
 
 TurnList = list[dict[str, Any]]
 
@@ -222,7 +223,8 @@ def to_hermes(turns: TurnList, stats: Stats | None = None) -> TurnList:
     for i, t in enumerate(turns):
         if t["from"] == "function_call":
             think, call = parse_call(t["value"], i)
-            payload = json.dumps({"name": call.get("name", ""), "arguments": call.get("arguments", {})})
+            payload = json.dumps({"name": call.get("name", ""),
+                                  "arguments": call.get("arguments", {})})
             out.append(_turn("gpt", f"{think}<tool_call>\n{payload}\n</tool_call>\n"))
         elif t["from"] == "observation":
             out.append(_turn("human", t["value"]))
@@ -649,5 +651,6 @@ def process_conversations(
 
 
 def dumps_processed(rows: list[dict[str, Any]]) -> bytes:
-    """``processed.json`` bytes (indented for humans; orjson keeps it fast)."""
-    return orjson.dumps(rows, option=orjson.OPT_INDENT_2)
+    """``processed.json`` bytes (indented for humans; orjson keeps it fast). The system
+    prompt and tool list every row repeats are encoded once."""
+    return dumps_records(rows, SHARED_KEYS, indent=True)

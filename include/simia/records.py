@@ -19,7 +19,7 @@ import orjson
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 
 from simia.errors import InputError
-from simia.io import read_bytes
+from simia.io import loads_records, read_bytes
 
 Role = Literal["human", "gpt", "function_call", "observation"]
 ROLES: tuple[str, ...] = ("human", "gpt", "function_call", "observation")
@@ -60,6 +60,9 @@ _PROCESSED_LIST = TypeAdapter(list[ProcessedConversation])
 _PROCESSED_ONE = TypeAdapter(ProcessedConversation)
 
 _MAX_LISTED = 10
+
+#: keys whose (long) value every record of a conversation file usually repeats
+SHARED_KEYS = ("system", "tools")
 
 _OPTIONAL_STR = ("system", "based_on_sample", "simulator_mode", "domain")
 
@@ -156,11 +159,12 @@ def _load(
     if data is None:
         data = read_bytes(path, what=what)
     try:
-        parsed = orjson.loads(data)
+        parsed = loads_records(data, SHARED_KEYS)
     except orjson.JSONDecodeError as jexc:
         raise InputError(path, f"malformed JSON: {jexc}") from None
     if not isinstance(parsed, list):
-        raise InputError(path, f"expected a JSON list of conversations, got {type(parsed).__name__}")
+        raise InputError(path, "expected a JSON list of conversations, got "
+                         f"{type(parsed).__name__}")
     if not parsed:
         raise InputError(path, "the list of conversations is empty")
     if shape_ok(parsed):
@@ -210,7 +214,8 @@ def load_processed(path: str | Path, *, data: bytes | None = None) -> list[dict[
     if not records:
         raise InputError(path, "the list of processed conversations is empty")
     # every row repeats the same system prompt and tool list (~30 KB with tau2's policy):
-    # keep one copy of each instead of one per row
+    # keep one copy of each instead of one per row (loads_records already shares the
+    # repeats of the first row's; this catches any other)
     shared: dict[str, str] = {}
     for row in records:
         row["system"] = shared.setdefault(row["system"], row["system"])

@@ -123,3 +123,67 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("crash mid-write")
     assert json.loads(target.read_text()) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+# --------------------------------------------------------------------------- shared strings
+
+LONG = "policy line with \"quotes\", \\backslashes\\ and\nnewlines é \u2028 " * 40
+TOOLS = json.dumps([{"name": "t", "parameters": {"type": "object"}}] * 30)
+
+
+def _rows(n: int, **extra: object) -> list[dict]:
+    return [{"conversations": [{"from": "human", "value": f"hi {i}"}], "system": LONG,
+             "tools": TOOLS, "source_index": i, **extra} for i in range(n)]
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_loads_records_equals_a_plain_parse_and_shares_the_repeats(indent):
+    from simia.io import loads_records
+    rows = _rows(5)
+    rows[3]["system"] = LONG + "x"  # a different value stays itself
+    data = json.dumps(rows, indent=indent, ensure_ascii=False).encode()
+    parsed = loads_records(data, ("system", "tools"))
+    assert parsed == rows
+    assert parsed[0]["system"] is parsed[4]["system"] and parsed[0]["tools"] is parsed[4]["tools"]
+
+
+@pytest.mark.parametrize("records", [
+    # the same value under the same key, nested: not a top-level record's field
+    _rows(3, meta={"system": LONG}),
+    # the value's text inside another string
+    _rows(3, note=f'"system": {json.dumps(LONG)}'),
+    # a key ending in "system"
+    [{'x"system': LONG}, {"system": LONG}, {"system": LONG}],
+    # not a list
+    {"a": {"system": LONG}, "b": {"system": LONG}},
+    # the value once only, short values, non-string values
+    _rows(1), [{"system": "s", "tools": "[]"}] * 3, [{"system": [LONG]}] * 3,
+])
+def test_loads_records_falls_back_to_a_plain_parse(records):
+    from simia.io import loads_records
+    data = json.dumps(records).encode()
+    assert loads_records(data, ("system", "tools")) == json.loads(data)
+
+
+def test_loads_records_bad_json_raises_orjsons_error():
+    import orjson
+    from simia.io import loads_records
+    data = json.dumps(_rows(3)).encode()[:-5]
+    with pytest.raises(orjson.JSONDecodeError) as exc:
+        loads_records(data, ("system", "tools"))
+    with pytest.raises(orjson.JSONDecodeError) as plain:
+        orjson.loads(data)
+    assert str(exc.value) == str(plain.value)
+
+
+@pytest.mark.parametrize("indent", [False, True])
+def test_dumps_records_same_bytes_as_orjson(indent):
+    import orjson
+    from simia.io import dumps_records
+    rows = _rows(4)
+    rows[1]["system"] = "short"
+    rows[2]["tools"] = [{"name": "t"}]
+    option = orjson.OPT_INDENT_2 if indent else 0
+    assert dumps_records(rows, ("system", "tools"), indent=indent) == \
+        orjson.dumps(rows, option=option)
+    assert dumps_records([], ("system",), indent=indent) == orjson.dumps([], option=option)
