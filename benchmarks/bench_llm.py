@@ -14,7 +14,8 @@ The server runs in its own process so that it does not compete with the client f
 the GIL. Figures are printed, never asserted.
 
     .venv/bin/python benchmarks/bench_llm.py [--n 640] [--concurrency 32] [--latency 0.2]
-                                              [--rps 60] [--json out.json]
+        [--rps 60] [--retry-mode standard|adaptive] [--no-learn] [--max-rps R]
+        [--only latency|rate-limited] [--repeat N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -69,6 +70,77 @@ def _run(url: str, seeds: Path, out: Path, n: int, concurrency: int,
     return seconds, summary
 
 
+def _latency_run(args: argparse.Namespace, seeds: Path, out: Path) -> dict:
+    proc, url = _server(args.latency, None)
+    try:
+        seconds, summary = _run(url, seeds, out, args.n, args.concurrency)
+        server_cpu = _cpu_seconds(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait()
+    ideal = args.concurrency / args.latency
+    rate = summary["valid"] / seconds
+    return {"n": args.n, "concurrency": args.concurrency, "latency_s": args.latency,
+            "seconds": round(seconds, 3), "conversations_per_s": round(rate, 1),
+            "ideal_per_s": round(ideal, 1), "ratio": round(rate / ideal, 3),
+            "client_cpu_fraction": summary["client_cpu_fraction"],
+            "server_cpu_seconds": server_cpu}
+
+
+def _rate_run(args: argparse.Namespace, seeds: Path, out: Path) -> dict:
+    proc, url = _server(0.05, args.rps)
+    try:
+        seconds, summary = _run(url, seeds, out, args.n, args.concurrency,
+                                args.retry_mode, not args.no_learn, args.max_rps)
+        stats = _stats(url)
+    finally:
+        proc.terminate()
+        proc.wait()
+    ckpt = out / "generate-shard-000-of-001.jsonl"
+    records = [json.loads(x) for x in ckpt.read_text().splitlines() if x.strip()]
+    rate = summary["valid"] / seconds
+    return {"n": args.n, "concurrency": args.concurrency, "rps_limit": args.rps,
+            "retry_mode": args.retry_mode, "learn_rps": not args.no_learn,
+            "max_rps": args.max_rps, "pacer": summary["pacer"],
+            "seconds": round(seconds, 3), "conversations_per_s": round(rate, 1),
+            "ratio": round(rate / args.rps, 3), "valid": summary["valid"],
+            "recorded_failures": summary["failed"], "items": len(records),
+            "lost": summary["submitted_now"] - len(records),
+            "server_429": stats["rate_limited"], "server_requests": stats["requests"]}
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (Linux ``/proc``), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
+def _print_latency(lat: dict) -> None:
+    print(f"  achieved {lat['conversations_per_s']:.1f}/s of ideal {lat['ideal_per_s']:.1f}/s"
+          f"  ratio {lat['ratio']:.2f}  (target >= 0.9); client process CPU "
+          f"{lat['client_cpu_fraction']:.0%} of one core, server process "
+          f"{lat['server_cpu_seconds']} CPU s in all")
+
+
+def _print_rate(rl: dict) -> None:
+    print(f"  achieved {rl['conversations_per_s']:.1f}/s  ratio {rl['ratio']:.2f}  "
+          f"(target >= 0.85); {rl['server_429']} throttled of {rl['server_requests']} "
+          f"requests; valid {rl['valid']}, recorded failures {rl['recorded_failures']}, "
+          f"lost {rl['lost']}")
+    if rl["pacer"]:
+        print(f"  pacer: final rate {rl['pacer']['rate']} req/s, {rl['pacer']['cuts']} cuts, "
+              f"{rl['pacer']['throttled']} throttled of {rl['pacer']['requests']} attempts")
+
+
+def _spread(runs: list[dict]) -> str:
+    ratios = sorted(r["ratio"] for r in runs)
+    return (f"ratio over {len(ratios)} runs: min {ratios[0]:.2f}, "
+            f"median {ratios[len(ratios) // 2]:.2f}, max {ratios[-1]:.2f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=640, help="conversations per measurement")
@@ -83,6 +155,10 @@ def main() -> int:
                          "off), e.g. to see botocore's adaptive mode alone")
     ap.add_argument("--max-rps", type=float, default=None,
                     help="the client's max_rps for the rate-limited run (default: none)")
+    ap.add_argument("--only", choices=["latency", "rate-limited"], default=None,
+                    help="run one of the two measurements")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="repeat each measurement (interleaved) and print the spread")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
@@ -93,62 +169,30 @@ def main() -> int:
 
     from simia.synthetic import generate_raw
 
-    figures: dict = {}
+    figures: dict = {"latency": [], "rate_limited": []}
     with tempfile.TemporaryDirectory(prefix="simia-bench-llm-") as tmp:
         seeds = Path(tmp) / "seeds.json"
         seeds.write_text(json.dumps(generate_raw(20, seed=1, mode="strict")))
-
-        proc, url = _server(args.latency, None)
-        try:
-            seconds, summary = _run(url, seeds, Path(tmp) / "latency", args.n, args.concurrency)
-        finally:
-            proc.terminate()
-            proc.wait()
-        ideal = args.concurrency / args.latency
-        rate = summary["valid"] / seconds
-        figures["latency"] = {"n": args.n, "concurrency": args.concurrency,
-                              "latency_s": args.latency, "seconds": round(seconds, 3),
-                              "conversations_per_s": round(rate, 1),
-                              "ideal_per_s": round(ideal, 1), "ratio": round(rate / ideal, 3),
-                              "client_cpu_fraction": summary["client_cpu_fraction"]}
-
-        proc, url = _server(0.05, args.rps)
-        try:
-            seconds, summary = _run(url, seeds, Path(tmp) / "rps", args.n, args.concurrency,
-                                    args.retry_mode, not args.no_learn, args.max_rps)
-            stats = _stats(url)
-        finally:
-            proc.terminate()
-            proc.wait()
-        ckpt = Path(tmp) / "rps" / "generate-shard-000-of-001.jsonl"
-        records = [json.loads(x) for x in ckpt.read_text().splitlines() if x.strip()]
-        rate = summary["valid"] / seconds
-        figures["rate_limited"] = {
-            "n": args.n, "concurrency": args.concurrency, "rps_limit": args.rps,
-            "retry_mode": args.retry_mode, "learn_rps": not args.no_learn,
-            "max_rps": args.max_rps, "pacer": summary["pacer"],
-            "seconds": round(seconds, 3), "conversations_per_s": round(rate, 1),
-            "ratio": round(rate / args.rps, 3), "valid": summary["valid"],
-            "recorded_failures": summary["failed"], "items": len(records),
-            "lost": summary["submitted_now"] - len(records),
-            "server_429": stats["rate_limited"], "server_requests": stats["requests"]}
-
-    lat, rl = figures["latency"], figures["rate_limited"]
-    print(f"latency-bound  {lat['n']} conversations, concurrency {lat['concurrency']}, "
-          f"{lat['latency_s'] * 1000:.0f} ms per call")
-    print(f"  achieved {lat['conversations_per_s']:.1f}/s of ideal {lat['ideal_per_s']:.1f}/s"
-          f"  ratio {lat['ratio']:.2f}  (target >= 0.9); client process CPU "
-          f"{lat['client_cpu_fraction']:.0%} of one core")
-    print(f"rate-limited   {rl['n']} conversations, concurrency {rl['concurrency']}, "
-          f"server limit {rl['rps_limit']:.0f} req/s, botocore {rl['retry_mode']} retries, "
-          f"learn_rps {rl['learn_rps']}, max_rps {rl['max_rps']}")
-    print(f"  achieved {rl['conversations_per_s']:.1f}/s  ratio {rl['ratio']:.2f}  "
-          f"(target >= 0.85); {rl['server_429']} throttled of {rl['server_requests']} "
-          f"requests; valid {rl['valid']}, recorded failures {rl['recorded_failures']}, "
-          f"lost {rl['lost']}")
-    if rl["pacer"]:
-        print(f"  pacer: final rate {rl['pacer']['rate']} req/s, {rl['pacer']['cuts']} cuts, "
-              f"{rl['pacer']['throttled']} throttled of {rl['pacer']['requests']} attempts")
+        for rep in range(args.repeat):
+            if args.only in (None, "latency"):
+                lat = _latency_run(args, seeds, Path(tmp) / f"latency-{rep}")
+                figures["latency"].append(lat)
+                print(f"latency-bound  {lat['n']} conversations, concurrency "
+                      f"{lat['concurrency']}, {lat['latency_s'] * 1000:.0f} ms per call")
+                _print_latency(lat)
+            if args.only in (None, "rate-limited"):
+                rl = _rate_run(args, seeds, Path(tmp) / f"rps-{rep}")
+                figures["rate_limited"].append(rl)
+                print(f"rate-limited   {rl['n']} conversations, concurrency "
+                      f"{rl['concurrency']}, server limit {rl['rps_limit']:.0f} req/s, "
+                      f"botocore {rl['retry_mode']} retries, learn_rps {rl['learn_rps']}, "
+                      f"max_rps {rl['max_rps']}")
+                _print_rate(rl)
+            sys.stdout.flush()
+    if args.repeat > 1:
+        for name, runs in figures.items():
+            if runs:
+                print(f"{name}: {_spread(runs)}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

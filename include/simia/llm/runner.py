@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,9 @@ def run_items(
     source: Iterator[WorkItem] = (it for it in items if it.id not in done)
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llm")
     inflight: dict[Future[dict[str, Any]], WorkItem] = {}
+    # finished futures arrive here (cheaper than concurrent.futures.wait, which sets up a
+    # waiter on every in-flight future for each completion)
+    finished: queue.SimpleQueue[Future[dict[str, Any]]] = queue.SimpleQueue()
     error: BaseException | None = None
     try:
         while True:
@@ -146,12 +150,16 @@ def run_items(
                 item = next(source, None)
                 if item is None:
                     break
-                inflight[pool.submit(work, item)] = item
+                future = pool.submit(work, item)
+                inflight[future] = item
+                future.add_done_callback(finished.put)
                 report.submitted += 1
             if not inflight:
                 break
-            finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
-            for fut in finished:
+            batch = [finished.get()]
+            while not finished.empty():
+                batch.append(finished.get_nowait())
+            for fut in batch:
                 item = inflight.pop(fut)
                 try:
                     rec = fut.result()
