@@ -119,7 +119,77 @@ def _parser() -> argparse.ArgumentParser:
                     help="judge conversations whose earlier attempt failed again")
     _shard_args(ju)
     _llm_args(ju)
+
+    tc = sub.add_parser("train-config", help="the LLaMA-Factory YAML one level trains with")
+    tc.add_argument("--datasets", required=True,
+                    help="folder written by build-datasets (dataset_info.json, metadata.json)")
+    tc.add_argument("--level", type=float, required=True, help="sycophancy level in %%")
+    tc.add_argument("-o", "--out", required=True,
+                    help="YAML to write (deepspeed.json is written beside it)")
+    tc.add_argument("--output-dir", default=None,
+                    help="LLaMA-Factory output_dir (default: <folder of --out>/<dataset>)")
+    _training_args(tc)
+
+    ts = sub.add_parser("train-summary", help="final loss, steps, runtime and model path of "
+                                              "a finished LLaMA-Factory run")
+    ts.add_argument("output_dir", help="the run's output_dir")
     return p
+
+
+def _json_value(text: str):
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), _json_value(value)
+
+
+def _training_args(p: argparse.ArgumentParser) -> None:
+    from simia.training import TrainingConfig
+
+    d = TrainingConfig()
+    g = p.add_argument_group("hyperparameters (defaults: the reference recipe)")
+    g.add_argument("--model", default=d.model, help="hub id or local model folder")
+    g.add_argument("--template", default=d.template)
+    g.add_argument("--finetuning-type", choices=["full", "lora"], default=d.finetuning_type)
+    g.add_argument("--epochs", type=float, default=d.num_train_epochs)
+    g.add_argument("--max-steps", type=int, default=d.max_steps, help="0 = by epochs")
+    g.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    g.add_argument("--batch-size", type=int, default=d.per_device_train_batch_size)
+    g.add_argument("--grad-accum", type=int, default=d.gradient_accumulation_steps)
+    g.add_argument("--cutoff-len", type=int, default=d.cutoff_len)
+    g.add_argument("--no-neat-packing", dest="neat_packing", action="store_false")
+    g.add_argument("--flash-attn", choices=["fa2", "sdpa", "auto", "disabled"],
+                   default=d.flash_attn)
+    g.add_argument("--no-bf16", dest="bf16", action="store_false")
+    g.add_argument("--deepspeed", choices=["none", "zero2", "zero3", "zero3_offload"],
+                   default=d.deepspeed)
+    g.add_argument("--preprocessing-workers", type=int, default=d.preprocessing_num_workers)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--set", dest="extra", type=_key_value, action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="another LLaMA-Factory key (value parsed as JSON, else text)")
+
+
+def _training_config(args: argparse.Namespace):
+    from simia.training import TrainingConfig
+
+    return TrainingConfig(
+        model=args.model, template=args.template, finetuning_type=args.finetuning_type,
+        num_train_epochs=args.epochs, max_steps=args.max_steps,
+        learning_rate=args.learning_rate, per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum, cutoff_len=args.cutoff_len,
+        neat_packing=args.neat_packing, flash_attn=args.flash_attn, bf16=args.bf16,
+        deepspeed=args.deepspeed, preprocessing_num_workers=args.preprocessing_workers,
+        seed=args.seed, extra=dict(args.extra))
 
 
 def _shard_args(p: argparse.ArgumentParser) -> None:
@@ -222,6 +292,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = stages.score_rules_stage(args.conversations, args.out, force=args.force)
         elif args.command in ("generate-seeds", "generate", "judge"):
             result = _llm_command(args)
+        elif args.command == "train-config":
+            from simia.training import write_train_config
+
+            result = write_train_config(_training_config(args), datasets_dir=args.datasets,
+                                        level=args.level, out_file=args.out,
+                                        output_dir=args.output_dir)
+        elif args.command == "train-summary":
+            from simia.training import read_training_result
+
+            result = read_training_result(args.output_dir)
         else:
             design = DatasetDesign(levels=args.levels, size=args.size,
                                    shared_clean=args.shared_clean, seed=args.seed,

@@ -22,3 +22,10 @@ def run_dir(data_root: str | Path, experiment: str, run_id: str) -> Path:
     path = Path(data_root) / safe_name(experiment) / safe_name(run_id)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def data_root_child(data_root: str | Path, name: str) -> Path:
+    """A folder shared by every run under the data root (caches, locks); created."""
+    path = Path(data_root) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path

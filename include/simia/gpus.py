@@ -1,0 +1,142 @@
+"""GPU leases: concurrent trainings on one host never share a GPU.
+
+Docker's ``count``-style GPU requests always hand out the *first* N GPUs, so two
+containers started with ``count=2`` would both land on GPUs 0 and 1. Instead, each
+training leases explicit device ids: one lock file per GPU under a host-wide lock
+folder, held with ``flock`` for as long as the container runs. The kernel drops a lock
+when its holder dies (even by SIGKILL), so a crashed worker never leaks a GPU.
+A training that cannot get enough free GPUs waits (logging who holds them) up to a
+timeout, then fails with a clear message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from simia.errors import ConfigError
+
+__all__ = ["GpuLease", "GpuLeaseTimeout", "parse_gpu_ids"]
+
+
+class GpuLeaseTimeout(TimeoutError):
+    """Not enough free GPUs within the wait limit."""
+
+
+def parse_gpu_ids(text: str | None) -> list[str]:
+    """``"0,1, 3"`` -> ``["0", "1", "3"]``; empty or None -> ``[]`` (no GPUs)."""
+    ids = [part.strip() for part in (text or "").split(",") if part.strip()]
+    bad = [i for i in ids if not (i.isdigit() or i.startswith("GPU-"))]
+    if bad:
+        raise ConfigError(f"GPU ids must be numbers or GPU-UUIDs separated by commas, got "
+                          f"{', '.join(repr(b) for b in bad)}")
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"GPU ids repeat: {text!r}")
+    return ids
+
+
+class GpuLease:
+    """Hold ``count`` of ``gpu_ids`` exclusively (a context manager).
+
+    Args:
+        lock_dir: Host-wide folder for the lock files (shared by every worker).
+        gpu_ids: The GPUs this pipeline may use.
+        count: How many to lease (0: none, ``ids`` is empty).
+        holder: Written into the lock files, shown to whoever waits.
+        wait_s: Give up after this many seconds without enough free GPUs.
+        poll_s: Seconds between attempts while waiting.
+        log: Called with a progress message while waiting.
+    """
+
+    def __init__(self, lock_dir: str | Path, gpu_ids: list[str], count: int, *,
+                 holder: str = "", wait_s: float = 3600.0, poll_s: float = 5.0,
+                 log: Callable[[str], None] | None = None) -> None:
+        if count < 0:
+            raise ConfigError(f"GPUs per training must be >= 0, got {count}")
+        if count > len(gpu_ids):
+            raise ConfigError(f"a training needs {count} GPUs but only {len(gpu_ids)} are "
+                              f"configured ({','.join(gpu_ids) or 'none'}); set the GPU ids "
+                              "(SIMIA_GPU_IDS or the gpu_ids Param) or use fewer per training")
+        self.lock_dir = Path(lock_dir)
+        self.gpu_ids = list(gpu_ids)
+        self.count = count
+        self.holder = holder or f"pid {os.getpid()}"
+        self.wait_s = wait_s
+        self.poll_s = poll_s
+        self.log = log or (lambda _msg: None)
+        self.ids: list[str] = []
+        self._fds: list[int] = []
+
+    def _try_once(self) -> bool:
+        for gpu in self.gpu_ids:
+            if len(self._fds) == self.count:
+                break
+            fd = os.open(self.lock_dir / f"gpu-{gpu}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{self.holder}\n".encode(), 0)
+            self._fds.append(fd)
+            self.ids.append(gpu)
+        if len(self._fds) == self.count:
+            return True
+        self._release()  # all or nothing: never sit on a partial set
+        return False
+
+    def _holders(self) -> str:
+        out = []
+        for gpu in self.gpu_ids:
+            try:
+                text = (self.lock_dir / f"gpu-{gpu}.lock").read_text().strip()
+            except OSError:
+                text = ""
+            out.append(f"{gpu}: {text or '?'}")
+        return "; ".join(out)
+
+    def acquire(self) -> list[str]:
+        """Lease the GPUs (waiting if needed) and return their ids."""
+        if self.count == 0:
+            return []
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.wait_s
+        next_note = 0.0
+        while not self._try_once():
+            now = time.monotonic()
+            if now >= deadline:
+                raise GpuLeaseTimeout(
+                    f"no {self.count} free GPUs among {','.join(self.gpu_ids)} after "
+                    f"{self.wait_s:.0f} s; lock holders: {self._holders()} "
+                    f"(locks in {self.lock_dir})")
+            if now >= next_note:
+                self.log(f"waiting for {self.count} free GPUs among "
+                         f"{','.join(self.gpu_ids)}; holders: {self._holders()}")
+                next_note = now + 60
+            time.sleep(self.poll_s)
+        return list(self.ids)
+
+    def _release(self) -> None:
+        for fd in self._fds:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+        self._fds = []
+        self.ids = []
+
+    def release(self) -> None:
+        """Give the GPUs back (also done by the kernel if this process dies)."""
+        self._release()
+
+    def __enter__(self) -> list[str]:
+        return self.acquire()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
