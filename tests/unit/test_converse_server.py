@@ -364,3 +364,28 @@ def test_runs_as_a_script():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_http_keep_alive_close_and_malformed_requests(srv):
+    """Two requests on one connection, then one that asks to close; a chunked body is
+    refused."""
+    import socket
+
+    host, port = srv.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        reader = sock.makefile("rb")
+        for close in (False, False, True):
+            sock.sendall(b"GET /_admin/stats HTTP/1.1\r\nHost: x\r\n"
+                         + (b"Connection: close\r\n" if close else b"") + b"\r\n")
+            assert reader.readline().startswith(b"HTTP/1.1 200")
+            headers = {}
+            while (line := reader.readline()) != b"\r\n":
+                name, _, value = line.decode().partition(":")
+                headers[name.lower()] = value.strip()
+            assert "x-amzn-requestid" in headers and "date" in headers
+            assert json.loads(reader.read(int(headers["content-length"])))["requests"] == 0
+            assert ("connection" in headers) == close
+        assert reader.read() == b""  # closed by the server
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST /_admin/reset HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 400")
