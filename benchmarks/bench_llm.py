@@ -14,7 +14,7 @@ The server runs in its own process so that it does not compete with the client f
 the GIL. Figures are printed, never asserted.
 
     .venv/bin/python benchmarks/bench_llm.py [--n 640] [--concurrency 32] [--latency 0.2]
-        [--rps 60] [--retry-mode standard|adaptive] [--no-learn] [--max-rps R]
+        [--rps 60] [--retry-mode standard|adaptive] [--learn auto|on|off] [--max-rps R]
         [--only latency|rate-limited] [--repeat N] [--json out.json]
 """
 
@@ -52,7 +52,7 @@ def _stats(url: str) -> dict:
 
 
 def _run(url: str, seeds: Path, out: Path, n: int, concurrency: int,
-         mode: str = "standard", learn: bool = True,
+         mode: str = "standard", learn: bool | None = None,
          max_rps: float | None = None) -> tuple[float, dict]:
     from simia.generation import GenerationSettings, generate_shard
     from simia.llm.client import LLMSettings, make_client
@@ -68,6 +68,9 @@ def _run(url: str, seeds: Path, out: Path, n: int, concurrency: int,
     summary["client_cpu_fraction"] = round((time.process_time() - cpu0) / seconds, 2)
     summary["pacer"] = client.pacer.stats() if client.pacer is not None else None
     return seconds, summary
+
+
+_LEARN = {"auto": None, "on": True, "off": False}
 
 
 def _latency_run(args: argparse.Namespace, seeds: Path, out: Path) -> dict:
@@ -91,7 +94,7 @@ def _rate_run(args: argparse.Namespace, seeds: Path, out: Path) -> dict:
     proc, url = _server(0.05, args.rps)
     try:
         seconds, summary = _run(url, seeds, out, args.n, args.concurrency,
-                                args.retry_mode, not args.no_learn, args.max_rps)
+                                args.retry_mode, _LEARN[args.learn], args.max_rps)
         stats = _stats(url)
     finally:
         proc.terminate()
@@ -100,7 +103,7 @@ def _rate_run(args: argparse.Namespace, seeds: Path, out: Path) -> dict:
     records = [json.loads(x) for x in ckpt.read_text().splitlines() if x.strip()]
     rate = summary["valid"] / seconds
     return {"n": args.n, "concurrency": args.concurrency, "rps_limit": args.rps,
-            "retry_mode": args.retry_mode, "learn_rps": not args.no_learn,
+            "retry_mode": args.retry_mode, "learn_rps": args.learn,
             "max_rps": args.max_rps, "pacer": summary["pacer"],
             "seconds": round(seconds, 3), "conversations_per_s": round(rate, 1),
             "ratio": round(rate / args.rps, 3), "valid": summary["valid"],
@@ -150,9 +153,9 @@ def main() -> int:
     ap.add_argument("--retry-mode", choices=["adaptive", "standard"], default="standard",
                     help="botocore retry mode for the rate-limited run (default: the "
                          "client's default, standard)")
-    ap.add_argument("--no-learn", action="store_true",
-                    help="rate-limited run without the client's learning pacer (learn_rps "
-                         "off), e.g. to see botocore's adaptive mode alone")
+    ap.add_argument("--learn", choices=["auto", "on", "off"], default="auto",
+                    help="the client's learn_rps for the rate-limited run (auto: on with "
+                         "standard retries, off with adaptive)")
     ap.add_argument("--max-rps", type=float, default=None,
                     help="the client's max_rps for the rate-limited run (default: none)")
     ap.add_argument("--only", choices=["latency", "rate-limited"], default=None,

@@ -367,8 +367,11 @@ def test_pacer_is_shared_by_threads():
 
 def test_settings_for_pacing():
     settings = LLMSettings()
-    assert settings.botocore_retry_mode == "standard" and settings.learn_rps
+    assert settings.botocore_retry_mode == "standard" and settings.learns_rps
     assert settings.max_rps is None
+    assert not LLMSettings(botocore_retry_mode="adaptive").learns_rps  # one limiter, not two
+    assert LLMSettings(botocore_retry_mode="adaptive", learn_rps=True).learns_rps
+    assert not LLMSettings(learn_rps=False).learns_rps
     with pytest.raises(ValueError):
         LLMSettings(max_rps=0)
     client = LLMClient(Scripted([]), settings)

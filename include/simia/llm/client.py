@@ -16,7 +16,7 @@
   throttling (AIMD: cut to just below the rate the service accepted, probe upwards
   while the rate is what limits us), capped by ``max_rps`` when set. This does what
   botocore's adaptive mode does, without its deep cuts, so *standard* is the default;
-  with *adaptive* set, turn ``learn_rps`` off (two limiters would both react).
+  with *adaptive* chosen, the pacer only applies ``max_rps`` unless ``learn_rps`` is set.
 - **Continuation.** When a reply stops at ``max_tokens`` the client can ask for more
   (the partial text goes back as an assistant turn plus a "continue" message).
 - **Accounting.** Every call's tokens and duration go into the stage's :class:`Usage`;
@@ -89,16 +89,25 @@ class LLMSettings(BaseModel):
     botocore_max_attempts: int = Field(3, ge=1, le=20)
     #: botocore's retry mode. standard (default): a few quick retries, and our pacer
     #: (``learn_rps``) paces after throttling. adaptive: botocore's own client-side rate
-    #: limiter as well (cuts to 70 % of its send rate on every throttle, then climbs
-    #: back on a cubic curve); set ``learn_rps`` off with it
+    #: limiter instead (cuts to 70 % of its send rate on every throttle, then climbs
+    #: back on a cubic curve; on a steady quota it stays well below it)
     botocore_retry_mode: Literal["adaptive", "standard"] = "standard"
     #: ceiling on HTTP requests (attempts) per second of this client, over all its
     #: threads: a share of the account's quota for the model (one client per CLI
     #: process or Airflow task, so divide by the shards running at once). None: none
     max_rps: float | None = Field(None, gt=0)
     #: learn the sustainable request rate from throttling and pace all threads at it
-    #: (see :class:`simia.llm.pacing.RatePacer`); off: only ``max_rps`` paces
-    learn_rps: bool = True
+    #: (see :class:`simia.llm.pacing.RatePacer`); off: only ``max_rps`` paces. None
+    #: (default): on with the standard retry mode, off with adaptive (two limiters
+    #: reacting to the same throttles cut the rate twice)
+    learn_rps: bool | None = None
+
+    @property
+    def learns_rps(self) -> bool:
+        """Whether the pacer learns from throttling (``learn_rps`` resolved)."""
+        if self.learn_rps is None:
+            return self.botocore_retry_mode == "standard"
+        return self.learn_rps
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
     #: log full prompts and replies (off: they can be large and may hold customer data)
@@ -298,7 +307,7 @@ def make_client(settings: LLMSettings, *, bedrock_client: Any = None) -> LLMClie
     """An :class:`LLMClient` for ``settings``. ``bedrock_client``: a ready boto3 client
     (Airflow passes the hook's); otherwise plain boto3 builds one. Either way the
     client gets a :class:`RatePacer` from ``max_rps``/``learn_rps`` (see its docs)."""
-    pacer = RatePacer(settings.max_rps, learn=settings.learn_rps)
+    pacer = RatePacer(settings.max_rps, learn=settings.learns_rps)
     if settings.backend == "openai":
         if not settings.base_url:
             raise LLMFatalError("llm: backend 'openai' needs base_url "
