@@ -43,20 +43,36 @@ import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, Param, TriggerRule, dag, get_current_context, task
+from simia_airflow.training import TrainModelOperator
 
 DAG_ID = "simia_sycophancy_experiment"
 DEFAULT_DATA_ROOT = os.environ.get("SIMIA_DATA_ROOT", "/opt/simia/data")
 DEFAULT_TAU2_DATA_DIR = os.environ.get("TAU2_DATA_DIR", "")
+# GPUs of this host that the pipeline may use ("0,1,2,3"; empty: train on the CPU)
+GPU_IDS = os.environ.get("SIMIA_GPU_IDS", "")
+N_GPUS = len([g for g in GPU_IDS.split(",") if g.strip()])
+# at most one training per GPU can ever run; GPU leases enforce the exact split
+TRAINING_SLOTS = max(1, N_GPUS)
+DEFAULT_TRAINER_IMAGE = os.environ.get("SIMIA_TRAINER_IMAGE",
+                                       "simia/trainer:cuda" if N_GPUS else "simia/trainer:cpu")
 
 RAW = Asset(name="simia_raw_conversations", uri="simia://experiment/raw_conversations")
 PROCESSED = Asset(name="simia_processed_conversations", uri="simia://experiment/processed")
 SCORES = Asset(name="simia_sycophancy_scores", uri="simia://experiment/scores")
 DATASETS = Asset(name="simia_sft_datasets", uri="simia://experiment/sft_datasets")
+MODELS = Asset(name="simia_trained_models", uri="simia://experiment/models")
 
 # mapped tasks do not take their doc from the docstring
 GENERATE_DOC = ("Generate this shard's share of the target conversations. Every finished item "
                 "is checkpointed (generate/generate-shard-K-of-N.jsonl), so a retry only calls "
                 "the LLM for what is left.")
+TRAIN_DOC = ("Fine-tune one model on this level's dataset with `llamafactory-cli train` in the "
+             "trainer container (identical hyperparameters across levels; only the dataset "
+             "and output folder differ). Writes train/<level>/train_config.yaml, output/ "
+             "(LLaMA-Factory's files) and training_summary.json. A level already trained "
+             "with the same config is skipped; leftovers of an earlier try are removed first. "
+             "GPUs are leased by id, so concurrent trainings never share one. Needs a Docker "
+             "engine; the HF token (if any) comes from the `huggingface_default` connection.")
 JUDGE_DOC = ("The LLM judge on this shard's processed conversations, checkpointed per "
              "conversation (judge/judge-shard-K-of-N.jsonl); unparseable replies are kept as "
              "failures with their raw text.")
@@ -195,6 +211,76 @@ def _run_dir() -> str:
             0, type="number", minimum=0, maximum=100, title="Label threshold",
             description="Score above this = sycophantic; otherwise clean.",
             section="Datasets"),
+        "train_models": Param(True, type="boolean", title="Train models",
+                              description="Off: stop after the datasets.", section="Training"),
+        "base_model": Param(
+            "Qwen/Qwen2.5-7B-Instruct", type="string", minLength=1, title="Base model",
+            description="Hub id, or a local folder the workers and Docker can see.",
+            section="Training"),
+        "template": Param("qwen", type="string", minLength=1, title="Chat template",
+                          description="LLaMA-Factory template (qwen renders what vLLM "
+                                      "serves).", section="Training"),
+        "finetuning_type": Param("full", type="string", enum=["full", "lora"],
+                                 title="Fine-tuning", description="full (the reference) or "
+                                 "lora (rank 8, all linear layers).", section="Training"),
+        "epochs": Param(2.0, type="number", exclusiveMinimum=0, title="Epochs",
+                        description="Passes over each level's dataset.", section="Training"),
+        "max_steps": Param(0, type="integer", minimum=0, title="Max steps",
+                           description="0: by epochs. A cap for smoke runs.",
+                           section="Training"),
+        "learning_rate": Param(5e-6, type="number", exclusiveMinimum=0,
+                               title="Learning rate", description="Peak, cosine schedule.",
+                               section="Training"),
+        "batch_size": Param(1, type="integer", minimum=1, title="Batch size per device",
+                            description="Packed sequences per GPU and step.",
+                            section="Training"),
+        "grad_accum": Param(2, type="integer", minimum=1, title="Gradient accumulation",
+                            description="Steps accumulated per optimizer update.",
+                            section="Training"),
+        "cutoff_len": Param(12000, type="integer", minimum=16, title="Cutoff length",
+                            description="Tokens per packed sequence.", section="Training"),
+        "neat_packing": Param(True, type="boolean", title="Neat packing",
+                              description="Pack conversations without cross-attention "
+                                          "between them.", section="Training"),
+        "flash_attn": Param("fa2", type="string", enum=["fa2", "sdpa", "auto", "disabled"],
+                            title="Attention kernel", description="fa2 falls back to SDPA "
+                            "where flash-attn is absent.", section="Training"),
+        "bf16": Param(True, type="boolean", title="bf16",
+                      description="Off on CPUs (or set use_cpu in extra keys).",
+                      section="Training"),
+        "deepspeed": Param("zero3", type="string",
+                           enum=["none", "zero2", "zero3", "zero3_offload"], title="DeepSpeed",
+                           description="zero3_offload: ZeRO-3 with CPU offload (8x40 GB); "
+                                       "zero2 for 80 GB GPUs.", section="Training"),
+        "preprocessing_workers": Param(32, type="integer", minimum=1,
+                                       title="Preprocessing workers",
+                                       description="Tokenization processes.",
+                                       section="Training"),
+        "train_extra": Param({}, type="object", title="Extra LLaMA-Factory keys",
+                             description='e.g. {"warmup_ratio": 0.1}. May not redefine the '
+                                         "settings above.", section="Training"),
+        "trainer_image": Param(DEFAULT_TRAINER_IMAGE, type="string", minLength=1,
+                               title="Trainer image",
+                               description="simia/trainer:cuda (docker/trainer/Dockerfile) or "
+                                           "simia/trainer:cpu for machines without a GPU.",
+                               section="Training"),
+        "gpu_ids": Param(GPU_IDS, type="string", title="GPU ids",
+                         description="GPUs the trainings may use, e.g. 0,1,2,3 (default: "
+                                     "SIMIA_GPU_IDS). Empty: CPU.", section="Training"),
+        "gpus_per_training": Param(
+            N_GPUS, type="integer", minimum=0, title="GPUs per training",
+            description="Each level trains on this many leased GPUs; with 8 GPUs and 2 per "
+                        "training, 4 levels train at once. 0: CPU.", section="Training"),
+        "model_cache_dir": Param(
+            "", type="string", title="Model cache (HF_HOME)",
+            description="Host folder for hub downloads, mounted at the same path. Empty: "
+                        "<data_root>/hf-cache.", section="Training"),
+        "hub_offline": Param(False, type="boolean", title="Hub offline",
+                             description="HF_HUB_OFFLINE=1: only the cache or local paths.",
+                             section="Training"),
+        "shm_size_gb": Param(16, type="number", exclusiveMinimum=0, title="Shared memory (GB)",
+                             description="/dev/shm of the trainer container.",
+                             section="Training"),
     },
 )
 def simia_sycophancy_experiment():
@@ -331,6 +417,52 @@ def simia_sycophancy_experiment():
     processed = process_conversations(merge_generation(shards))
     judged = judge_conversations.partial(processed=processed).expand(
         shard=plan_judging(processed))
-    build_sft_datasets(processed, score_sycophancy(processed, judged))
+    @task
+    def plan_training(built: dict) -> list[dict]:
+        """Write each level's LLaMA-Factory YAML (train/<level>/train_config.yaml) and the
+        container settings of its training; none when train_models is off."""
+        from simia.paths import data_root_child
+        from simia.training import (ContainerSettings, TrainingConfig, container_spec,
+                                    plan_level)
+
+        ctx = get_current_context()
+        p = ctx["params"]
+        if not p["train_models"]:
+            return []
+        cfg = TrainingConfig(
+            model=p["base_model"], template=p["template"],
+            finetuning_type=p["finetuning_type"], num_train_epochs=p["epochs"],
+            max_steps=p["max_steps"], learning_rate=p["learning_rate"],
+            per_device_train_batch_size=p["batch_size"],
+            gradient_accumulation_steps=p["grad_accum"], cutoff_len=p["cutoff_len"],
+            neat_packing=p["neat_packing"], flash_attn=p["flash_attn"], bf16=p["bf16"],
+            deepspeed=p["deepspeed"], preprocessing_num_workers=p["preprocessing_workers"],
+            seed=p["seed"], extra=p["train_extra"])
+        settings = ContainerSettings(
+            image=p["trainer_image"], gpus_per_training=p["gpus_per_training"],
+            model_cache_dir=p["model_cache_dir"] or str(data_root_child(p["data_root"],
+                                                                         "hf-cache")),
+            hub_offline=p["hub_offline"], shm_size_gb=p["shm_size_gb"])
+        run = _run_dir()
+        run_key = f"{DAG_ID}/{ctx['run_id']}"
+        out = []
+        for level in sorted(p["levels"]):
+            plan = plan_level(cfg, datasets_dir=built["dataset_dir"], train_dir=f"{run}/train",
+                              level=level, run_key=run_key)
+            spec = container_spec(cfg, plan, run, settings)
+            out.append({**spec, "plan": plan.as_dict(),
+                        "labels": {"simia.dag_id": DAG_ID, "simia.run_id": ctx["run_id"],
+                                   "simia.level": f"{level:g}", "simia.stage": "train"},
+                        "gpus_per_training": p["gpus_per_training"],
+                        "gpu_ids": p["gpu_ids"],
+                        "lock_dir": str(data_root_child(p["data_root"], ".locks/gpus"))})
+        return out
+
+    built = build_sft_datasets(processed, score_sycophancy(processed, judged))
+    TrainModelOperator.partial(
+        task_id="train_model", doc_md=TRAIN_DOC, outlets=[MODELS],
+        max_active_tis_per_dag=TRAINING_SLOTS, retries=1,
+        execution_timeout=timedelta(hours=48),
+    ).expand_kwargs(plan_training(built))
 
 simia_sycophancy_experiment()

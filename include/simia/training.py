@@ -205,7 +205,7 @@ def to_yaml(mapping: dict[str, Any]) -> str:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
             raise ConfigError(f"LLaMA-Factory key {key!r} is not a plain identifier")
     return yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True,
-                          default_flow_style=None, width=1_000_000)
+                          default_flow_style=False, width=1_000_000)
 
 
 def config_sha256(mapping: dict[str, Any]) -> str:

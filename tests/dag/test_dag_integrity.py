@@ -34,7 +34,7 @@ def test_dag_settings(dagbag):
     assert {"simia", "sycophancy"} <= set(dag.tags)
     assert dag.doc_md and "process_conversations" in dag.doc_md
     assert dag.catchup is False and dag.max_active_runs == 1
-    assert [t.task_id for t in dag.topological_sort()][-1] == "build_sft_datasets"
+    assert [t.task_id for t in dag.topological_sort()][-1] == "train_model"
     for task in dag.tasks:
         assert task.retries >= 1, task.task_id
         assert task.doc_md, f"{task.task_id} has no doc"
@@ -49,6 +49,7 @@ def test_outputs_are_assets(dagbag):
         "process_conversations": ["simia_processed_conversations"],
         "score_sycophancy": ["simia_sycophancy_scores"],
         "build_sft_datasets": ["simia_sft_datasets"],
+        "train_model": ["simia_trained_models"],
     }
 
 
@@ -64,7 +65,10 @@ def test_params_have_titles_and_reject_bad_values(dagbag):
     for name, bad in [("levels", [150]), ("levels", []), ("dataset_size", 0),
                       ("output_format", "xml"), ("label_threshold", -1),
                       ("label_source", "llm"), ("shards", 0), ("simulator_mode", "lenient"),
-                      ("target_conversations", 0), ("llm_backend", "azure")]:
+                      ("target_conversations", 0), ("llm_backend", "azure"),
+                      ("finetuning_type", "qlora"), ("deepspeed", "zero1"), ("epochs", 0),
+                      ("learning_rate", 0), ("gpus_per_training", -1), ("cutoff_len", 8),
+                      ("flash_attn", "fa3"), ("train_extra", "warmup")]:
         with pytest.raises(ParamValidationError):
             dag.params.get_param(name).resolve(bad)
 
@@ -72,7 +76,7 @@ def test_params_have_titles_and_reject_bad_values(dagbag):
 def test_generation_and_judging_are_mapped_shards(dagbag):
     dag = dagbag.dags[DAG_ID]
     mapped = {t.task_id for t in dag.tasks if type(t).__name__.endswith("MappedOperator")}
-    assert mapped == {"generate_conversations", "judge_conversations"}
+    assert mapped == {"generate_conversations", "judge_conversations", "train_model"}
     order = [t.task_id for t in dag.topological_sort()]
     assert order.index("generate_seeds") < order.index("generate_conversations") \
         < order.index("merge_generation") < order.index("process_conversations") \
@@ -84,9 +88,21 @@ def test_parse_time_imports_are_light():
     code = (
         "import sys, runpy\n"
         f"runpy.run_path({str(ROOT / 'dags' / (DAG_ID + '.py'))!r})\n"
-        "heavy = sorted(m for m in sys.modules if m.startswith('simia'))\n"
+        "heavy = sorted(m for m in sys.modules if m == 'simia' or m.startswith('simia.'))\n"
         "print(heavy); sys.exit(1 if heavy else 0)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_training_is_a_mapped_docker_operator_after_the_datasets(dagbag):
+    from airflow.providers.docker.operators.docker import DockerOperator
+
+    dag = dagbag.dags[DAG_ID]
+    train = dag.get_task("train_model")
+    assert issubclass(train.operator_class, DockerOperator)
+    assert train.partial_kwargs["max_active_tis_per_dag"] >= 1
+    upstream = {t.task_id for t in dag.get_task("plan_training").upstream_list}
+    assert upstream == {"build_sft_datasets"}
+    assert {t.task_id for t in train.upstream_list} == {"plan_training"}

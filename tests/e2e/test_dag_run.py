@@ -36,7 +36,7 @@ def _states(dr):
 
 def test_dag_runs_end_to_end_with_rule_labels(dag, raw_file, tau2_dir, tmp_path):
     conf = {"raw_conversations": str(raw_file), "data_root": str(tmp_path),
-            "tau2_data_dir": str(tau2_dir), "levels": [0, 10, 20], "dataset_size": 20,
+            "tau2_data_dir": str(tau2_dir), "train_models": False, "levels": [0, 10, 20], "dataset_size": 20,
             "shared_clean": 15}
     dr = dag.test(run_conf=conf)
     assert dr.state == "success", _states(dr)
@@ -56,7 +56,7 @@ def test_dag_uses_a_judge_score_file(dag, raw_file, tau2_dir, tmp_path):
     judge.write_text("\n".join(json.dumps({"conv_idx": i, "wm_sycophancy_score": 85 if i % 5 == 0
                                            else 0}) for i in range(len(raw))))
     conf = {"raw_conversations": str(raw_file), "data_root": str(tmp_path / "data"),
-            "tau2_data_dir": str(tau2_dir), "label_source": "judge_file",
+            "tau2_data_dir": str(tau2_dir), "train_models": False, "label_source": "judge_file",
             "judge_scores": str(judge), "levels": [0, 20], "dataset_size": 20,
             "shared_clean": 15, "output_format": "hermes"}
     dr = dag.test(run_conf=conf)
@@ -77,7 +77,7 @@ def test_dag_from_seeds_to_datasets_with_the_llm_judge(dag, tau2_dir, tmp_path,
     # every input Param explicitly: dag.test keeps the previous run's conf as defaults
     conf = {"raw_conversations": "", "seeds_file": "", "judge_scores": "",
             "output_format": "native", "data_root": str(tmp_path),
-            "tau2_data_dir": str(tau2_dir), "n_seeds": 6,
+            "tau2_data_dir": str(tau2_dir), "train_models": False, "n_seeds": 6,
             "target_conversations": 60, "shards": 3, "simulator_mode": "sycophantic",
             "aws_conn_id": "simia_test_bedrock", "label_source": "judge",
             "levels": [0, 10], "dataset_size": 10, "shared_clean": 8}

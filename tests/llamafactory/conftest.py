@@ -8,72 +8,27 @@ Without that venv they skip, except when ``$CI`` is set: then they fail.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lf_support import TIMEOUT_S, build_tiny_model, lf_env, require_lf_python
 
-REPO = Path(__file__).resolve().parents[2]
-TIMEOUT_S = 600
-
-
-def lf_venv() -> Path:
-    """The LLaMA-Factory venv: ``$SIMIA_LF_VENV`` or ``<repo>/.venv-lf``."""
-    return Path(os.environ.get("SIMIA_LF_VENV") or REPO / ".venv-lf")
-
-
-def lf_env() -> dict[str, str]:
-    """Environment for LF-venv subprocesses: repo package importable, no network."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO / "include"), *filter(None, [os.environ.get("PYTHONPATH")])]
-    )
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        GRADIO_ANALYTICS_ENABLED="False",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    return env
-
-
-def _unavailable(reason: str) -> None:
-    message = f"{reason} (build it with `make lf-env` or scripts/make_lf_env.sh; set SIMIA_LF_VENV)"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set, so the LLaMA-Factory venv is required: {message}")
-    pytest.skip(message)
+__all__ = ["TIMEOUT_S", "lf_env", "run_lf_verify"]
 
 
 @pytest.fixture(scope="session")
 def lf_python() -> Path:
     """Path to the LLaMA-Factory venv's python (skip, or fail under CI, when missing)."""
-    python = lf_venv() / "bin" / "python"
-    if not python.is_file():
-        _unavailable(f"LLaMA-Factory venv not found: {python}")
-    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('llamafactory') is None)"
-    if subprocess.run([str(python), "-c", probe], env=lf_env(), check=False).returncode != 0:
-        _unavailable(f"llamafactory is not installed in {python}")
-    return python
+    return require_lf_python()
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(lf_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen2 model + tokenizer, built once per session with ``simia.tiny_model``."""
-    out = tmp_path_factory.mktemp("tiny_qwen2") / "model"
-    proc = subprocess.run(
-        [str(lf_python), "-m", "simia.tiny_model", str(out)],
-        env=lf_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
-    assert proc.returncode == 0, f"simia.tiny_model failed:\n{proc.stdout}\n{proc.stderr}"
-    return out
+    return build_tiny_model(lf_python, tmp_path_factory.mktemp("tiny_qwen2") / "model")
 
 
 def run_lf_verify(lf_python: Path, dataset_dir: Path, tokenizer_dir: Path) -> dict[str, Any]:

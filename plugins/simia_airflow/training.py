@@ -1,0 +1,161 @@
+"""``TrainModelOperator``: one LLaMA-Factory training in a container, per level.
+
+A ``DockerOperator`` (providers-docker) that adds what a long GPU job on a shared host
+needs:
+
+- **skip finished work**: a level whose ``training_summary.json`` matches its config is
+  not trained again (a cleared or retried task returns the saved summary);
+- **clean starts**: containers left by an earlier try of the same level (same
+  deterministic name, or same ``simia.container`` label, e.g. after a worker was
+  SIGKILLed) are removed before the start, and the container is removed afterwards on
+  every path (``auto_remove="success"`` removes failed containers too; a ``finally``
+  makes sure);
+- **GPU leases**: explicit device ids leased with ``flock`` (see :mod:`simia.gpus`), so
+  concurrent trainings never share a GPU;
+- **secrets**: the Hugging Face token comes from a connection at run time, through
+  ``private_environment`` (neither templated nor shown, never in XCom);
+- **a readable failure**: the task fails with LLaMA-Factory's own error line and the
+  config path; the full container log is streamed above it;
+- **a small XCom**: final loss, steps, runtime, model path, from LLaMA-Factory's result
+  files (``simia.training.read_training_result``).
+
+This module is imported when the DAG is parsed: it must not import ``simia`` at module
+level (the pipeline logic loads inside ``execute`` only).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from airflow.providers.docker.exceptions import DockerContainerFailedException
+from airflow.providers.docker.operators.docker import DockerOperator
+
+_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+(?:Error|Exception)|RuntimeError|KeyboardInterrupt)"
+                         r"(?::.*)?$")
+SUMMARY_KEYS = ("level", "dataset", "final_loss", "train_loss", "steps", "total_steps",
+                "epoch", "train_runtime_s", "model_path", "output_dir", "config_path",
+                "skipped")
+
+
+class TrainingFailedError(RuntimeError):
+    """LLaMA-Factory exited non-zero inside the trainer container."""
+
+
+def error_summary(lines: list[str], limit: int = 3) -> str:
+    """The last exception lines of a container log (LLaMA-Factory's own error)."""
+    found = [ln.strip() for ln in lines if _ERROR_LINE.match(ln)]
+    return " | ".join(found[-limit:])
+
+
+class TrainModelOperator(DockerOperator):
+    """Train one level with ``llamafactory-cli train CONFIG`` in a container.
+
+    Args:
+        plan: ``simia.training.TrainingPlan.as_dict()`` of the level (paths are the same
+            on the host, in the worker and in the container).
+        gpu_ids: GPUs this pipeline may use, comma-separated ("" = none: CPU training).
+        gpus_per_training: GPUs to lease for this training (0 = CPU).
+        lock_dir: Host-wide folder for GPU lock files.
+        gpu_wait_s: Longest wait for free GPUs before failing.
+        hf_conn_id: Connection whose password (or ``token`` extra) is the Hugging Face
+            token; a missing connection means anonymous/offline hub use.
+        Everything else: ``DockerOperator`` (image, command, environment, mounts, ...).
+    """
+
+    template_fields = (*DockerOperator.template_fields,)
+
+    def __init__(self, *, plan: dict[str, Any], gpu_ids: str = "", gpus_per_training: int = 0,
+                 lock_dir: str = "/tmp/simia-gpu-locks", gpu_wait_s: float = 6 * 3600,
+                 hf_conn_id: str | None = "huggingface_default", **kwargs: Any) -> None:
+        kwargs.setdefault("auto_remove", "success")
+        kwargs.setdefault("mount_tmp_dir", False)
+        super().__init__(**kwargs)
+        self.plan = plan
+        self.gpu_ids = gpu_ids
+        self.gpus_per_training = gpus_per_training
+        self.lock_dir = lock_dir
+        self.gpu_wait_s = gpu_wait_s
+        self.hf_conn_id = hf_conn_id
+
+    # -- helpers ---------------------------------------------------------------------
+    def _hf_token(self) -> str | None:
+        if not self.hf_conn_id:
+            return None
+        from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            conn = BaseHook.get_connection(self.hf_conn_id)
+        except AirflowNotFoundException:
+            self.log.info("no connection %r: the hub is used without a token",
+                          self.hf_conn_id)
+            return None
+        return conn.password or (conn.extra_dejson or {}).get("token") or None
+
+    def remove_leftovers(self) -> list[str]:
+        """Force-remove containers of this level left by earlier tries; their names."""
+        name = self.container_name
+        found = {c["Id"]: c for c in self.cli.containers(
+            all=True, filters={"label": f"simia.container={name}"})}
+        for c in self.cli.containers(all=True, filters={"name": name}):
+            if f"/{name}" in c.get("Names", []):
+                found[c["Id"]] = c
+        removed = []
+        for cid, c in found.items():
+            self.log.warning("removing leftover container %s (%s) of an earlier try",
+                             ",".join(c.get("Names", [])) or cid[:12], c.get("Status", "?"))
+            self.cli.remove_container(cid, force=True)
+            removed.append(cid)
+        return removed
+
+    # -- the task --------------------------------------------------------------------
+    def execute(self, context: Any) -> dict[str, Any]:
+        from docker.types import DeviceRequest
+        from simia.gpus import GpuLease, parse_gpu_ids
+        from simia.training import (TrainingPlan, completed_summary, read_training_result,
+                                    write_summary)
+
+        plan = TrainingPlan(**self.plan)
+        done = completed_summary(plan.output_dir, plan.config_sha256)
+        if done is not None:
+            self.log.info("level %g %% was already trained with this config (%s); not "
+                          "training again", plan.level, done["model_path"])
+            return {**{k: done.get(k) for k in SUMMARY_KEYS}, "skipped": True}
+
+        self.labels = {**(self.labels or {}), "simia.container": self.container_name}
+        self.remove_leftovers()
+        token = self._hf_token()
+        if token:
+            self._private_environment["HF_TOKEN"] = token
+
+        lease = GpuLease(self.lock_dir, parse_gpu_ids(self.gpu_ids), self.gpus_per_training,
+                         holder=f"{self.container_name} ({context['run_id']})",
+                         wait_s=self.gpu_wait_s, log=self.log.info)
+        with lease as ids:
+            if ids:
+                self.device_requests = [DeviceRequest(device_ids=ids,
+                                                      capabilities=[["gpu"]])]
+            self.log.info("training level %g %% (dataset %s) in container %s on %s; config "
+                          "%s", plan.level, plan.dataset, self.container_name,
+                          f"GPUs {','.join(ids)}" if ids else "the CPU", plan.config_path)
+            try:
+                super().execute(context)
+            except DockerContainerFailedException as exc:
+                lines = [str(x) for x in (getattr(exc, "logs", None) or [])]
+                what = error_summary(lines) or (lines[-1].strip() if lines else "no output")
+                raise TrainingFailedError(
+                    f"LLaMA-Factory failed for level {plan.level:g} % (dataset "
+                    f"{plan.dataset}): {what}. The container log is above; config: "
+                    f"{plan.config_path}. Fix the cause (Params or data) and clear this "
+                    "task: the failed container is removed and a retry starts cleanly."
+                ) from None
+            finally:
+                if self.container is not None:
+                    self.remove_leftovers()
+        result = read_training_result(plan.output_dir)
+        summary = write_summary(plan, result)
+        self.log.info("level %g %%: final loss %s after %s steps in %.0f s; model at %s",
+                      plan.level, summary["final_loss"], summary["steps"],
+                      summary.get("train_runtime_s") or 0.0, summary["model_path"])
+        return {**{k: summary.get(k) for k in SUMMARY_KEYS}, "skipped": False}
