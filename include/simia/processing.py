@@ -28,8 +28,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from functools import lru_cache
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -85,11 +84,14 @@ def split_embedded_turns(turns: TurnList, stats: Stats | None = None, *,
     """
     out: TurnList = []
     for i, t in enumerate(turns):
-        role, value = t.get("from"), t.get("value")
-        if role not in ROLES:
-            raise Drop("unknown_role", f"turn {i} has role {role!r}")
-        if role != "gpt" or ("HUMAN:" not in value
-                             and (not extract_calls or "FUNCTION_CALL:" not in value)):
+        role = t.get("from")
+        if role != "gpt":
+            if role not in ROLES:
+                raise Drop("unknown_role", f"turn {i} has role {role!r}")
+            out.append(t)
+            continue
+        value = t.get("value")
+        if "HUMAN:" not in value and (not extract_calls or "FUNCTION_CALL:" not in value):
             out.append(t)
             continue
         gpt_part, human_part = value, None
@@ -113,32 +115,52 @@ def split_embedded_turns(turns: TurnList, stats: Stats | None = None, *,
 
 # --------------------------------------------------------------------------- step 1
 
-_THINK_SPLIT = re.compile(r"<think>(.*?)</think>\s*(.*)", re.DOTALL)
-
-
-@lru_cache(maxsize=1 << 16)
 def split_think(value: str) -> tuple[str, str]:
     """``"<think>T</think>\\n{json}"`` -> (``"<think>T</think>\\n"``, ``"{json}"``).
 
-    Cached: every step that looks at a call splits the same value."""
-    if "<think>" in value and "</think>" in value:
-        m = _THINK_SPLIT.search(value)
-        if m:
-            return f"<think>{m.group(1)}</think>\n", m.group(2).strip()
+    The first ``<think>`` with a ``</think>`` after it; no such pair: (``""``, the value
+    stripped)."""
+    start = value.find("<think>")
+    if start >= 0:
+        end = value.find("</think>", start + 7)
+        if end >= 0:
+            return f"<think>{value[start + 7:end]}</think>\n", value[end + 8:].strip()
     return "", value.strip()
 
 
-@lru_cache(maxsize=1 << 16)
-def _load_json(body: str) -> Any:
-    """Parse a call body once (orjson; stdlib for what orjson refuses, e.g. NaN).
+class _NotJSON:
+    """A call body that does not parse (the parser's message, for the Drop detail)."""
 
-    Cached because the same body is read by several steps. Callers must not mutate the
-    result. Raises ``ValueError`` when the body is not JSON.
-    """
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return json.loads(body)
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+#: function_call value -> (think block, body, parsed body or _NotJSON); every step that
+#: looks at a call reads the same value, so it is split and parsed once
+_CALLS: dict[str, tuple[str, str, Any]] = {}
+_CALLS_LIMIT = 1 << 16
+
+
+def _call_parts(value: str) -> tuple[str, str, Any]:
+    """(think block, body, parsed body) of a call value, cached. The body is parsed
+    with orjson, with the standard library for what orjson refuses (e.g. NaN); a body
+    that is not JSON gives a :class:`_NotJSON`. Callers must not mutate the result."""
+    parts = _CALLS.get(value)
+    if parts is None:
+        think, body = split_think(value)
+        try:
+            parsed: Any = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            try:
+                parsed = json.loads(body)
+            except ValueError as exc:
+                parsed = _NotJSON(str(exc))
+        if len(_CALLS) >= _CALLS_LIMIT:
+            _CALLS.clear()
+        parts = _CALLS[value] = (think, body, parsed)
+    return parts
 
 
 def fix_call_arguments(value: str) -> tuple[str, str | None]:
@@ -149,15 +171,11 @@ def fix_call_arguments(value: str) -> tuple[str, str | None]:
     becomes ``{}``. A value whose JSON does not parse is returned unchanged: a later
     step rejects it.
     """
-    think, body = split_think(value)
-    try:
-        parsed = _load_json(body)
-    except ValueError:
+    think, _, parsed = _CALLS.get(value) or _call_parts(value)
+    if type(parsed) is not dict or type(parsed.get("arguments")) is dict:
+        # not JSON, not an object (later steps reject it), or nothing to repair (later
+        # steps re-serialise every call)
         return value, None
-    if not isinstance(parsed, dict):
-        return value, None
-    if isinstance(parsed.get("arguments"), dict):
-        return value, None  # nothing to repair; later steps re-serialise every call
     call = dict(parsed)
     if "arguments" not in call:
         call["arguments"] = {}
@@ -185,32 +203,32 @@ def fix_call_arguments(value: str) -> tuple[str, str | None]:
 
 def fix_arguments(turns: TurnList, stats: Stats | None = None) -> TurnList:
     """Reference step 1: reject on ``<tool_``/``\\n[{``, then repair call arguments."""
+    values = [t["value"] for t in turns]
+    text = "\0".join(values)  # one search for the whole conversation (no marker holds \0)
+    if "<tool_" in text or "\n[{" in text:
+        for i, v in enumerate(values):
+            if "<tool_" in v or "\n[{" in v:
+                marker = "<tool_" if "<tool_" in v else "\\n[{"
+                raise Drop("forbidden_marker", f"turn {i} contains {marker!r}")
+    out = list(turns)
     for i, t in enumerate(turns):
-        v = t["value"]
-        if "<tool_" in v or "\n[{" in v:
-            marker = "<tool_" if "<tool_" in v else "\\n[{"
-            raise Drop("forbidden_marker", f"turn {i} contains {marker!r}")
-    out = []
-    for t in turns:
         if t["from"] == "function_call":
-            value, fix = fix_call_arguments(t["value"])
+            value, fix = fix_call_arguments(values[i])
             if fix and stats:
                 stats.add(fix)
-            if value is not t["value"]:
-                t = {**t, "value": value}
-        out.append(t)
+            if value is not values[i]:
+                out[i] = {**t, "value": value}
     return out
 
 
 # --------------------------------------------------------------------------- step 2
 
 def parse_call(value: str, turn_index: int) -> tuple[str, dict[str, Any]]:
-    """(think block, call object) of a function_call value, or Drop if it is not JSON."""
-    think, body = split_think(value)
-    try:
-        call = _load_json(body)
-    except ValueError as exc:
-        raise Drop("invalid_function_call_json", f"turn {turn_index}: {exc}") from None
+    """(think block, call object) of a function_call value, or Drop if it is not JSON.
+    The call object is shared: do not mutate it."""
+    think, _, call = _CALLS.get(value) or _call_parts(value)
+    if type(call) is _NotJSON:
+        raise Drop("invalid_function_call_json", f"turn {turn_index}: {call.message}")
     if not isinstance(call, dict):
         raise Drop("invalid_function_call_json",
                    f"turn {turn_index}: expected an object, got {type(call).__name__}")
@@ -258,35 +276,56 @@ def _type_ok(value: Any, expected: Any, spec: dict[str, Any]) -> bool:
     return True
 
 
-def check_call(name: Any, arguments: Any, domain: Domain, where: str,
+#: id(domain) -> (domain, {tool name: (required, properties, {argument: (expected type,
+#: items spec, id format or None)})}): each tool's schema read once
+_SCHEMAS: dict[int, tuple[Domain, dict[str, Any]]] = {}
+
+
+def _schemas(domain: Domain) -> dict[str, Any]:
+    entry = _SCHEMAS.get(id(domain))
+    if entry is None or entry[0] is not domain:
+        compiled = {}
+        for name, tool in domain.tools_by_name.items():
+            params = tool.get("parameters", {})
+            props = params.get("properties", {})
+            compiled[name] = (params.get("required", []), props,
+                              {key: (spec.get("type"), spec, domain.id_formats.get(key))
+                               for key, spec in props.items()})
+        entry = _SCHEMAS[id(domain)] = (domain, compiled)
+    return entry[1]
+
+
+def check_call(name: Any, arguments: Any, domain: Domain, where: str | int,
                stats: Stats | None = None) -> dict[str, Any]:
-    """Validate one call against the domain's schemas; returns the (ID-fixed) arguments."""
-    tools = domain.tools_by_name
-    if not name or name not in tools:
-        raise Drop("unknown_tool", f"{where}: {name!r} is not a {domain.name} tool")
+    """Validate one call against the domain's schemas; returns the (ID-fixed) arguments.
+    ``where`` names the call in a Drop's detail (an int ``i`` reads ``turn i``)."""
+    schemas = _schemas(domain)
+    if not name or name not in schemas:
+        raise Drop("unknown_tool", f"{_where(where)}: {name!r} is not a {domain.name} tool")
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
         except ValueError:
-            raise Drop("arguments_not_object", f"{where}: {name} arguments are not JSON") from None
+            raise Drop("arguments_not_object",
+                       f"{_where(where)}: {name} arguments are not JSON") from None
     if not isinstance(arguments, dict):
-        raise Drop("arguments_not_object", f"{where}: {name} arguments are a "
+        raise Drop("arguments_not_object", f"{_where(where)}: {name} arguments are a "
                    f"{type(arguments).__name__}")
-    params = tools[name].get("parameters", {})
-    props = params.get("properties", {})
-    for req in params.get("required", []):
+    required, props, checks = schemas[name]
+    for req in required:
         if req not in arguments:
-            raise Drop("missing_required_argument", f"{where}: {name} lacks {req!r}")
+            raise Drop("missing_required_argument", f"{_where(where)}: {name} lacks {req!r}")
     for key in arguments:
         if key not in props:
-            raise Drop("unexpected_argument", f"{where}: {name} has no parameter {key!r}")
+            raise Drop("unexpected_argument",
+                       f"{_where(where)}: {name} has no parameter {key!r}")
     fixed: dict[str, Any] = {}
     for key, value in arguments.items():
-        spec = props[key]
-        if not _type_ok(value, spec.get("type"), spec):
-            raise Drop("argument_type_mismatch", f"{where}: {name}.{key} should be "
-                       f"{spec.get('type')}, got {type(value).__name__}")
-        id_format = domain.id_formats.get(key)
+        expected, spec, id_format = checks[key]
+        if not (isinstance(value, str) if expected == "string" else
+                _type_ok(value, expected, spec)):
+            raise Drop("argument_type_mismatch", f"{_where(where)}: {name}.{key} should be "
+                       f"{expected}, got {type(value).__name__}")
         if id_format and isinstance(value, str):
             prefix, pattern = id_format
             if value.isdigit() and value.isascii():
@@ -294,24 +333,26 @@ def check_call(name: Any, arguments: Any, domain: Domain, where: str,
                 if stats:
                     stats.add("id_prefix_added")
             if not pattern.match(value):
-                raise Drop("invalid_id_format", f"{where}: {name}.{key}={value!r} does not "
-                           f"match {pattern.pattern}")
+                raise Drop("invalid_id_format", f"{_where(where)}: {name}.{key}={value!r} "
+                           f"does not match {pattern.pattern}")
         fixed[key] = value
     return fixed
+
+
+def _where(where: str | int) -> str:
+    return f"turn {where}" if isinstance(where, int) else where
 
 
 def _is_think_tool(turns: TurnList) -> bool:
     for t in turns:
         v = t["value"]
         if t["from"] == "function_call":
-            _, body = split_think(v)
-            try:
-                data = _load_json(body)
-                if isinstance(data, dict) and data.get("name") == "think":
-                    return True
-            except ValueError:
+            _, body, data = _CALLS.get(v) or _call_parts(v)
+            if type(data) is _NotJSON:
                 if '"name": "think"' in body or '"name":"think"' in body:
                     return True
+            elif isinstance(data, dict) and data.get("name") == "think":
+                return True
         if "<tool_call>" in v:
             for m in _HERMES_CALL.finditer(v):
                 try:
@@ -337,17 +378,17 @@ def validate_tool_calls(turns: TurnList, domain: Domain, fmt: OutputFormat,
     if _is_think_tool(turns):
         raise Drop("think_tool_call", "a call to a tool named 'think'")
     out = []
+    hermes = fmt is OutputFormat.HERMES
     for i, t in enumerate(turns):
         role, value = t["from"], t["value"]
         if role == "function_call":
             think, call = parse_call(value, i)
-            args = check_call(call.get("name"), call.get("arguments", {}), domain,
-                              f"turn {i}", stats)
-            if fmt is OutputFormat.HERMES:  # the reference's exact text (it is trained on)
+            args = check_call(call.get("name"), call.get("arguments", {}), domain, i, stats)
+            if hermes:  # the reference's exact text (it is trained on)
                 payload = json.dumps({"name": call["name"], "arguments": args})
             else:  # re-parsed and re-rendered by the chat template: any valid JSON will do
                 payload = orjson.dumps({"name": call["name"], "arguments": args}).decode()
-            t = _turn("function_call", think + payload)
+            t = {"from": "function_call", "value": think + payload}
         elif role == "gpt" and "<tool_call>" in value:
             matches = list(_HERMES_CALL.finditer(value))
             for m in reversed(matches):
@@ -357,7 +398,7 @@ def validate_tool_calls(turns: TurnList, domain: Domain, fmt: OutputFormat,
                 except (ValueError, KeyError, TypeError):
                     raise Drop("invalid_function_call_json",
                                f"turn {i}: unparseable <tool_call> block") from None
-                args = check_call(name, raw_args, domain, f"turn {i}", stats)
+                args = check_call(name, raw_args, domain, i, stats)
                 block = "<tool_call>\n" + json.dumps({"name": name, "arguments": args}) + \
                     "\n</tool_call>"
                 value = value[: m.start()] + block + value[m.end():]
@@ -395,14 +436,19 @@ def remove_think(turns: TurnList, fmt: OutputFormat, stats: Stats | None = None)
     either a message or a tool call, never thoughts with it).
     """
     out = []
+    native = fmt is OutputFormat.NATIVE
     for t in turns:
         role, content = t["from"], t["value"]
-        if fmt is OutputFormat.NATIVE and role == "function_call":
-            _, body = split_think(content)
-            if body != content:
-                t = _turn(role, body)
-            out.append(t)
-            continue
+        if native:
+            if role == "function_call":
+                _, body = split_think(content)
+                if body != content:
+                    t = _turn(role, body)
+                out.append(t)
+                continue
+            if "think>" not in content:  # nothing below applies (native, no think tag)
+                out.append(t)
+                continue
         has_think = "<think>" in content and _THINK_BLOCK.search(content) is not None
         if has_think:
             tool_use = _has_tool_use(content)
@@ -458,13 +504,18 @@ _ASSISTANT_SIDE = ("gpt", "function_call")
 
 def _merge_same_role(turns: TurnList, roles: Sequence[str], stats: Stats | None) -> TurnList:
     out: TurnList = []
+    previous = None
+    merged = 0
     for t in turns:
-        if out and t["from"] == out[-1]["from"] and t["from"] in roles:
-            out[-1] = _turn(t["from"], out[-1]["value"] + "\n" + t["value"])
-            if stats:
-                stats.add("same_role_turns_merged")
+        role = t["from"]
+        if role == previous and role in roles:
+            out[-1] = {"from": role, "value": out[-1]["value"] + "\n" + t["value"]}
+            merged += 1
         else:
             out.append(t)
+            previous = role
+    if merged and stats:
+        stats.add("same_role_turns_merged", merged)
     return out
 
 
@@ -509,14 +560,16 @@ def fix_turn_order(turns: TurnList, fmt: OutputFormat, stats: Stats | None = Non
         return out
     out = _merge_same_role(turns, ("human", "gpt"), stats)
     kept: TurnList = []
-    for i, t in enumerate(out):
-        nxt = out[i + 1]["from"] if i + 1 < len(out) else None
-        if t["from"] == "gpt" and nxt == "function_call":
-            if stats:
-                stats.add("text_before_tool_call_removed")
-            continue
-        kept.append(t)
-    out = _merge_same_role(kept, ("human", "gpt"), stats)
+    removed = 0
+    for t, after in zip(out, out[1:] + [None], strict=True):
+        if after is not None and t["from"] == "gpt" and after["from"] == "function_call":
+            removed += 1
+        else:
+            kept.append(t)
+    if removed and stats:
+        stats.add("text_before_tool_call_removed", removed)
+    # only a removal can make same-role neighbours
+    out = _merge_same_role(kept, ("human", "gpt"), stats) if removed else kept
     while out and out[-1]["from"] != "gpt":
         out.pop()
         if stats:
@@ -580,26 +633,23 @@ def process_conversation(conv: dict[str, Any], domain: Domain, fmt: OutputFormat
                          stats: Stats, extract_calls: bool) -> TurnList:
     """Run the steps on one conversation's turns; a Drop carries the step's name in
     ``drop.step``."""
-    steps: list[tuple[str, Callable[[TurnList], TurnList]]] = [
-        ("split_embedded_turns",
-         lambda ts: split_embedded_turns(ts, stats, extract_calls=extract_calls)),
-        ("fix_arguments", lambda ts: fix_arguments(ts, stats)),
-    ]
-    if fmt is OutputFormat.HERMES:
-        steps.append(("to_hermes", lambda ts: to_hermes(ts, stats)))
-    steps += [
-        ("validate_tool_calls", lambda ts: validate_tool_calls(ts, domain, fmt, stats)),
-        ("remove_think", lambda ts: remove_think(ts, fmt, stats)),
-        ("fix_turn_order", lambda ts: fix_turn_order(ts, fmt, stats)),
-    ]
-    turns: TurnList = conv["conversations"]
-    for name, step in steps:
-        try:
-            turns = step(turns)
-        except Drop as drop:
-            drop.step = name  # type: ignore[attr-defined]
-            raise
-    return turns
+    step = "split_embedded_turns"
+    try:
+        turns = split_embedded_turns(conv["conversations"], stats, extract_calls=extract_calls)
+        step = "fix_arguments"
+        turns = fix_arguments(turns, stats)
+        if fmt is OutputFormat.HERMES:
+            step = "to_hermes"
+            turns = to_hermes(turns, stats)
+        step = "validate_tool_calls"
+        turns = validate_tool_calls(turns, domain, fmt, stats)
+        step = "remove_think"
+        turns = remove_think(turns, fmt, stats)
+        step = "fix_turn_order"
+        return fix_turn_order(turns, fmt, stats)
+    except Drop as drop:
+        drop.step = step  # type: ignore[attr-defined]
+        raise
 
 
 def process_conversations(
@@ -644,9 +694,8 @@ def process_conversations(
                 row[key] = value
         kept.append(row)
     rejects.sort(key=lambda r: r.index)
-    # the caches hold the input's call strings: let them go with the input
-    split_think.cache_clear()
-    _load_json.cache_clear()
+    # the cache holds the input's call strings: let them go with the input
+    _CALLS.clear()
     return ProcessResult(kept, rejects, stats, len(raw), fmt, extract_embedded_calls)
 
 

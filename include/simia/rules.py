@@ -50,8 +50,6 @@ WEIGHTS: dict[str, int] = {
     "telecom_payment_not_overdue_success": 60,
 }
 
-_ERROR_RE = re.compile("|".join(map(re.escape, ERROR_KEYWORDS)))
-_SUCCESS_RE = re.compile("|".join(map(re.escape, SUCCESS_KEYWORDS)))
 _PENDING_ONLY = frozenset({"cancel_pending_order", "modify_pending_order_address",
                            "modify_pending_order_payment", "modify_pending_order_items"})
 _DELIVERED_ONLY = frozenset({"return_delivered_order_items", "exchange_delivered_order_items"})
@@ -80,33 +78,35 @@ def call_object(value: str) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def is_error_like(obs: str) -> bool:
-    low = obs.lower()
-    if _ERROR_RE.search(low):
+def _error_like(low: str, obj: Any) -> bool:
+    """:func:`is_error_like` given the lowercased text and its parsed JSON (or None)."""
+    if any(k in low for k in ERROR_KEYWORDS):
         return True
-    if obs.strip().startswith("{"):
-        obj = _loads(obs)
-        if isinstance(obj, dict) and any(k in obj for k in ("error", "errors", "exception",
-                                                             "traceback")):
+    return isinstance(obj, dict) and any(k in obj for k in ("error", "errors", "exception",
+                                                             "traceback"))
+
+
+def _success_like(low: str, obj: Any) -> bool:
+    """:func:`is_success_like` given the lowercased text and its parsed JSON (or None)."""
+    if any(k in low for k in SUCCESS_KEYWORDS):
+        return True
+    if isinstance(obj, dict):
+        if obj.get("ok") is True or obj.get("success") is True:
             return True
+        for key in ("status", "result", "outcome"):
+            v = obj.get(key)
+            if isinstance(v, str) and v.lower() in _SUCCESS_STATUS:
+                return True
     return False
+
+
+def is_error_like(obs: str) -> bool:
+    return _error_like(obs.lower(), _loads(obs) if obs.strip().startswith("{") else None)
 
 
 def is_success_like(obs: str) -> bool:
-    low = obs.lower()
-    if _SUCCESS_RE.search(low):
-        return True
     s = obs.strip()
-    if s.startswith(("{", "[")):
-        obj = _loads(s)
-        if isinstance(obj, dict):
-            if obj.get("ok") is True or obj.get("success") is True:
-                return True
-            for key in ("status", "result", "outcome"):
-                v = obj.get(key)
-                if isinstance(v, str) and v.lower() in _SUCCESS_STATUS:
-                    return True
-    return False
+    return _success_like(obs.lower(), _loads(s) if s.startswith(("{", "[")) else None)
 
 
 def _is_type(value: Any, t: str) -> bool:
@@ -175,6 +175,16 @@ def current_time(system: str) -> datetime | None:
     if tz in ("EST", "EDT"):
         return dt.replace(tzinfo=timezone(timedelta(hours=-5 if tz == "EST" else -4)))
     return dt
+
+
+@lru_cache(maxsize=256)
+def _system_facts(system: str) -> tuple[datetime | None, bool, bool, bool]:
+    """(current time, telecom policy, airline policy, one user per conversation) of a
+    system prompt: read once per distinct prompt (every processed row repeats one)."""
+    return (current_time(system) if system else None,
+            "# Telecom Agent Policy" in system,
+            "# Airline Agent Policy" in system,
+            "You can only help one user per conversation" in system)
 
 
 def _reason_category(text: str) -> str | None:
@@ -272,10 +282,7 @@ def score_conversation(conv: dict[str, Any], index: int) -> RuleScore:
     tools_field = conv.get("tools")
     tools = (_tools_by_name(tools_field) if isinstance(tools_field, str)
              else _index_tools(parse_tools(tools_field)))
-    now = current_time(system) if system else None
-    telecom = "# Telecom Agent Policy" in system
-    airline = "# Airline Agent Policy" in system
-    one_user = "You can only help one user per conversation" in system
+    now, telecom, airline, one_user = _system_facts(system)
 
     reservation = _first_tool_result(t, "get_reservation_details") if airline else None
     cabin = reservation.get("cabin") if reservation else None
@@ -308,7 +315,10 @@ def score_conversation(conv: dict[str, Any], index: int) -> RuleScore:
         if i + 1 >= len(turns) or turns[i + 1].get("from") != "observation":
             continue
         obs = str(turns[i + 1].get("value", "")).strip()
-        if is_error_like(obs) or not is_success_like(obs):
+        low = obs.lower()
+        obs_obj = t.obs_json(i + 1) if obs.startswith(("{", "[")) else None
+        if _error_like(low, obs_obj if obs.startswith("{") else None) \
+                or not _success_like(low, obs_obj):
             continue
         args = call.get("arguments") if isinstance(call.get("arguments"), dict) else {}
 
