@@ -5,7 +5,8 @@ Does training an agent on LLM-simulated tool-use data, whose simulated tool resp
 are sometimes *sycophantic* (they forgive invalid agent actions), make the agent worse?
 
 This DAG builds the training data of the experiment, from telecom seed conversations to
-LLaMA-Factory-ready SFT datasets at controlled sycophancy levels:
+LLaMA-Factory-ready SFT datasets at controlled sycophancy levels, and trains one model
+per level:
 
 1. **generate_seeds** (skipped when a seed file or a raw-conversations file is given):
    seed conversations from the tau2 telecom policy, workflow and DB examples over a
@@ -25,6 +26,11 @@ LLaMA-Factory-ready SFT datasets at controlled sycophancy levels:
 5. **build_sft_datasets**: one dataset per level with a shared clean core and a fixed
    seed, `dataset_info.json`, and `metadata.json` with the chosen conversation indices
    and content hashes per level.
+6. **plan_training** writes each level's LLaMA-Factory YAML (identical hyperparameters;
+   only the dataset and output folder differ); **train_model** (one mapped
+   `DockerOperator` per level) runs `llamafactory-cli train` in the trainer image on
+   leased GPUs (or the CPU image), streams its log here and returns final loss, steps,
+   runtime and the model path. A level already trained with the same config is skipped.
 
 Every run writes under `<data_root>/simia_sycophancy_experiment/<run_id>/`; each stage
 writes atomically and, when retried or cleared, skips work already done. LLM usage
@@ -34,7 +40,10 @@ one line per call.
 **Needs**: a tau2 data directory with the telecom policy (`TAU2_DATA_DIR` or the
 `tau2_data_dir` Param); for the LLM stages an AWS connection (`aws_conn_id`, default
 `aws_default`: credentials, `region_name` and optionally `endpoint_url` in its extras)
-with Bedrock access, or an OpenAI-compatible server (`llm_backend = openai`).
+with Bedrock access, or an OpenAI-compatible server (`llm_backend = openai`); for
+training a Docker engine with the trainer image (`docker/trainer/`), the NVIDIA runtime
+for GPUs (`SIMIA_GPU_IDS`), and optionally a `huggingface_default` connection whose
+password is a Hugging Face token.
 """
 
 from __future__ import annotations

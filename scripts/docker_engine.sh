@@ -25,8 +25,9 @@ if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2
     fi
     log "installing docker.io and debootstrap"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends docker.io debootstrap
+    apt-get update -q >/tmp/docker_engine_apt.log 2>&1
+    apt-get install -y -q --no-install-recommends docker.io debootstrap \
+        >>/tmp/docker_engine_apt.log 2>&1 || { tail -30 /tmp/docker_engine_apt.log >&2; exit 1; }
 fi
 
 if ! docker info >/dev/null 2>&1; then

@@ -97,7 +97,7 @@ def first_difference(a: str, b: str, context: int = 60) -> dict[str, Any] | None
     """Where two renderings first differ (None when equal)."""
     if a == b:
         return None
-    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     lo = max(0, n - context)
     return {"offset": n, "training": a[lo:n + context], "serving": b[lo:n + context],
             "training_len": len(a), "serving_len": len(b)}
@@ -148,7 +148,7 @@ def check_dataset(dataset_dir: str | Path, tokenizer_dir: str | Path, *,
                 report["tool_calls"] += sum(len(m.get("tool_calls", [])) for m in messages)
                 diff = first_difference(train_text, serve_text)
                 if diff is None and train_ids != serve_ids:
-                    n = next((i for i, (x, y) in enumerate(zip(train_ids, serve_ids))
+                    n = next((i for i, (x, y) in enumerate(zip(train_ids, serve_ids, strict=False))
                               if x != y), min(len(train_ids), len(serve_ids)))
                     diff = {"token_offset": n, "training_ids": train_ids[n:n + 8],
                             "serving_ids": serve_ids[n:n + 8]}

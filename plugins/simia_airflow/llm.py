@@ -1,7 +1,7 @@
 """The LLM client inside Airflow: Bedrock through the amazon provider's hook.
 
 ``BedrockRuntimeHook`` reads credentials, region and ``endpoint_url`` from the Airflow
-connection (``aws_conn_id``); we hand it the same botocore config (adaptive retries,
+connection (``aws_conn_id``); we hand it the same botocore config (retry mode,
 timeouts, connection pool) that plain boto3 gets outside Airflow. Nothing here logs or
 returns credentials.
 """

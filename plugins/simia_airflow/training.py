@@ -31,7 +31,8 @@ from typing import Any
 from airflow.providers.docker.exceptions import DockerContainerFailedException
 from airflow.providers.docker.operators.docker import DockerOperator
 
-_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+(?:Error|Exception)|RuntimeError|KeyboardInterrupt)"
+# "ValueError: ...", also as torchrun prints it: "[rank0]: ValueError: ..."
+_ERROR_LINE = re.compile(r"^\s*(?:\[rank\d+\]:\s*)?[\w.]*(?:Error|Exception|KeyboardInterrupt)"
                          r"(?::.*)?$")
 SUMMARY_KEYS = ("level", "dataset", "final_loss", "train_loss", "steps", "total_steps",
                 "epoch", "train_runtime_s", "model_path", "output_dir", "config_path",

@@ -74,7 +74,11 @@ def _check_trained(run: Path, levels: list[str], adapter: bool) -> list[dict]:
 @pytest.mark.parametrize("finetuning, deepspeed", [("full", "zero3"), ("lora", "none")])
 def test_every_level_trains_in_its_own_container(finetuning, deepspeed, dag, docker_api,
                                                  trainer_cpu_image, tiny_model, model_cache,
-                                                 raw_file, tau2_dir, tmp_path):
+                                                 raw_file, tau2_dir, tmp_path, monkeypatch,
+                                                 capfd):
+    secret = "hf_TEST_secret_4f2b9"  # an HF token in the connection: used, never shown
+    monkeypatch.setenv("AIRFLOW_CONN_HUGGINGFACE_DEFAULT", json.dumps(
+        {"conn_type": "generic", "password": secret}))
     conf = _conf(tmp_path, raw_file, tau2_dir, trainer_cpu_image, tiny_model, model_cache,
                  finetuning_type=finetuning, deepspeed=deepspeed)
     dr = dag.test(run_conf=conf)
@@ -87,6 +91,10 @@ def test_every_level_trains_in_its_own_container(finetuning, deepspeed, dag, doc
              for ti in dr.get_task_instances() if ti.task_id == "train_model"]
     assert sorted(x["level"] for x in xcoms) == [0, 20] and not any(x["skipped"] for x in xcoms)
     assert containers_with(docker_api, **{"simia.run_id": dr.run_id}) == []
+    out = capfd.readouterr()
+    assert secret not in out.out + out.err and secret not in json.dumps(xcoms)
+    assert not [p for p in run.rglob("*") if p.is_file() and p.stat().st_size < 10_000_000
+                and secret.encode() in p.read_bytes()]
 
 
 def test_a_bad_config_fails_with_the_containers_error_and_leaves_nothing(

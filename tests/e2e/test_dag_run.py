@@ -36,7 +36,8 @@ def _states(dr):
 
 def test_dag_runs_end_to_end_with_rule_labels(dag, raw_file, tau2_dir, tmp_path):
     conf = {"raw_conversations": str(raw_file), "data_root": str(tmp_path),
-            "tau2_data_dir": str(tau2_dir), "train_models": False, "levels": [0, 10, 20], "dataset_size": 20,
+            "tau2_data_dir": str(tau2_dir), "train_models": False, "levels": [0, 10, 20],
+            "dataset_size": 20,
             "shared_clean": 15}
     dr = dag.test(run_conf=conf)
     assert dr.state == "success", _states(dr)
