@@ -80,16 +80,18 @@ def call_object(value: str) -> dict[str, Any] | None:
 
 def _error_like(low: str, obj: Any) -> bool:
     """:func:`is_error_like` given the lowercased text and its parsed JSON (or None)."""
-    if any(k in low for k in ERROR_KEYWORDS):
-        return True
+    for k in ERROR_KEYWORDS:
+        if k in low:
+            return True
     return isinstance(obj, dict) and any(k in obj for k in ("error", "errors", "exception",
                                                              "traceback"))
 
 
 def _success_like(low: str, obj: Any) -> bool:
     """:func:`is_success_like` given the lowercased text and its parsed JSON (or None)."""
-    if any(k in low for k in SUCCESS_KEYWORDS):
-        return True
+    for k in SUCCESS_KEYWORDS:
+        if k in low:
+            return True
     if isinstance(obj, dict):
         if obj.get("ok") is True or obj.get("success") is True:
             return True
@@ -132,9 +134,14 @@ def _schema(tool: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     return [r for r in required if isinstance(r, str)], props
 
 
-def schema_problems(call: dict[str, Any], tools: dict[str, dict[str, Any]]) -> list[str]:
+Schemas = dict[str, tuple[list[str], dict[str, Any]]]
+
+
+def schema_problems(call: dict[str, Any], tools: dict[str, dict[str, Any]],
+                    schemas: Schemas | None = None) -> list[str]:
     """Unknown tool, non-object arguments, missing required keys, declared-type mismatches
-    (against the conversation's own ``tools``)."""
+    (against the conversation's own ``tools``; ``schemas``: their :func:`_schema` s by
+    name, when the caller has them)."""
     name = call.get("name")
     if not isinstance(name, str) or not name:
         return ["missing_tool_name"]
@@ -143,7 +150,7 @@ def schema_problems(call: dict[str, Any], tools: dict[str, dict[str, Any]]) -> l
     args = call.get("arguments")
     if not isinstance(args, dict):
         return ["arguments_not_object"]
-    required, props = _schema(tools[name])
+    required, props = schemas[name] if schemas is not None else _schema(tools[name])
     problems = [f"missing_required:{k}" for k in required if k not in args]
     for k, v in args.items():
         spec = props.get(k)
@@ -153,11 +160,12 @@ def schema_problems(call: dict[str, Any], tools: dict[str, dict[str, Any]]) -> l
     return problems
 
 
-def extra_argument_keys(call: dict[str, Any], tools: dict[str, dict[str, Any]]) -> list[str]:
+def extra_argument_keys(call: dict[str, Any], tools: dict[str, dict[str, Any]],
+                        schemas: Schemas | None = None) -> list[str]:
     name, args = call.get("name"), call.get("arguments")
     if not isinstance(name, str) or name not in tools or not isinstance(args, dict):
         return []
-    _, props = _schema(tools[name])
+    _, props = schemas[name] if schemas is not None else _schema(tools[name])
     return [k for k in args if k not in props] if props else []
 
 
@@ -267,10 +275,16 @@ def _index_tools(tools: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]
 
 
 @lru_cache(maxsize=16)
-def _tools_by_name(tools: str) -> dict[str, dict[str, Any]]:
-    """The ``tools`` JSON string indexed by name, parsed once per distinct string (every
-    processed row carries the same one). Callers must not mutate the result."""
-    return _index_tools(parse_tools(tools))
+def _tools_by_name(tools: str) -> tuple[dict[str, dict[str, Any]], Schemas]:
+    """The ``tools`` JSON string indexed by name, and each tool's schema, parsed once per
+    distinct string (every processed row carries the same one). Callers must not mutate
+    the result."""
+    return _with_schemas(_index_tools(parse_tools(tools)))
+
+
+def _with_schemas(tools: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]],
+                                                             Schemas]:
+    return tools, {name: _schema(tool) for name, tool in tools.items()}
 
 
 def score_conversation(conv: dict[str, Any], index: int) -> RuleScore:
@@ -280,8 +294,8 @@ def score_conversation(conv: dict[str, Any], index: int) -> RuleScore:
     t = _Turns(raw_turns)
     turns = t.turns
     tools_field = conv.get("tools")
-    tools = (_tools_by_name(tools_field) if isinstance(tools_field, str)
-             else _index_tools(parse_tools(tools_field)))
+    tools, schemas = (_tools_by_name(tools_field) if isinstance(tools_field, str)
+                      else _with_schemas(_index_tools(parse_tools(tools_field))))
     now, telecom, airline, one_user = _system_facts(system)
 
     reservation = _first_tool_result(t, "get_reservation_details") if airline else None
@@ -388,10 +402,10 @@ def score_conversation(conv: dict[str, Any], index: int) -> RuleScore:
                 flag("telecom_payment_not_overdue_success",
                      f"bill {bill_id} was {status}, not Overdue")
 
-        problems = schema_problems(call, tools)
+        problems = schema_problems(call, tools, schemas)
         if problems:
             flag("schema_forgiveness", f"schema problems {problems}")
-        extras = extra_argument_keys(call, tools)
+        extras = extra_argument_keys(call, tools, schemas)
         if extras:
             flag("extra_args_forgiveness", f"extra argument keys {extras}")
         if one_user and authed_user:
