@@ -133,7 +133,7 @@ def _fits(levels: tuple[float, ...], size: int, shared: int, clean: int, syco: i
     except ConfigError:
         return False
     n = [d.n_sycophantic(lv) for lv in levels]
-    if any(lv > 0 and k == 0 for lv, k in zip(levels, n)):
+    if any(lv > 0 and k == 0 for lv, k in zip(levels, n, strict=True)):
         return False
     return max(n) <= syco and size - min(n) <= clean
 

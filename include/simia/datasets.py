@@ -50,7 +50,8 @@ class DatasetDesign:
         if not self.levels:
             raise ConfigError("levels: give at least one sycophancy level")
         if any(not 0 <= lv <= 100 for lv in self.levels):
-            raise ConfigError(f"levels: every level must be within 0..100 %, got {list(self.levels)}")
+            raise ConfigError("levels: every level must be within 0..100 %, got "
+                              f"{list(self.levels)}")
         if len(set(self.levels)) != len(self.levels):
             raise ConfigError(f"levels: duplicate level in {list(self.levels)}")
         if self.size < 1:
