@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -162,6 +163,48 @@ def dumps_records(rows: list[dict[str, Any]], shared_keys: tuple[str, ...] = (),
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_writer(path) as fh:
         fh.write(data)
+
+
+def _sync_and_rename(fd: int, tmp: str, path: Path) -> None:
+    try:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_files(items: Iterable[tuple[str | Path, bytes]]) -> None:
+    """Write each ``(path, bytes)`` atomically, as :func:`write_bytes` does (temporary
+    file, fsync, rename), but flush each file to disk in a background thread while the
+    next one is produced and written (``items`` is consumed lazily: a generator's next
+    file is built during the previous one's fsync). Returns once every file is in place;
+    the first error is raised (a file whose write or fsync failed is not renamed)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="simia-fsync") as pool:
+        pending: list[Future[None]] = []
+        for path, data in items:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                       dir=path.parent)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            except BaseException:
+                os.close(fd)
+                os.unlink(tmp)
+                raise
+            del data, view  # only the file being flushed stays in memory
+            pending.append(pool.submit(_sync_and_rename, fd, tmp, path))
+        for future in pending:
+            future.result()
 
 
 def write_json(path: str | Path, obj: Any, *, indent: bool = False) -> None:

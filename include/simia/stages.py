@@ -28,6 +28,7 @@ from simia.io import (
     read_bytes,
     sha256_bytes,
     write_bytes,
+    write_files,
     write_json,
     write_jsonl,
 )
@@ -215,8 +216,9 @@ def build_datasets_stage(
         labels = parse_score_records(read_jsonl(scores_path, data=data["scores"]),
                                      scores_path)
         built = build_datasets(rows, labels, design)
-    for name, level_rows in built.files.items():
-        write_bytes(out_dir / name, dumps_processed(level_rows))
+    # each level's file is serialised while the previous one is flushed to disk
+    write_files((out_dir / name, dumps_processed(level_rows))
+                for name, level_rows in built.files.items())
     write_json(out_dir / "dataset_info.json", built.dataset_info, indent=True)
     metadata = {**built.metadata, "inputs": {"conversations": str(conversations_path),
                                              "scores": str(scores_path),

@@ -125,6 +125,24 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
+def test_write_files_writes_each_file_and_leaves_nothing_on_failure(tmp_path):
+    from simia.io import write_files
+    write_json(tmp_path / "a.json", {"old": 1})
+    write_files((tmp_path / name, name.encode() * 1000) for name in ("a.json", "b.json"))
+    assert (tmp_path / "a.json").read_bytes() == b"a.json" * 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+
+    def items():
+        yield tmp_path / "c.json", b"c"
+        raise RuntimeError("crash while building the next file")
+
+    with pytest.raises(RuntimeError):
+        write_files(items())
+    # the file finished before the crash is complete and in place; no temp file is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "c.json"]
+    assert (tmp_path / "c.json").read_bytes() == b"c"
+
+
 # --------------------------------------------------------------------------- shared strings
 
 LONG = "policy line with \"quotes\", \\backslashes\\ and\nnewlines é \u2028 " * 40
