@@ -180,35 +180,61 @@ def _sync_and_rename(fd: int, tmp: str, path: Path) -> None:
         raise
 
 
+class BackgroundFlush:
+    """Write files atomically, as :func:`write_bytes` does (temporary file, fsync,
+    rename), with each file's fsync and rename in a background thread so that the
+    caller's next work (building the next file, hashing an input) overlaps the disk
+    flush. Use as a context manager: leaving the block waits until every file is in
+    place and raises the first error (a file whose write or fsync failed is not
+    renamed); a file added before an exception in the block is still completed."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="simia-fsync")
+        self._pending: list[Future[None]] = []
+
+    def write(self, path: str | Path, data: bytes) -> None:
+        """Write ``data`` to a temporary file beside ``path`` now; flush and rename later."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        self._pending.append(self._pool.submit(_sync_and_rename, fd, tmp, path))
+
+    def __enter__(self) -> BackgroundFlush:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+        if exc[0] is None:
+            for future in self._pending:
+                future.result()
+
+
 def write_files(items: Iterable[tuple[str | Path, bytes]]) -> None:
-    """Write each ``(path, bytes)`` atomically, as :func:`write_bytes` does (temporary
-    file, fsync, rename), but flush each file to disk in a background thread while the
-    next one is produced and written (``items`` is consumed lazily: a generator's next
-    file is built during the previous one's fsync). Returns once every file is in place;
-    the first error is raised (a file whose write or fsync failed is not renamed)."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="simia-fsync") as pool:
-        pending: list[Future[None]] = []
+    """Write each ``(path, bytes)`` atomically (see :class:`BackgroundFlush`); ``items``
+    is consumed lazily, so a generator builds the next file during the previous one's
+    fsync, and only those two are in memory."""
+    with BackgroundFlush() as flush:
         for path, data in items:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                       dir=path.parent)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            except BaseException:
-                os.close(fd)
-                os.unlink(tmp)
-                raise
-            del data, view  # only the file being flushed stays in memory
-            pending.append(pool.submit(_sync_and_rename, fd, tmp, path))
-        for future in pending:
-            future.result()
+            flush.write(path, data)
+            del data
 
 
 def write_json(path: str | Path, obj: Any, *, indent: bool = False) -> None:
     write_bytes(path, dumps(obj, indent=indent) + b"\n")
+
+
+def dumps_jsonl(rows: Iterable[Any]) -> bytes:
+    """JSON-lines bytes: one JSON document per line (what :func:`write_jsonl` writes)."""
+    return b"".join(orjson.dumps(row, option=_DUMP_OPTS | orjson.OPT_APPEND_NEWLINE)
+                    for row in rows)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:

@@ -23,12 +23,13 @@ from simia.datasets import DatasetDesign, build_datasets, parse_score_records
 from simia.domains import DOMAINS
 from simia.errors import ConfigError, InputError
 from simia.io import (
+    BackgroundFlush,
+    dumps,
+    dumps_jsonl,
     read_json,
     read_jsonl,
     read_bytes,
     sha256_bytes,
-    write_bytes,
-    write_files,
     write_json,
     write_jsonl,
 )
@@ -70,9 +71,15 @@ def _signature(stage: str, data: dict[str, bytes], params: dict[str, Any]) -> di
             "params": params}
 
 
+def _may_resume(summary_path: Path, outputs: list[Path], force: bool) -> bool:
+    """Whether a previous run may have left complete outputs (only then is the
+    signature needed before the work; otherwise it is computed while outputs flush)."""
+    return not force and summary_path.is_file() and all(p.is_file() for p in outputs)
+
+
 def _resume(summary_path: Path, signature: dict[str, Any], outputs: list[Path],
             force: bool) -> dict[str, Any] | None:
-    if force or not summary_path.is_file() or not all(p.is_file() for p in outputs):
+    if not _may_resume(summary_path, outputs, force):
         return None
     try:
         previous = read_json(summary_path)
@@ -116,10 +123,12 @@ def process_stage(
               "extract_embedded_calls": extract_embedded_calls,
               "policy_sha256": sha256_bytes(policy.encode())}
     data = _read_inputs({"raw_conversations": raw_path})
-    sig = _signature("process", data, params)
     outputs = [out_dir / "processed.json", out_dir / "rejects.jsonl"]
-    if (done := _resume(out_dir / SUMMARY, sig, outputs, force)) is not None:
-        return done
+    sig = None
+    if _may_resume(out_dir / SUMMARY, outputs, force):
+        sig = _signature("process", data, params)
+        if (done := _resume(out_dir / SUMMARY, sig, outputs, force)) is not None:
+            return done
 
     t0 = time.perf_counter()
     with _gc_paused():
@@ -128,8 +137,11 @@ def process_stage(
         result = process_conversations(raw, dom, policy, output_format, invalid,
                                        extract_embedded_calls)
         del raw
-    write_bytes(outputs[0], dumps_processed(result.kept))
-    write_jsonl(outputs[1], (r.as_dict() for r in result.rejects))
+    with BackgroundFlush() as flush:
+        flush.write(outputs[0], dumps_processed(result.kept))
+        flush.write(outputs[1], dumps_jsonl(r.as_dict() for r in result.rejects))
+        if sig is None:  # hashing the input overlaps the flush of the outputs
+            sig = _signature("process", data, params)
     summary = {**result.summary(), "input_file": str(raw_path),
                "outputs": {"processed": str(outputs[0]), "rejects": str(outputs[1])},
                "seconds": round(time.perf_counter() - t0, 3), "signature": sig}
@@ -204,28 +216,34 @@ def build_datasets_stage(
               "shared_clean": design.shared_clean, "seed": design.seed,
               "threshold": design.threshold, "name_prefix": design.name_prefix}
     data = _read_inputs({"conversations": conversations_path, "scores": scores_path})
-    sig = _signature("build_datasets", data, params)
     names = [f"{design.dataset_name(lv)}.json" for lv in design.levels]
     outputs = [out_dir / n for n in names] + [out_dir / "dataset_info.json",
                                               out_dir / "metadata.json"]
-    if (done := _resume(out_dir / SUMMARY, sig, outputs, force)) is not None:
-        return done
+    sig = None
+    if _may_resume(out_dir / SUMMARY, outputs, force):
+        sig = _signature("build_datasets", data, params)
+        if (done := _resume(out_dir / SUMMARY, sig, outputs, force)) is not None:
+            return done
     t0 = time.perf_counter()
     with _gc_paused():
         rows = load_processed(conversations_path, data=data["conversations"])
         labels = parse_score_records(read_jsonl(scores_path, data=data["scores"]),
                                      scores_path)
         built = build_datasets(rows, labels, design)
-    # each level's file is serialised while the previous one is flushed to disk
-    write_files((out_dir / name, dumps_processed(level_rows))
-                for name, level_rows in built.files.items())
-    write_json(out_dir / "dataset_info.json", built.dataset_info, indent=True)
-    metadata = {**built.metadata, "inputs": {"conversations": str(conversations_path),
-                                             "scores": str(scores_path),
-                                             **{f"{k}_sha256": v for k, v in
-                                                sig["inputs_sha256"].items()}}}
-    write_json(out_dir / "metadata.json", metadata, indent=True)
-    write_jsonl(out_dir / "rejects.jsonl", built.rejects)
+    # each level's file is serialised (and the inputs hashed) while the previous files
+    # are flushed to disk
+    with BackgroundFlush() as flush:
+        for name, level_rows in built.files.items():
+            flush.write(out_dir / name, dumps_processed(level_rows))
+        if sig is None:
+            sig = _signature("build_datasets", data, params)
+        flush.write(out_dir / "dataset_info.json", dumps(built.dataset_info, indent=True) + b"\n")
+        metadata = {**built.metadata, "inputs": {"conversations": str(conversations_path),
+                                                 "scores": str(scores_path),
+                                                 **{f"{k}_sha256": v for k, v in
+                                                    sig["inputs_sha256"].items()}}}
+        flush.write(out_dir / "metadata.json", dumps(metadata, indent=True) + b"\n")
+        flush.write(out_dir / "rejects.jsonl", dumps_jsonl(built.rejects))
     summary = {
         "datasets": {name: {k: v for k, v in d.items()
                             if k in ("file", "total", "clean", "sycophantic", "sycophantic_pct")}
