@@ -79,3 +79,19 @@ def converse_server(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     with ConverseServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def experiment_dag():
+    """The experiment DAG parsed from dags/, with the test Airflow DB migrated (dag.test)."""
+    import subprocess
+    import sys
+
+    airflow = Path(sys.executable).with_name("airflow")
+    res = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True,
+                         env=os.environ.copy(), timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"), safe_mode=False)
+    return bag.dags["simia_sycophancy_experiment"]

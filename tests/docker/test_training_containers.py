@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,14 +18,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
 
 @pytest.fixture(scope="module")
-def dag():
-    airflow = Path(sys.executable).with_name("airflow")
-    res = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True,
-                         env=os.environ.copy(), timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(ROOT / "dags"), safe_mode=False).dags[DAG_ID]
+def dag(experiment_dag):
+    return experiment_dag
 
 
 def _conf(tmp_path, raw_file, tau2_dir, image, model, cache, **over) -> dict:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,19 +12,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def airflow_db():
-    airflow = Path(sys.executable).with_name("airflow")
-    res = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True,
-                         env=os.environ.copy(), timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-
-
-@pytest.fixture(scope="module")
-def dag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(ROOT / "dags"), safe_mode=False)
-    return bag.dags["simia_sycophancy_experiment"]
+def dag(experiment_dag):
+    return experiment_dag
 
 
 def _states(dr):
