@@ -430,6 +430,7 @@ def simia_sycophancy_experiment():
     def plan_training(built: dict) -> list[dict]:
         """Write each level's LLaMA-Factory YAML (train/<level>/train_config.yaml) and the
         container settings of its training; none when train_models is off."""
+        from simia.gpus import check_request, parse_gpu_ids
         from simia.paths import data_root_child
         from simia.training import (ContainerSettings, TrainingConfig, container_spec,
                                     plan_level)
@@ -438,6 +439,8 @@ def simia_sycophancy_experiment():
         p = ctx["params"]
         if not p["train_models"]:
             return []
+        # bad GPU Params fail here, once, before any container starts
+        check_request(parse_gpu_ids(p["gpu_ids"]), p["gpus_per_training"])
         cfg = TrainingConfig(
             model=p["base_model"], template=p["template"],
             finetuning_type=p["finetuning_type"], num_train_epochs=p["epochs"],

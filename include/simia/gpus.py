@@ -20,7 +20,7 @@ from types import TracebackType
 
 from simia.errors import ConfigError
 
-__all__ = ["GpuLease", "GpuLeaseTimeout", "parse_gpu_ids"]
+__all__ = ["GpuLease", "GpuLeaseTimeout", "check_request", "parse_gpu_ids"]
 
 
 class GpuLeaseTimeout(TimeoutError):
@@ -39,6 +39,16 @@ def parse_gpu_ids(text: str | None) -> list[str]:
     return ids
 
 
+def check_request(gpu_ids: list[str], count: int) -> None:
+    """ConfigError unless ``count`` GPUs can ever be leased from ``gpu_ids``."""
+    if count < 0:
+        raise ConfigError(f"GPUs per training must be >= 0, got {count}")
+    if count > len(gpu_ids):
+        raise ConfigError(f"a training needs {count} GPUs but only {len(gpu_ids)} are "
+                          f"configured ({','.join(gpu_ids) or 'none'}); set the GPU ids "
+                          "(SIMIA_GPU_IDS or the gpu_ids Param) or use fewer per training")
+
+
 class GpuLease:
     """Hold ``count`` of ``gpu_ids`` exclusively (a context manager).
 
@@ -55,12 +65,7 @@ class GpuLease:
     def __init__(self, lock_dir: str | Path, gpu_ids: list[str], count: int, *,
                  holder: str = "", wait_s: float = 3600.0, poll_s: float = 5.0,
                  log: Callable[[str], None] | None = None) -> None:
-        if count < 0:
-            raise ConfigError(f"GPUs per training must be >= 0, got {count}")
-        if count > len(gpu_ids):
-            raise ConfigError(f"a training needs {count} GPUs but only {len(gpu_ids)} are "
-                              f"configured ({','.join(gpu_ids) or 'none'}); set the GPU ids "
-                              "(SIMIA_GPU_IDS or the gpu_ids Param) or use fewer per training")
+        check_request(gpu_ids, count)
         self.lock_dir = Path(lock_dir)
         self.gpu_ids = list(gpu_ids)
         self.count = count

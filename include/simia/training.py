@@ -268,6 +268,12 @@ class TrainingPlan:
         return dict(self.__dict__)
 
 
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """Atomic write, skipped when the file already holds exactly ``data``."""
+    if not (path.is_file() and path.read_bytes() == data):
+        write_bytes(path, data)
+
+
 def plan_level(cfg: TrainingConfig, *, datasets_dir: str | Path, train_dir: str | Path,
                level: float, run_key: str) -> TrainingPlan:
     """Write the level's YAML (and the run's DeepSpeed JSON) under ``train_dir``.
@@ -283,15 +289,13 @@ def plan_level(cfg: TrainingConfig, *, datasets_dir: str | Path, train_dir: str 
     ds = deepspeed_config(cfg.deepspeed)
     if ds is not None:
         ds_path = train_dir / "deepspeed.json"
-        write_json(ds_path, ds, indent=True)
+        _write_if_changed(ds_path, json.dumps(ds, indent=2).encode())
     level_dir = train_dir / level_slug(level)
     output_dir = level_dir / "output"
     mapping = level_train_config(cfg, dataset=dataset, dataset_dir=datasets_dir,
                                  output_dir=output_dir, deepspeed_path=ds_path)
     config_path = level_dir / CONFIG_FILE
-    text = to_yaml(mapping).encode()
-    if not (config_path.is_file() and config_path.read_bytes() == text):
-        write_bytes(config_path, text)
+    _write_if_changed(config_path, to_yaml(mapping).encode())
     return TrainingPlan(level=float(level), dataset=dataset, dataset_dir=str(datasets_dir),
                         output_dir=str(output_dir), config_path=str(config_path),
                         config_sha256=config_sha256(mapping),

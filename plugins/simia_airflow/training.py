@@ -64,8 +64,6 @@ class TrainModelOperator(DockerOperator):
         Everything else: ``DockerOperator`` (image, command, environment, mounts, ...).
     """
 
-    template_fields = (*DockerOperator.template_fields,)
-
     def __init__(self, *, plan: dict[str, Any], gpu_ids: str = "", gpus_per_training: int = 0,
                  lock_dir: str = "/tmp/simia-gpu-locks", gpu_wait_s: float = 6 * 3600,
                  hf_conn_id: str | None = "huggingface_default", **kwargs: Any) -> None:

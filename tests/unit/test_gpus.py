@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from simia.errors import ConfigError
-from simia.gpus import GpuLease, GpuLeaseTimeout, parse_gpu_ids
+from simia.gpus import GpuLease, GpuLeaseTimeout, check_request, parse_gpu_ids
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,6 +56,9 @@ def test_cpu_training_and_impossible_requests(tmp_path):
     assert GpuLease(tmp_path, [], 0).acquire() == []
     with pytest.raises(ConfigError, match="needs 3 GPUs but only 2"):
         GpuLease(tmp_path, ["0", "1"], 3)
+    with pytest.raises(ConfigError, match="needs 1 GPUs but only 0 are configured \\(none\\)"):
+        check_request([], 1)
+    check_request(["0"], 1)
 
 
 def test_a_killed_holder_releases_its_gpus(tmp_path):
