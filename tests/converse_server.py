@@ -108,7 +108,9 @@ _FACT_KEYS = ("customer_id", "phone_number", "line_id", "bill_id")
 class ServerConfig:
     """Runtime behaviour; the server reads it afresh for every request.
 
-    :param latency_s: sleep before every reply that passed the rate limit (no jitter).
+    :param latency_s: every reply that passed the rate limit is sent this long after the
+        whole request arrived (no jitter); the server's own work on the request (parsing,
+        building the reply) happens within it, not on top of it.
     :param rps_limit: requests per second over all requests, as a token bucket holding
         at most ``max(1, rps_limit / 10)`` tokens (100 ms worth) that starts full; a
         request finding it empty gets an immediate 429 ``ThrottlingException``. None:
@@ -179,7 +181,6 @@ class _Reply:
     text: str
     stop_reason: str  # end_turn | max_tokens
     input_tokens: int
-    latency_ms: int
 
     @property
     def output_tokens(self) -> int:
@@ -469,7 +470,7 @@ class _Ticket:
     n: int  # earlier sightings of the same request
     fault: str | None
     delay: float
-    started: float
+    started: float  # when the whole request had arrived (``time.monotonic()``)
 
 
 class ConverseServer:
@@ -580,10 +581,10 @@ class ConverseServer:
             self._counts["requests"] += 1
             self._counts["invalid"] += 1
 
-    def _admit(self, request: _Request) -> _Ticket | _Error:
-        """Count a chat request (either endpoint), apply the rate limit and draw its
-        fault; raise :class:`_Invalid` for a prompt of no known kind."""
-        started = time.monotonic()
+    def _admit(self, request: _Request, started: float) -> _Ticket | _Error:
+        """Count a chat request (either endpoint) that arrived at ``started``, apply the
+        rate limit and draw its fault; raise :class:`_Invalid` for a prompt of no known
+        kind."""
         config = self.config
         prompt, partial = _classify(request)
         key = hashlib.sha256(json.dumps(
@@ -609,7 +610,7 @@ class ConverseServer:
         return _Ticket(request, prompt, partial, n, fault, delay, started)
 
     def _answer(self, ticket: _Ticket) -> _Reply | _Error:
-        """The reply to an admitted request, once its latency has passed."""
+        """The reply to an admitted request (sent once its latency has passed)."""
         request, prompt, partial, fault = ticket.request, ticket.prompt, ticket.partial, \
             ticket.fault
         if fault in _FAULT_ERRORS:
@@ -634,8 +635,7 @@ class ConverseServer:
         if request.max_tokens is not None and _tokens(text) > request.max_tokens:
             text, stop_reason = text[:request.max_tokens * 4], "max_tokens"
         input_tokens = _tokens(request.system + "".join(t for _, t in request.messages))
-        return _Reply(text, stop_reason, input_tokens,
-                      int((time.monotonic() - ticket.started) * 1000))
+        return _Reply(text, stop_reason, input_tokens)
 
     # ------------------------------------------------------------------ HTTP
 
@@ -668,10 +668,11 @@ class ConverseServer:
                 if headers.get("expect", "").lower() == "100-continue":
                     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 body = await reader.readexactly(length) if length else b""
+                arrived = time.monotonic()
                 connection = headers.get("connection", "").lower()
                 close = connection == "close" or (version == "HTTP/1.0"
                                                   and connection != "keep-alive")
-                status, payload, extra = await self._route(method, path, body)
+                status, payload, extra = await self._route(method, path, body, arrived)
                 if writer.is_closing():
                     return
                 _write(writer, status, payload, extra, close=close)
@@ -685,8 +686,8 @@ class ConverseServer:
         finally:
             writer.close()
 
-    async def _route(self, method: str, path: str,
-                     body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+    async def _route(self, method: str, path: str, body: bytes,
+                     arrived: float) -> tuple[int, dict[str, Any], dict[str, str]]:
         if method == "GET":
             if path == "/_admin/stats":
                 return 200, self.stats, {}
@@ -709,24 +710,30 @@ class ConverseServer:
             return 200, self.stats, {}
         if match := _CONVERSE_PATH.match(path):
             model = unquote(match.group(1))
-            return await self._chat(lambda: _converse_request(model, parsed), openai=False)
+            return await self._chat(lambda: _converse_request(model, parsed), arrived,
+                                    openai=False)
         if path == "/v1/chat/completions":
-            return await self._chat(lambda: _openai_request(parsed), openai=True)
+            return await self._chat(lambda: _openai_request(parsed), arrived, openai=True)
         return _error("UnknownOperationException", f"no route for POST {path}", 404)
 
-    async def _chat(self, parse: Callable[[], _Request], *,
+    async def _chat(self, parse: Callable[[], _Request], arrived: float, *,
                     openai: bool) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Answer a chat request that arrived at ``arrived``: the reply is built at
+        once and sent when the request's latency (counted from its arrival) has passed,
+        so that the server's own CPU time does not add to the configured latency."""
         try:
             request = parse()
-            ticket = self._admit(request)
+            ticket = self._admit(request, arrived)
         except _Invalid as exc:
             self._count_invalid()
             return _error("ValidationException", str(exc), openai=openai)
         if isinstance(ticket, _Error):
             return _error(ticket.code, ticket.message, openai=openai)
-        if ticket.delay > 0:
-            await asyncio.sleep(ticket.delay)
         outcome = self._answer(ticket)
+        wait = ticket.started + ticket.delay - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        latency_ms = int((time.monotonic() - ticket.started) * 1000)
         if isinstance(outcome, _Error):
             return _error(outcome.code, outcome.message, openai=openai)
         if openai:
@@ -746,7 +753,7 @@ class ConverseServer:
             "usage": {"inputTokens": outcome.input_tokens,
                       "outputTokens": outcome.output_tokens,
                       "totalTokens": outcome.input_tokens + outcome.output_tokens},
-            "metrics": {"latencyMs": outcome.latency_ms}}, {}
+            "metrics": {"latencyMs": latency_ms}}, {}
 
 
 def _error(code: str, message: str, status: int | None = None, *,

@@ -300,6 +300,25 @@ def test_concurrent_requests_are_not_serialised(srv, client):
     assert len(texts) == 32 and srv.stats["ok"] == 32
 
 
+def test_latency_counts_from_arrival_and_covers_the_servers_work(srv, client, monkeypatch):
+    """The reply leaves ``latency_s`` after the request arrived: building it (here made
+    slow on purpose) happens within the latency, not on top of it."""
+    answer = srv._answer
+
+    def slow_answer(ticket):
+        time.sleep(0.1)  # blocks the loop, as a CPU-heavy reply would
+        return answer(ticket)
+
+    monkeypatch.setattr(srv, "_answer", slow_answer)
+    srv.configure(latency_s=0.3)
+    ask(client, generate_prompt(991))  # warm the connection
+    started = time.monotonic()
+    response = ask(client, generate_prompt(992))
+    elapsed = time.monotonic() - started
+    assert 0.3 <= elapsed < 0.38, elapsed  # was 0.4 when the work came after the sleep
+    assert 300 <= response["metrics"]["latencyMs"] < 380
+
+
 def post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
