@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 
@@ -153,6 +154,50 @@ def test_checkpoint_survives_a_torn_last_line(tmp_path):
     ckpt.append({"id": "c", "status": "ok"})
     ckpt.close()
     assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["a", "b", "c"]
+
+
+def test_checkpoint_append_does_not_wait_for_the_disk(tmp_path, monkeypatch):
+    """Lines are written by the checkpoint's writer thread: a slow disk delays the file,
+    never the caller; close() writes everything, in order, and fsyncs."""
+    import simia.llm.runner as runner
+
+    real_write = runner.os.write
+
+    def slow_write(fd, data):
+        time.sleep(0.2)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(runner.os, "write", slow_write)
+    path = tmp_path / "c.jsonl"
+    ckpt = Checkpoint(path)
+    started = time.monotonic()
+    threads = [threading.Thread(target=lambda k=k: [ckpt.append({"id": f"{k}-{i}", "i": i})
+                                                    for i in range(20)]) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert time.monotonic() - started < 0.15 and len(ckpt.records) == 80
+    ckpt.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert sorted(r["id"] for r in lines) == sorted(ckpt.records)
+    for k in range(4):  # each thread's lines in the order it appended them
+        assert [r["i"] for r in lines if r["id"].startswith(f"{k}-")] == list(range(20))
+    with pytest.raises(ValueError, match="closed"):
+        ckpt.append({"id": "late"})
+    ckpt.close()  # idempotent
+
+
+def test_checkpoint_write_failure_is_raised(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text("")
+    ckpt = Checkpoint(path)
+    os.close(ckpt._fd)
+    ckpt._fd = os.open(path, os.O_RDONLY)  # every write now fails (EBADF)
+    ckpt.append({"id": "a"})
+    with pytest.raises(OSError, match="write failed"):
+        ckpt.close()
+    assert Checkpoint(path).records == {}
 
 
 def test_checkpoint_corruption_in_the_middle_is_an_error(tmp_path):

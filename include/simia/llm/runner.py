@@ -2,11 +2,13 @@
 
 A stage hands :func:`run_items` a stream of :class:`WorkItem` s and a function that turns
 one item into a finished record (a result or a recorded failure). Every finished record
-is appended to a JSONL :class:`Checkpoint` the moment it completes, so a stage killed at
-any point (even SIGKILL) and run again calls the LLM only for items not in the
+goes to a JSONL :class:`Checkpoint` the moment it completes (a writer thread appends it
+to the file within milliseconds, so no LLM thread ever waits for the disk), so a stage
+killed at any point (even SIGKILL) and run again calls the LLM only for items not in the
 checkpoint. With a ``target``, no more items are in flight than successes still needed,
 so a run ends with exactly ``target`` successes (or at the attempt bound) and a restart
-costs at most the remaining items plus the items that were in flight when it died.
+costs at most the remaining items plus the items that were in flight when it died (or
+had finished in the last milliseconds, their lines not yet written).
 """
 
 from __future__ import annotations
@@ -43,9 +45,15 @@ class WorkItem:
 class Checkpoint:
     """Append-only JSONL of finished items (one JSON object per line, keyed by ``id``).
 
-    A line is written with a single ``write`` on an ``O_APPEND`` descriptor, so a crash
-    can at worst leave a partial last line; loading drops such a line (and cuts it off
-    the file) and re-does that item. A corrupt line anywhere else is an error.
+    :meth:`append` records an item in :attr:`records` at once and queues its line; a
+    writer thread (started on the first append) writes the queued lines, in order, with
+    ``write`` calls on an ``O_APPEND`` descriptor. The threads that call the LLM so
+    never block on the disk (a busy disk stalls a ``write`` for tens of milliseconds),
+    nor on each other's writes. A crash can at worst leave a partial last line; loading
+    drops such a line (and cuts it off the file) and re-does that item, like the items
+    whose lines were still queued. A corrupt line anywhere else is an error.
+    :meth:`close` writes what is queued and fsyncs; a failed write is raised by the
+    next :meth:`append` or by :meth:`close`.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -53,6 +61,11 @@ class Checkpoint:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: list[bytes] = []
+        self._writer: threading.Thread | None = None
+        self._closing = False
+        self._error: OSError | None = None
         self._load()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
@@ -81,19 +94,67 @@ class Checkpoint:
             self.records[rec["id"]] = rec  # a later line (a retried failure) wins
 
     def append(self, record: dict[str, Any]) -> None:
+        """Record ``record`` and queue its line for the writer thread (no disk I/O here)."""
         line = orjson.dumps(record) + b"\n"
         with self._lock:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(self._fd, view):]
+            if self._error is not None:
+                raise self._write_failed()
+            if self._fd < 0 or self._closing:
+                raise ValueError(f"checkpoint {self.path} is closed")
+            self._queue.append(line)
             self.records[record["id"]] = record
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_queued, daemon=True,
+                                                name=f"checkpoint-{self.path.name}")
+                self._writer.start()
+            else:
+                self._wake.notify()
+
+    def _write_queued(self) -> None:
+        """The writer thread: write queued lines (all that are queued at once) until
+        :meth:`close`; a failed write is kept for :meth:`append`/:meth:`close` to raise."""
+        while True:
+            with self._lock:
+                while not self._queue and not self._closing:
+                    self._wake.wait()
+                if not self._queue:
+                    return
+                data = b"".join(self._queue)
+                self._queue.clear()
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
+            except OSError as exc:
+                with self._lock:
+                    self._error = exc
+                    self._queue.clear()
+                return
 
     def close(self) -> None:
+        """Write the queued lines, fsync and close (idempotent)."""
+        with self._lock:
+            self._closing = True
+            writer = self._writer
+            self._wake.notify()
+        if writer is not None:
+            writer.join()
         with self._lock:
             if self._fd >= 0:
-                os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = -1
+                try:
+                    if self._error is None:
+                        os.fsync(self._fd)
+                finally:
+                    os.close(self._fd)
+                    self._fd = -1
+            if self._error is not None:
+                error, self._error = self._write_failed(), None
+                raise error
+
+    def _write_failed(self) -> OSError:
+        assert self._error is not None
+        return OSError(self._error.errno, f"checkpoint {self.path}: write failed: "
+                       f"{self._error.strerror}")
 
     def __enter__(self) -> Checkpoint:
         return self
