@@ -133,6 +133,19 @@ def _parser() -> argparse.ArgumentParser:
     ts = sub.add_parser("train-summary", help="final loss, steps, runtime and model path of "
                                               "a finished LLaMA-Factory run")
     ts.add_argument("output_dir", help="the run's output_dir")
+
+    from simia.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
+
+    rp = sub.add_parser("report", help="the experiment's answer: pass^k per level with CIs, "
+                                       "paired and trend tests, data, cost and training")
+    rp.add_argument("run_dir", help="the run directory (eval/, train/, datasets/, ...)")
+    rp.add_argument("-o", "--out-dir", default=None,
+                    help="writes report.md, report.html, report.json and PNGs here "
+                         "(default: RUN_DIR/report)")
+    rp.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                    help=f"bootstrap resamples over tasks (default {DEFAULT_RESAMPLES})")
+    rp.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                    help="seed of the bootstrap and of Monte Carlo permutations")
     return p
 
 
@@ -302,6 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from simia.training import read_training_result
 
             result = read_training_result(args.output_dir)
+        elif args.command == "report":
+            from simia.report import write_report
+
+            result = write_report(args.run_dir, args.out_dir, resamples=args.resamples,
+                                  seed=args.seed)
         else:
             design = DatasetDesign(levels=args.levels, size=args.size,
                                    shared_clean=args.shared_clean, seed=args.seed,
