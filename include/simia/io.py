@@ -136,13 +136,11 @@ def loads_records(data: bytes, shared_keys: tuple[str, ...] = ()) -> Any:
     return parsed
 
 
-def dumps_records(rows: list[dict[str, Any]], shared_keys: tuple[str, ...] = (), *,
-                  indent: bool = False) -> bytes:
-    """``orjson.dumps(rows)`` (indented with ``indent``) for a list of records that repeat
-    long strings under ``shared_keys``: each distinct such string is encoded once and
-    its bytes spliced into every record that holds it (the same output, without
-    re-encoding ~30 KB per record)."""
-    encoded: dict[str, Any] = {}  # string -> orjson.Fragment of its JSON encoding
+def _shared_fragments(rows: list[dict[str, Any]], shared_keys: tuple[str, ...],
+                      encoded: dict[str, Any]) -> list[dict[str, Any]]:
+    """``rows`` with each long string under ``shared_keys`` swapped for the
+    ``orjson.Fragment`` of its encoding (made once per distinct string, kept in
+    ``encoded``); rows without one are the rows themselves."""
     out = []
     for row in rows:
         patch = None
@@ -157,7 +155,82 @@ def dumps_records(rows: list[dict[str, Any]], shared_keys: tuple[str, ...] = (),
                 patch = dict(row)
             patch[key] = fragment
         out.append(row if patch is None else patch)
-    return orjson.dumps(out, option=orjson.OPT_INDENT_2 if indent else 0)
+    return out
+
+
+def dumps_records(rows: list[dict[str, Any]], shared_keys: tuple[str, ...] = (), *,
+                  indent: bool = False) -> bytes:
+    """``orjson.dumps(rows)`` (indented with ``indent``) for a list of records that repeat
+    long strings under ``shared_keys``: each distinct such string is encoded once and
+    its bytes spliced into every record that holds it (the same output, without
+    re-encoding ~30 KB per record)."""
+    return orjson.dumps(_shared_fragments(rows, shared_keys, {}),
+                        option=orjson.OPT_INDENT_2 if indent else 0)
+
+
+#: records serialised per part by :func:`iter_dumps_records` (~2 MB of processed rows)
+PART_ROWS = 64
+
+#: what a writer writes in one go: bytes, or a list of buffers written back to back
+Part = bytes | memoryview | list[bytes | memoryview]
+
+#: stands for a shared string in a part's encoding: orjson writes a Fragment's bytes as
+#: they are, and a NUL byte appears nowhere else in orjson's output (it escapes control
+#: characters in strings)
+_MARK = b"\x00"
+_MARK_FRAGMENT = orjson.Fragment(_MARK)
+
+
+def iter_dumps_records(rows: list[dict[str, Any]], shared_keys: tuple[str, ...] = (), *,
+                       indent: bool = False, part_rows: int = PART_ROWS) -> Iterator[Part]:
+    """:func:`dumps_records` in parts whose concatenation is the same bytes, made
+    ``part_rows`` records at a time, so a writer can write each part while the next is
+    serialised; the long shared strings are never copied into the output at all.
+
+    Each part is a list of buffers: orjson's encoding of a slice of ``rows`` (the list's
+    brackets cut off, the separator orjson puts between two elements in front) with
+    every long string under ``shared_keys`` left out, and, where each one goes, the
+    same bytes object holding that string's encoding (encoded once per distinct string).
+    """
+    option = orjson.OPT_INDENT_2 if indent else 0
+    if not rows:
+        yield orjson.dumps([], option=option)
+        return
+    # orjson writes a non-empty list as OPEN, the elements joined by SEP, CLOSE
+    open_, sep, close = (b"[\n", b",\n", b"\n]") if indent else (b"[", b",", b"]")
+    encoded: dict[str, bytes] = {}
+    for start in range(0, len(rows), part_rows):
+        chunk = []
+        shared: list[bytes] = []  # the encoded strings, in the order they are written
+        for row in rows[start:start + part_rows]:
+            patch = None
+            for key in shared_keys:
+                value = row.get(key)
+                if type(value) is str and len(value) >= _MIN_SHARED:
+                    if patch is None:
+                        patch = dict(row)
+                    patch[key] = _MARK_FRAGMENT
+            if patch is None:
+                chunk.append(row)
+                continue
+            chunk.append(patch)
+            for key, value in patch.items():  # the order orjson writes them in
+                if value is _MARK_FRAGMENT:
+                    text = row[key]
+                    enc = encoded.get(text)
+                    if enc is None:
+                        enc = encoded[text] = orjson.dumps(text)
+                    shared.append(enc)
+        body = orjson.dumps(chunk, option=option)
+        pieces = body[len(open_):-len(close)].split(_MARK)
+        if len(pieces) != len(shared) + 1:  # cannot happen (see _MARK); never write garbage
+            raise RuntimeError("iter_dumps_records: shared-string marks out of step")
+        part: list[bytes | memoryview] = [sep if start else open_]
+        for piece, enc in zip(pieces, shared, strict=False):
+            part += (piece, enc)
+        part.append(pieces[-1])
+        yield part
+    yield close
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -165,62 +238,154 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         fh.write(data)
 
 
-def _sync_and_rename(fd: int, tmp: str, path: Path) -> None:
-    try:
+_IOV_MAX = 1024  # buffers per os.writev call (POSIX guarantees at least 16; Linux 1024)
+try:
+    _IOV_MAX = max(16, min(_IOV_MAX, os.sysconf("SC_IOV_MAX")))
+except (AttributeError, ValueError, OSError):
+    pass
+
+
+def _writev_all(fd: int, buffers: list[bytes | memoryview]) -> None:
+    """Write ``buffers`` back to back (``os.writev``: the kernel copies each buffer
+    straight into the file, no joined copy is made), resuming after partial writes."""
+    views = [memoryview(b) for b in buffers if len(b)]
+    i = 0
+    while i < len(views):
+        n = os.writev(fd, views[i:i + _IOV_MAX])
+        while n:
+            size = views[i].nbytes
+            if n < size:
+                views[i] = views[i][n:]
+                break
+            n -= size
+            i += 1
+
+
+class _TempFile:
+    """The temporary file beside ``path`` that becomes ``path`` once complete: written
+    part by part (by :class:`BackgroundFlush`'s writer thread), then fsynced and renamed
+    (by its flusher thread), or removed. A failed write is kept in ``error`` and fails
+    the file at the end."""
+
+    __slots__ = ("path", "fd", "tmp", "error")
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                             dir=path.parent)
+        self.error: BaseException | None = None
+
+    def write(self, data: Part) -> None:
+        if self.error is not None:
+            return
         try:
-            os.fsync(fd)
+            if type(data) is list:
+                _writev_all(self.fd, data)
+            else:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.fd, view):]
+        except BaseException as exc:  # noqa: B036 (re-raised by finish)
+            self.error = exc
+
+    def discard(self) -> None:
+        try:
+            os.close(self.fd)
         finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+
+    def finish(self) -> None:
+        """fsync and rename into place (or remove it and raise the write's error)."""
+        if self.error is not None:
+            self.discard()
+            raise self.error
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            try:
+                os.fsync(self.fd)
+            finally:
+                os.close(self.fd)
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+            raise
 
 
 class BackgroundFlush:
     """Write files atomically, as :func:`write_bytes` does (temporary file, fsync,
-    rename), with each file's fsync and rename in a background thread so that the
-    caller's next work (building the next file, hashing an input) overlaps the disk
-    flush. Use as a context manager: leaving the block waits until every file is in
-    place and raises the first error (a file whose write or fsync failed is not
-    renamed); a file added before an exception in the block is still completed."""
+    rename), with the writing in one background thread and each file's fsync and
+    rename in another, so that the caller's next work (serialising the next part or
+    file) overlaps the disk I/O (``os.write`` and ``os.fsync`` release the GIL).
+
+    The caller hands over at most one part ahead: handing a part waits until the
+    previous one is written, so at most two parts (or files) are in memory. Use as a
+    context manager: leaving the block waits until every file is in place and raises
+    the first error (a file whose write or fsync failed is not renamed, its temporary
+    file is removed); a file added before an exception in the block is still
+    completed, a file whose parts raised is removed."""
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="simia-fsync")
-        self._pending: list[Future[None]] = []
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="simia-write")
+        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="simia-fsync")
+        self._last: Future[None] | None = None  # the last part handed to the writer
+        self._pending: list[Future[Future[None]]] = []  # per file: its fsync + rename
 
     def write(self, path: str | Path, data: bytes) -> None:
-        """Write ``data`` to a temporary file beside ``path`` now; flush and rename later."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        """Write ``data`` to a temporary file beside ``path``; flush and rename later."""
+        self.write_parts(path, (data,))
+
+    def write_parts(self, path: str | Path, parts: Iterable[Part]) -> None:
+        """Write the concatenation of ``parts`` (consumed lazily: each part is written
+        while the next is made) to a temporary file beside ``path``; flush and rename
+        later. If ``parts`` raises, the file is dropped and the error propagates."""
+        file = _TempFile(Path(path))
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            for part in parts:
+                self._hand(file.write, part)
+                del part
         except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
+            self._writer.submit(file.discard)  # after its parts already handed over
             raise
-        self._pending.append(self._pool.submit(_sync_and_rename, fd, tmp, path))
+        self._pending.append(self._writer.submit(self._flusher.submit, file.finish))
+
+    def _hand(self, write: Any, part: Part) -> None:
+        if self._last is not None:
+            self._last.result()  # never raises: a failed write is kept in its file
+        self._last = self._writer.submit(write, part)
 
     def __enter__(self) -> BackgroundFlush:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True)
-        if exc[0] is None:
-            for future in self._pending:
+        self._writer.shutdown(wait=True)
+        self._last = None
+        errors: list[BaseException] = []
+        flushes = []
+        for future in self._pending:
+            try:
+                flushes.append(future.result())
+            except BaseException as err:  # noqa: B036
+                errors.append(err)
+        self._flusher.shutdown(wait=True)
+        for future in flushes:
+            try:
                 future.result()
+            except BaseException as err:  # noqa: B036
+                errors.append(err)
+        if errors and exc[0] is None:
+            raise errors[0]
 
 
 def write_files(items: Iterable[tuple[str | Path, bytes]]) -> None:
     """Write each ``(path, bytes)`` atomically (see :class:`BackgroundFlush`); ``items``
-    is consumed lazily, so a generator builds the next file during the previous one's
-    fsync, and only those two are in memory."""
+    is consumed lazily, so a generator builds the next file while the previous one is
+    written and flushed, and only those two are in memory."""
     with BackgroundFlush() as flush:
         for path, data in items:
             flush.write(path, data)

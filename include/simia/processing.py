@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from simia.domains.telecom import AGENT_INSTRUCTION, HERMES_INSTRUCTION, Domain
-from simia.io import dumps_records
+from simia.io import Part, dumps_records, iter_dumps_records
 from simia.records import ROLES, SHARED_KEYS
 
 TurnList = list[dict[str, Any]]
@@ -703,3 +703,9 @@ def dumps_processed(rows: list[dict[str, Any]]) -> bytes:
     """``processed.json`` bytes (indented for humans; orjson keeps it fast). The system
     prompt and tool list every row repeats are encoded once."""
     return dumps_records(rows, SHARED_KEYS, indent=True)
+
+
+def iter_dumps_processed(rows: list[dict[str, Any]]) -> Iterator[Part]:
+    """:func:`dumps_processed` in parts (see :func:`simia.io.iter_dumps_records`), for
+    :meth:`simia.io.BackgroundFlush.write_parts`."""
+    return iter_dumps_records(rows, SHARED_KEYS, indent=True)

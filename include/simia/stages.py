@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from simia.io import (
     write_json,
     write_jsonl,
 )
-from simia.processing import OutputFormat, dumps_processed, process_conversations
+from simia.processing import OutputFormat, iter_dumps_processed, process_conversations
 from simia.records import load_processed, load_raw
 from simia.rules import score_all
 
@@ -71,10 +72,47 @@ def _signature(stage: str, data: dict[str, bytes], params: dict[str, Any]) -> di
             "params": params}
 
 
+def _signature_later(stage: str, data: dict[str, bytes],
+                     params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """Start hashing the inputs in a background thread (hashlib releases the GIL on
+    large inputs, so this overlaps the stage's parsing and processing); the returned
+    call waits for the signature (and raises what the hashing raised)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["sig"] = _signature(stage, data, params)
+        except BaseException as exc:  # noqa: B036 (re-raised by the caller)
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"simia-hash-{stage}", daemon=True)
+    thread.start()
+
+    def result() -> dict[str, Any]:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["sig"]
+
+    return result
+
+
 def _may_resume(summary_path: Path, outputs: list[Path], force: bool) -> bool:
     """Whether a previous run may have left complete outputs (only then is the
-    signature needed before the work; otherwise it is computed while outputs flush)."""
+    signature needed before the work; otherwise it is computed during the work)."""
     return not force and summary_path.is_file() and all(p.is_file() for p in outputs)
+
+
+def _begin(stage: str, data: dict[str, bytes], params: dict[str, Any], summary_path: Path,
+           outputs: list[Path], force: bool
+           ) -> tuple[dict[str, Any] | None, Callable[[], dict[str, Any]]]:
+    """(the previous run's summary when its outputs are up to date, else None; the call
+    that gives this run's signature). The signature is computed first only when a
+    previous run may be resumed; otherwise the inputs are hashed during the work."""
+    if _may_resume(summary_path, outputs, force):
+        sig = _signature(stage, data, params)
+        return _resume(summary_path, sig, outputs, force), lambda: sig
+    return None, _signature_later(stage, data, params)
 
 
 def _resume(summary_path: Path, signature: dict[str, Any], outputs: list[Path],
@@ -124,11 +162,9 @@ def process_stage(
               "policy_sha256": sha256_bytes(policy.encode())}
     data = _read_inputs({"raw_conversations": raw_path})
     outputs = [out_dir / "processed.json", out_dir / "rejects.jsonl"]
-    sig = None
-    if _may_resume(out_dir / SUMMARY, outputs, force):
-        sig = _signature("process", data, params)
-        if (done := _resume(out_dir / SUMMARY, sig, outputs, force)) is not None:
-            return done
+    done, signature = _begin("process", data, params, out_dir / SUMMARY, outputs, force)
+    if done is not None:
+        return done
 
     t0 = time.perf_counter()
     with _gc_paused():
@@ -137,11 +173,11 @@ def process_stage(
         result = process_conversations(raw, dom, policy, output_format, invalid,
                                        extract_embedded_calls)
         del raw
+    # each part of processed.json is written while the next is serialised
     with BackgroundFlush() as flush:
-        flush.write(outputs[0], dumps_processed(result.kept))
+        flush.write_parts(outputs[0], iter_dumps_processed(result.kept))
         flush.write(outputs[1], dumps_jsonl(r.as_dict() for r in result.rejects))
-        if sig is None:  # hashing the input overlaps the flush of the outputs
-            sig = _signature("process", data, params)
+    sig = signature()
     summary = {**result.summary(), "input_file": str(raw_path),
                "outputs": {"processed": str(outputs[0]), "rejects": str(outputs[1])},
                "seconds": round(time.perf_counter() - t0, 3), "signature": sig}
@@ -159,8 +195,8 @@ def score_rules_stage(input_path: str | Path, out_path: str | Path, *,
     input_path, out_path = Path(input_path), Path(out_path)
     summary_path = out_path.with_name(out_path.stem + ".summary.json")
     data = _read_inputs({"conversations": input_path})
-    sig = _signature("score_rules", data, {})
-    if (done := _resume(summary_path, sig, [out_path], force)) is not None:
+    done, signature = _begin("score_rules", data, {}, summary_path, [out_path], force)
+    if done is not None:
         return done
     t0 = time.perf_counter()
     with _gc_paused():
@@ -193,7 +229,7 @@ def score_rules_stage(input_path: str | Path, out_path: str | Path, *,
                if scores else 0.0,
                "kinds": dict(sorted(kinds.items())), "input_file": str(input_path),
                "output": str(out_path), "seconds": round(time.perf_counter() - t0, 3),
-               "signature": sig}
+               "signature": signature()}
     write_json(summary_path, summary, indent=True)
     log.info("score-rules: %d of %d conversations flagged (%s)", flagged, len(scores),
              dict(kinds))
@@ -219,24 +255,22 @@ def build_datasets_stage(
     names = [f"{design.dataset_name(lv)}.json" for lv in design.levels]
     outputs = [out_dir / n for n in names] + [out_dir / "dataset_info.json",
                                               out_dir / "metadata.json"]
-    sig = None
-    if _may_resume(out_dir / SUMMARY, outputs, force):
-        sig = _signature("build_datasets", data, params)
-        if (done := _resume(out_dir / SUMMARY, sig, outputs, force)) is not None:
-            return done
+    done, signature = _begin("build_datasets", data, params, out_dir / SUMMARY, outputs,
+                             force)
+    if done is not None:
+        return done
     t0 = time.perf_counter()
     with _gc_paused():
         rows = load_processed(conversations_path, data=data["conversations"])
         labels = parse_score_records(read_jsonl(scores_path, data=data["scores"]),
                                      scores_path)
         built = build_datasets(rows, labels, design)
-    # each level's file is serialised (and the inputs hashed) while the previous files
-    # are flushed to disk
+    # each part of each level's file is serialised while the previous ones are written
+    # and flushed to disk
     with BackgroundFlush() as flush:
         for name, level_rows in built.files.items():
-            flush.write(out_dir / name, dumps_processed(level_rows))
-        if sig is None:
-            sig = _signature("build_datasets", data, params)
+            flush.write_parts(out_dir / name, iter_dumps_processed(level_rows))
+        sig = signature()
         flush.write(out_dir / "dataset_info.json", dumps(built.dataset_info, indent=True) + b"\n")
         metadata = {**built.metadata, "inputs": {"conversations": str(conversations_path),
                                                  "scores": str(scores_path),

@@ -205,3 +205,65 @@ def test_dumps_records_same_bytes_as_orjson(indent):
     assert dumps_records(rows, ("system", "tools"), indent=indent) == \
         orjson.dumps(rows, option=option)
     assert dumps_records([], ("system",), indent=indent) == orjson.dumps([], option=option)
+
+
+def _joined(parts) -> bytes:
+    return b"".join(b"".join(bytes(x) for x in p) if isinstance(p, list) else bytes(p)
+                    for p in parts)
+
+
+@pytest.mark.parametrize("indent", [False, True])
+@pytest.mark.parametrize("n,part_rows", [(0, 2), (1, 1), (5, 1), (5, 2), (7, 64)])
+def test_iter_dumps_records_parts_join_to_orjsons_bytes(indent, n, part_rows):
+    import orjson
+    from simia.io import iter_dumps_records
+    rows = _rows(n, note="a NUL \x00 in a value")
+    if n > 3:
+        rows[1]["system"] = "short"
+        rows[2] = {"tools": TOOLS + " ", "system": LONG + "\x00", "x": None}  # other order
+        rows[3]["tools"] = [{"name": "t"}]
+    option = orjson.OPT_INDENT_2 if indent else 0
+    parts = list(iter_dumps_records(rows, ("system", "tools"), indent=indent,
+                                    part_rows=part_rows))
+    assert _joined(parts) == orjson.dumps(rows, option=option)
+    # the long shared strings are not copied: every part refers to one encoding of each
+    shared = {id(x) for p in parts if isinstance(p, list) for x in p if len(x) > 1000}
+    assert len(shared) <= (4 if n > 3 else 2)
+
+
+def test_write_parts_writes_them_in_order_and_drops_a_file_whose_parts_fail(tmp_path):
+    from simia.io import BackgroundFlush
+    with BackgroundFlush() as flush:
+        flush.write_parts(tmp_path / "a.json", [b"[", [b"1", memoryview(b",2")], b"]"])
+        flush.write(tmp_path / "b.json", b"b")
+
+    def parts():
+        yield b"half"
+        raise RuntimeError("crash while serialising")
+
+    with pytest.raises(RuntimeError):
+        with BackgroundFlush() as flush:
+            flush.write(tmp_path / "c.json", b"c")
+            flush.write_parts(tmp_path / "d.json", parts())
+    assert (tmp_path / "a.json").read_bytes() == b"[1,2]"
+    # the file finished before the crash is in place; the half-written one is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "c.json"]
+
+
+def test_background_flush_raises_a_write_error_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import os
+
+    from simia import io as sio
+    real_write = os.write
+
+    def failing_write(fd, data):
+        if bytes(data[:4]) == b"boom":
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(sio.os, "write", failing_write)
+    with pytest.raises(OSError, match="No space"):
+        with sio.BackgroundFlush() as flush:
+            flush.write(tmp_path / "ok.json", b"fine")
+            flush.write(tmp_path / "bad.json", b"boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.json"]
