@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,45 +57,83 @@ _STRING_VALUE = re.compile(rb'([ \t\r\n]*)("(?:[^"\\]++|\\.)*+")')
 _MIN_SHARED = 512
 
 
-def _factor_out(data: bytes, key: str, placeholder: bytes) -> tuple[bytes, str, int] | None:
-    """Replace every ``"key": "V"`` whose encoded bytes equal the first one's by
-    ``"key": "PLACEHOLDER"``; returns (new bytes, V decoded, replacements), or None when
-    there is nothing worth doing.
+#: what separates two members of an object
+_MEMBER_SEP = re.compile(rb"[ \t\r\n]*,[ \t\r\n]*")
 
-    Each match is a whole JSON string value (a ``"`` not preceded by a backslash
-    delimits a string, and the first value's bytes are complete escapes), so the new
-    bytes parse to the same structure with those values swapped.
-    """
+
+@dataclass(frozen=True)
+class _Repeat:
+    """The first ``"key": "V"`` of a file (V long), to be swapped for a placeholder
+    wherever the same bytes repeat."""
+
+    key: str
+    at: int  # where the first one starts
+    token: bytes  # its bytes, from the key's opening quote to the value's closing one
+    replacement: bytes  # the same member with the placeholder as its value
+    placeholder: str
+    value: str  # V, decoded
+
+
+_PLACEHOLDER_HEAD = b'"\\u0000simia-shared:'
+
+
+def _first_repeat(data: bytes, key: str) -> _Repeat | None:
+    """The first ``"key": "V"`` in ``data`` whose V is a long string (None when the first
+    one's is not), past those already swapped for a placeholder."""
     prefix = b'"' + key.encode() + b'":'
     start = data.find(prefix)
-    if start < 0:
-        return None
-    m = _STRING_VALUE.match(data, start + len(prefix))
+    while True:
+        if start < 0:
+            return None
+        m = _STRING_VALUE.match(data, start + len(prefix))
+        if m is None or not m.group(2).startswith(_PLACEHOLDER_HEAD):
+            break
+        start = data.find(prefix, m.end())
     if m is None or len(m.group(2)) < _MIN_SHARED:
         return None
     try:
         value = orjson.loads(m.group(2))
     except orjson.JSONDecodeError:
         return None
-    token = data[start:m.end()]
-    replacement = prefix + m.group(1) + b'"' + placeholder + b'"'
-    # find a short head of the token, then compare the whole token in place
-    head = token[:64]
+    placeholder = f"\x00simia-shared:{key}:{os.urandom(8).hex()}\x00"
+    replacement = prefix + m.group(1) + orjson.dumps(placeholder)
+    return _Repeat(key, start, data[start:m.end()], replacement, placeholder, value)
+
+
+def _factor_out(data: bytes, repeats: list[_Repeat]) -> tuple[bytes, list[int]]:
+    """Replace every occurrence of ``repeats[0].token`` by its replacement, and each
+    other repeat's token where it follows one of those as the next member (the records'
+    usual layout: ``"system": ..., "tools": ...``), in one pass; returns (new bytes,
+    replacements per repeat).
+
+    Each match is a whole JSON string value (a ``"`` not preceded by a backslash
+    delimits a string, and the first value's bytes are complete escapes), so the new
+    bytes parse to the same structure with those values swapped.
+    """
+    first, others = repeats[0], repeats[1:]
+    token = first.token
+    head = token[:64]  # find a short head of the token, then compare the whole token
     view = memoryview(data)
     parts: list[Any] = []
+    counts = [0] * len(repeats)
     done = 0
-    at = start
+    at = first.at
     while at >= 0:
         if data.startswith(token, at):
-            parts += (view[done:at], replacement)
+            parts += (view[done:at], first.replacement)
+            counts[0] += 1
             done = at + len(token)
+            for i, other in enumerate(others, start=1):
+                m = _MEMBER_SEP.match(data, done)
+                if m is not None and data.startswith(other.token, m.end()):
+                    parts += (view[done:m.end()], other.replacement)
+                    counts[i] += 1
+                    done = m.end() + len(other.token)
             at = data.find(head, done)
         else:
             at = data.find(head, at + 1)
-    if len(parts) < 4:  # a single occurrence: nothing shared
-        return None
     parts.append(view[done:])
-    return b"".join(parts), value, len(parts) // 2
+    return b"".join(parts), counts
 
 
 def loads_records(data: bytes, shared_keys: tuple[str, ...] = ()) -> Any:
@@ -108,15 +147,20 @@ def loads_records(data: bytes, shared_keys: tuple[str, ...] = ()) -> Any:
     be guaranteed (a repeat outside a top-level record's key, the bytes do not parse),
     the whole ``data`` is parsed as is, so errors are ``orjson.loads``' own.
     """
-    factored = data
-    shared: list[tuple[str, str, str, int]] = []
-    for key in shared_keys:
-        placeholder = f"\x00simia-shared:{key}:{os.urandom(8).hex()}\x00"
-        found = _factor_out(factored, key, orjson.dumps(placeholder)[1:-1])
-        if found is not None:
-            factored, value, count = found
-            shared.append((key, placeholder, value, count))
-    if not shared:
+    repeats = sorted((r for key in shared_keys if (r := _first_repeat(data, key))),
+                     key=lambda r: r.at)
+    if not repeats:
+        return orjson.loads(data)
+    # one pass for all of them when they follow each other in every record
+    factored, counts = _factor_out(data, repeats)
+    shared = [(r, n) for r, n in zip(repeats, counts, strict=True) if n]
+    for r, n in zip(repeats[1:], counts[1:], strict=True):
+        if n < counts[0]:  # not always right after the first one: a pass of its own
+            again = _first_repeat(factored, r.key)
+            if again is not None:
+                factored, (n,) = _factor_out(factored, [again])
+                shared.append((again, n))
+    if sum(n for _, n in shared) < 2:  # nothing repeats
         return orjson.loads(data)
     try:
         parsed = orjson.loads(factored)
@@ -125,7 +169,10 @@ def loads_records(data: bytes, shared_keys: tuple[str, ...] = ()) -> Any:
     del factored
     if not isinstance(parsed, list):
         return orjson.loads(data)
-    for key, placeholder, value, count in shared:
+    values: dict[str, str] = {}  # one object per distinct value
+    for r, count in shared:
+        key, placeholder = r.key, r.placeholder
+        value = values.setdefault(r.value, r.value)
         restored = 0
         for record in parsed:
             if type(record) is dict and record.get(key) == placeholder:

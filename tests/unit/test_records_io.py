@@ -165,6 +165,27 @@ def test_loads_records_equals_a_plain_parse_and_shares_the_repeats(indent):
     assert parsed[0]["system"] is parsed[4]["system"] and parsed[0]["tools"] is parsed[4]["tools"]
 
 
+@pytest.mark.parametrize("layout", ["adjacent", "apart", "reversed", "mixed"])
+def test_loads_records_shares_the_repeats_whatever_the_key_order(layout):
+    from simia.io import loads_records
+    rows = []
+    for i in range(6):
+        row = {"conversations": [{"from": "human", "value": f"hi {i}"}]}
+        if layout == "adjacent" or (layout == "mixed" and i % 2):
+            row.update(system=LONG, tools=TOOLS)
+        elif layout == "apart":
+            row.update(system=LONG, source_index=i, tools=TOOLS)
+        else:
+            row.update(tools=TOOLS, system=LONG)
+        rows.append(row)
+    for indent in (None, 2):
+        data = json.dumps(rows, indent=indent, ensure_ascii=False).encode()
+        parsed = loads_records(data, ("system", "tools"))
+        assert parsed == rows
+        assert len({id(r["system"]) for r in parsed}) == 1
+        assert len({id(r["tools"]) for r in parsed}) <= (2 if layout == "mixed" else 1)
+
+
 @pytest.mark.parametrize("records", [
     # the same value under the same key, nested: not a top-level record's field
     _rows(3, meta={"system": LONG}),
