@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -61,8 +62,7 @@ class Checkpoint:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._queue: list[bytes] = []
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()  # None: close
         self._writer: threading.Thread | None = None
         self._closing = False
         self._error: OSError | None = None
@@ -101,42 +101,43 @@ class Checkpoint:
                 raise self._write_failed()
             if self._fd < 0 or self._closing:
                 raise ValueError(f"checkpoint {self.path} is closed")
-            self._queue.append(line)
             self.records[record["id"]] = record
+            self._queue.put(line)
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_queued, daemon=True,
                                                 name=f"checkpoint-{self.path.name}")
                 self._writer.start()
-            else:
-                self._wake.notify()
 
     def _write_queued(self) -> None:
-        """The writer thread: write queued lines (all that are queued at once) until
-        :meth:`close`; a failed write is kept for :meth:`append`/:meth:`close` to raise."""
+        """The writer thread: write the queued lines (all that are queued, in one
+        ``write``) until :meth:`close` queues None; a failed write is kept for
+        :meth:`append`/:meth:`close` to raise."""
         while True:
-            with self._lock:
-                while not self._queue and not self._closing:
-                    self._wake.wait()
-                if not self._queue:
-                    return
-                data = b"".join(self._queue)
-                self._queue.clear()
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            closing = batch[-1] is None  # close() queues None after the last line
             try:
-                view = memoryview(data)
+                view = memoryview(b"".join(line for line in batch if line is not None))
                 while view:
                     view = view[os.write(self._fd, view):]
             except OSError as exc:
                 with self._lock:
                     self._error = exc
-                    self._queue.clear()
+                return
+            if closing:
                 return
 
     def close(self) -> None:
         """Write the queued lines, fsync and close (idempotent)."""
         with self._lock:
+            writer, self._writer = self._writer, None
+            if writer is not None and not self._closing:
+                self._queue.put(None)
             self._closing = True
-            writer = self._writer
-            self._wake.notify()
         if writer is not None:
             writer.join()
         with self._lock:
