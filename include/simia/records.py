@@ -19,7 +19,7 @@ import orjson
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 
 from simia.errors import InputError
-from simia.io import loads_records, read_bytes
+from simia.io import Data, loads_records, read_bytes
 
 Role = Literal["human", "gpt", "function_call", "observation"]
 ROLES: tuple[str, ...] = ("human", "gpt", "function_call", "observation")
@@ -153,7 +153,7 @@ def _load(
     shape_ok: Callable[[list[Any]], bool],
     what: str,
     skip_invalid: bool,
-    data: bytes | None = None,
+    data: Data | None = None,
 ) -> tuple[list[dict[str, Any]], list[InvalidRecord]]:
     path = Path(path)
     if data is None:
@@ -190,15 +190,15 @@ def _load(
 
 
 def load_raw(
-    path: str | Path, *, skip_invalid: bool = False, data: bytes | None = None
+    path: str | Path, *, skip_invalid: bool = False, data: Data | None = None
 ) -> tuple[list[dict[str, Any] | None], list[InvalidRecord]]:
     """Load raw generated conversations.
 
     Returns the records in file order and the invalid ones. With ``skip_invalid``
     an invalid record is returned as ``None`` at its position (so indices keep their
     meaning) and listed in the second value; otherwise the first problems raise
-    :class:`InputError` naming file, record and field. ``data``: the file's bytes when
-    the caller has already read them.
+    :class:`InputError` naming file, record and field. ``data``: the file's bytes (or
+    map, :func:`simia.io.read_input`) when the caller has already read them.
     """
     records, invalid = _load(path, _RAW_LIST, _RAW_ONE, _raw_ok, "raw conversations file",
                              skip_invalid, data)
@@ -207,7 +207,7 @@ def load_raw(
     return records, invalid
 
 
-def load_processed(path: str | Path, *, data: bytes | None = None) -> list[dict[str, Any]]:
+def load_processed(path: str | Path, *, data: Data | None = None) -> list[dict[str, Any]]:
     """Load ``processed.json`` (always strict: it is our own output)."""
     records, _ = _load(path, _PROCESSED_LIST, _PROCESSED_ONE, _processed_ok,
                        "processed conversations file", False, data)

@@ -25,11 +25,12 @@ from simia.domains import DOMAINS
 from simia.errors import ConfigError, InputError
 from simia.io import (
     BackgroundFlush,
+    Data,
     dumps,
     dumps_jsonl,
+    read_input,
     read_json,
     read_jsonl,
-    read_bytes,
     sha256_bytes,
     write_json,
     write_jsonl,
@@ -60,19 +61,20 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _read_inputs(inputs: dict[str, Path]) -> dict[str, bytes]:
-    """Read every input once (clear errors for missing/empty/unreadable files)."""
-    return {role: read_bytes(path, what=f"{role.replace('_', ' ')} file")
+def _read_inputs(inputs: dict[str, Path]) -> dict[str, Data]:
+    """Read every input once (clear errors for missing/empty/unreadable files); a large
+    one is mapped into memory rather than copied (:func:`simia.io.read_input`)."""
+    return {role: read_input(path, what=f"{role.replace('_', ' ')} file")
             for role, path in inputs.items()}
 
 
-def _signature(stage: str, data: dict[str, bytes], params: dict[str, Any]) -> dict[str, Any]:
+def _signature(stage: str, data: dict[str, Data], params: dict[str, Any]) -> dict[str, Any]:
     hashes = {role: sha256_bytes(raw) for role, raw in data.items()}
     return {"stage": stage, "simia_version": __version__, "inputs_sha256": hashes,
             "params": params}
 
 
-def _signature_later(stage: str, data: dict[str, bytes],
+def _signature_later(stage: str, data: dict[str, Data],
                      params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     """Start hashing the inputs in a background thread (hashlib releases the GIL on
     large inputs, so this overlaps the stage's parsing and processing); the returned
@@ -103,7 +105,7 @@ def _may_resume(summary_path: Path, outputs: list[Path], force: bool) -> bool:
     return not force and summary_path.is_file() and all(p.is_file() for p in outputs)
 
 
-def _begin(stage: str, data: dict[str, bytes], params: dict[str, Any], summary_path: Path,
+def _begin(stage: str, data: dict[str, Data], params: dict[str, Any], summary_path: Path,
            outputs: list[Path], force: bool
            ) -> tuple[dict[str, Any] | None, Callable[[], dict[str, Any]]]:
     """(the previous run's summary when its outputs are up to date, else None; the call

@@ -288,3 +288,30 @@ def test_background_flush_raises_a_write_error_and_leaves_no_temp_file(tmp_path,
             flush.write(tmp_path / "ok.json", b"fine")
             flush.write(tmp_path / "bad.json", b"boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.json"]
+
+
+def test_read_input_maps_a_large_file_and_loads_it_like_its_bytes(tmp_path, monkeypatch):
+    import mmap
+
+    import orjson
+
+    from simia import io as sio
+    rows = _rows(5)
+    path = _write(tmp_path, json.dumps(rows, indent=2, ensure_ascii=False))
+    small = sio.read_input(path)
+    assert type(small) is bytes  # below MAP_MIN_BYTES: read as usual
+    monkeypatch.setattr(sio, "MAP_MIN_BYTES", 1)
+    mapped = sio.read_input(path)
+    assert isinstance(mapped, mmap.mmap)
+    assert sio.sha256_bytes(mapped) == sio.sha256_bytes(small)
+    assert sio.loads_records(mapped, ("system", "tools")) == rows
+    assert load_raw(path, data=mapped)[0] == rows
+    lines = _write(tmp_path, b"".join(orjson.dumps(r) + b"\n" for r in rows), "s.jsonl")
+    assert read_jsonl(lines, data=sio.read_input(lines)) == rows
+    # the same errors as read_bytes
+    with pytest.raises(InputError, match="is empty"):
+        sio.read_input(_write(tmp_path, b" \n\t  \n", "blank.json"))
+    with pytest.raises(InputError, match="does not exist"):
+        sio.read_input(tmp_path / "missing.json")
+    with pytest.raises(InputError, match="malformed JSON"):
+        load_raw(path, data=sio.read_input(_write(tmp_path, b'[{"a": ', "bad.json")))
