@@ -8,15 +8,18 @@ JSON goes through orjson (several times faster than the standard library on the
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import mmap
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -236,11 +239,13 @@ _MARK = b"\x00"
 _MARK_FRAGMENT = orjson.Fragment(_MARK)
 
 
-def iter_dumps_records(rows: list[dict[str, Any]], shared_keys: tuple[str, ...] = (), *,
+def iter_dumps_records(rows: Iterable[dict[str, Any]], shared_keys: tuple[str, ...] = (), *,
                        indent: bool = False, part_rows: int = PART_ROWS) -> Iterator[Part]:
     """:func:`dumps_records` in parts whose concatenation is the same bytes, made
     ``part_rows`` records at a time, so a writer can write each part while the next is
     serialised; the long shared strings are never copied into the output at all.
+    ``rows`` is consumed ``part_rows`` at a time (it may be a generator that makes
+    them).
 
     Each part is a list of buffers: orjson's encoding of a slice of ``rows`` (the list's
     brackets cut off, the separator orjson puts between two elements in front) with
@@ -248,16 +253,19 @@ def iter_dumps_records(rows: list[dict[str, Any]], shared_keys: tuple[str, ...] 
     same bytes object holding that string's encoding (encoded once per distinct string).
     """
     option = orjson.OPT_INDENT_2 if indent else 0
-    if not rows:
+    it = iter(rows)
+    batch = list(islice(it, part_rows))
+    if not batch:
         yield orjson.dumps([], option=option)
         return
     # orjson writes a non-empty list as OPEN, the elements joined by SEP, CLOSE
     open_, sep, close = (b"[\n", b",\n", b"\n]") if indent else (b"[", b",", b"]")
     encoded: dict[str, bytes] = {}
-    for start in range(0, len(rows), part_rows):
+    first = True
+    while batch:
         chunk = []
         shared: list[bytes] = []  # the encoded strings, in the order they are written
-        for row in rows[start:start + part_rows]:
+        for row in batch:
             patch = None
             for key in shared_keys:
                 value = row.get(key)
@@ -280,11 +288,14 @@ def iter_dumps_records(rows: list[dict[str, Any]], shared_keys: tuple[str, ...] 
         pieces = body[len(open_):-len(close)].split(_MARK)
         if len(pieces) != len(shared) + 1:  # cannot happen (see _MARK); never write garbage
             raise RuntimeError("iter_dumps_records: shared-string marks out of step")
-        part: list[bytes | memoryview] = [sep if start else open_]
+        part: list[bytes | memoryview] = [open_ if first else sep]
         for piece, enc in zip(pieces, shared, strict=False):
             part += (piece, enc)
         part.append(pieces[-1])
+        del chunk, batch, body
         yield part
+        first = False
+        batch = list(islice(it, part_rows))
     yield close
 
 
@@ -300,10 +311,12 @@ except (AttributeError, ValueError, OSError):
     pass
 
 
-def _writev_all(fd: int, buffers: list[bytes | memoryview]) -> None:
+def _writev_all(fd: int, buffers: list[bytes | memoryview]) -> int:
     """Write ``buffers`` back to back (``os.writev``: the kernel copies each buffer
-    straight into the file, no joined copy is made), resuming after partial writes."""
+    straight into the file, no joined copy is made), resuming after partial writes;
+    returns the number of bytes written."""
     views = [memoryview(b) for b in buffers if len(b)]
+    total = sum(v.nbytes for v in views)
     i = 0
     while i < len(views):
         n = os.writev(fd, views[i:i + _IOV_MAX])
@@ -314,6 +327,24 @@ def _writev_all(fd: int, buffers: list[bytes | memoryview]) -> None:
                 break
             n -= size
             i += 1
+    return total
+
+
+def _sync_file_range() -> Any:
+    """Linux's ``sync_file_range`` (through libc), or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # start writing back the range's dirty pages; do not wait
 
 
 class _TempFile:
@@ -322,7 +353,7 @@ class _TempFile:
     (by its flusher thread), or removed. A failed write is kept in ``error`` and fails
     the file at the end."""
 
-    __slots__ = ("path", "fd", "tmp", "error")
+    __slots__ = ("path", "fd", "tmp", "error", "size")
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,19 +361,28 @@ class _TempFile:
         self.fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
                                              dir=path.parent)
         self.error: BaseException | None = None
+        self.size = 0
 
     def write(self, data: Part) -> None:
+        """Append ``data``, then (on Linux) start writing it back to disk at once, so
+        that the final fsync finds most of the file already written."""
         if self.error is not None:
             return
         try:
             if type(data) is list:
-                _writev_all(self.fd, data)
+                n = _writev_all(self.fd, data)
             else:
                 view = memoryview(data)
+                n = view.nbytes
                 while view:
                     view = view[os.write(self.fd, view):]
         except BaseException as exc:  # noqa: B036 (re-raised by finish)
             self.error = exc
+            return
+        if _SYNC_FILE_RANGE is not None and n:
+            # only a hint (errors are ignored): the fsync in finish() is what counts
+            _SYNC_FILE_RANGE(self.fd, self.size, n, _SYNC_FILE_RANGE_WRITE)
+        self.size += n
 
     def discard(self) -> None:
         try:

@@ -35,7 +35,7 @@ from simia.io import (
     write_json,
     write_jsonl,
 )
-from simia.processing import OutputFormat, iter_dumps_processed, process_conversations
+from simia.processing import OutputFormat, ProcessRun, iter_dumps_processed
 from simia.records import load_processed, load_raw
 from simia.rules import score_all
 
@@ -169,15 +169,15 @@ def process_stage(
         return done
 
     t0 = time.perf_counter()
-    with _gc_paused():
+    # processed.json is written (and flushed to disk) part by part while the rest of the
+    # conversations are processed
+    with _gc_paused(), BackgroundFlush() as flush:
         raw, invalid = load_raw(raw_path, skip_invalid=skip_invalid_records,
                                 data=data["raw_conversations"])
-        result = process_conversations(raw, dom, policy, output_format, invalid,
-                                       extract_embedded_calls)
+        run = ProcessRun(raw, dom, policy, output_format, invalid, extract_embedded_calls)
         del raw
-    # each part of processed.json is written while the next is serialised
-    with BackgroundFlush() as flush:
-        flush.write_parts(outputs[0], iter_dumps_processed(result.kept))
+        flush.write_parts(outputs[0], iter_dumps_processed(run))
+        result = run.result
         flush.write(outputs[1], dumps_jsonl(r.as_dict() for r in result.rejects))
     sig = signature()
     summary = {**result.summary(), "input_file": str(raw_path),

@@ -266,3 +266,18 @@ def test_pipeline_output_alternates_on_synthetic_data():
             if fmt is HERMES:
                 assert {t["from"] for t in row["conversations"]} <= {"human", "gpt"}
             assert "<think>" not in json.dumps(row["conversations"])
+
+
+def test_process_run_yields_the_kept_rows_as_it_goes_and_then_the_result():
+    from simia.domains import DOMAINS
+    from simia.processing import ProcessRun, process_conversations
+    from simia.synthetic import generate_raw, synthetic_policy
+    raw = generate_raw(30, seed=3)
+    domain, policy = DOMAINS["telecom"], synthetic_policy()
+    run = ProcessRun(raw, domain, policy)
+    with pytest.raises(RuntimeError, match="iterate"):
+        run.result  # noqa: B018
+    rows = list(run)
+    whole = process_conversations(raw, domain, policy)
+    assert rows == whole.kept == run.result.kept
+    assert run.result.summary() == whole.summary()
