@@ -67,6 +67,9 @@ class Stats:
             self.counts[what] += n
 
 
+_ROLE_SET = frozenset(ROLES)
+
+
 def _turn(role: str, value: str) -> dict[str, Any]:
     return {"from": role, "value": value}
 
@@ -82,6 +85,15 @@ def split_embedded_turns(turns: TurnList, stats: Stats | None = None, *,
     before it stays gpt), which the validation step then checks like any other call.
     Turns with an unknown role are rejected here.
     """
+    # the common case, checked in a few C-level passes: every role known and no gpt
+    # value holds a marker (then every turn stays as it is)
+    try:
+        if _ROLE_SET.issuperset([t.get("from") for t in turns]):
+            gpt = "\0".join([t.get("value") for t in turns if t.get("from") == "gpt"])
+            if "HUMAN:" not in gpt and (not extract_calls or "FUNCTION_CALL:" not in gpt):
+                return list(turns)
+    except TypeError:  # an unhashable role or a value that is not text: see below
+        pass
     out: TurnList = []
     for i, t in enumerate(turns):
         role = t.get("from")
