@@ -31,6 +31,18 @@ per level:
    `DockerOperator` per level) runs `llamafactory-cli train` in the trainer image on
    leased GPUs (or the CPU image), streams its log here and returns final loss, steps,
    runtime and the model path. A level already trained with the same config is skipped.
+7. Per level, right after its training (the `level` task group, one mapped instance per
+   level): **serve_model** (setup) starts an OpenAI-compatible server (vLLM on GPUs, or
+   the same chat template and tool parser with transformers on the CPU) on a Docker
+   network of its own and waits for its health check; **evaluate_tau2** runs tau2-bench
+   telecom (or, where tau2 cannot be installed, our small CI evaluator) against it and
+   writes `eval/<level>/results.json`;
+   **stop_model_server** (teardown) always removes the server and its network, also when
+   the evaluation fails or is cleared.
+8. **report_results**: `report/report.md` and `report/report.html` with plots: pass^k by
+   level with bootstrap confidence intervals, the paired comparison with 0 %, a trend test,
+   the smallest detectable effect, the data funnel, tokens and cost, training losses. It
+   runs even when a level failed (the report says what is missing) and then fails the run.
 
 Every run writes under `<data_root>/simia_sycophancy_experiment/<run_id>/`; each stage
 writes atomically and, when retried or cleared, skips work already done. LLM usage
@@ -43,15 +55,19 @@ one line per call.
 with Bedrock access, or an OpenAI-compatible server (`llm_backend = openai`); for
 training a Docker engine with the trainer image (`docker/trainer/`), the NVIDIA runtime
 for GPUs (`SIMIA_GPU_IDS`), and optionally a `huggingface_default` connection whose
-password is a Hugging Face token.
+password is a Hugging Face token; for tau2's user simulator an `openai_default`
+connection whose password is the OpenAI key (or another litellm model in `user_llm`).
 """
 
 from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta
+from pathlib import Path
 
-from airflow.sdk import Asset, Param, TriggerRule, dag, get_current_context, task
+from airflow.sdk import Asset, Param, TriggerRule, dag, get_current_context, task, task_group
+from simia_airflow.evaluation import EvaluateTau2Operator
+from simia_airflow.serving import ServeModelOperator, StopModelServerOperator
 from simia_airflow.training import TrainModelOperator
 
 DAG_ID = "simia_sycophancy_experiment"
@@ -65,11 +81,22 @@ TRAINING_SLOTS = max(1, N_GPUS)
 DEFAULT_TRAINER_IMAGE = os.environ.get("SIMIA_TRAINER_IMAGE",
                                        "simia/trainer:cuda" if N_GPUS else "simia/trainer:cpu")
 
+# production: vLLM + tau2-bench; without GPUs: simia.chat_server (CPU evaluator image)
+DEFAULT_SERVE_BACKEND = "vllm" if N_GPUS else "transformers"
+DEFAULT_SERVER_IMAGE = os.environ.get(
+    "SIMIA_SERVER_IMAGE", "vllm/vllm-openai:v0.10.1.1" if N_GPUS else "simia/evaluator:cpu")
+DEFAULT_EVALUATOR = os.environ.get("SIMIA_EVALUATOR", "tau2")
+DEFAULT_EVALUATOR_IMAGE = os.environ.get(
+    "SIMIA_EVALUATOR_IMAGE",
+    "simia/evaluator:tau2" if DEFAULT_EVALUATOR == "tau2" else "simia/evaluator:cpu")
+
 RAW = Asset(name="simia_raw_conversations", uri="simia://experiment/raw_conversations")
 PROCESSED = Asset(name="simia_processed_conversations", uri="simia://experiment/processed")
 SCORES = Asset(name="simia_sycophancy_scores", uri="simia://experiment/scores")
 DATASETS = Asset(name="simia_sft_datasets", uri="simia://experiment/sft_datasets")
 MODELS = Asset(name="simia_trained_models", uri="simia://experiment/models")
+EVALUATIONS = Asset(name="simia_tau2_results", uri="simia://experiment/tau2_results")
+REPORT = Asset(name="simia_report", uri="simia://experiment/report")
 
 # mapped tasks do not take their doc from the docstring
 GENERATE_DOC = ("Generate this shard's share of the target conversations. Every finished item "
@@ -82,6 +109,18 @@ TRAIN_DOC = ("Fine-tune one model on this level's dataset with `llamafactory-cli
              "with the same config is skipped; leftovers of an earlier try are removed first. "
              "GPUs are leased by id, so concurrent trainings never share one. Needs a Docker "
              "engine; the HF token (if any) comes from the `huggingface_default` connection.")
+SERVE_DOC = ("Start this level's model server (setup): vLLM on leased GPUs, or a "
+             "vLLM-compatible transformers server on the CPU, on a Docker network of its "
+             "own; no port is published. Waits for the container's health check "
+             "(GET /v1/models) and fails fast with the server's last log lines if it exits "
+             "or times out, removing what it started.")
+EVAL_DOC = ("Run tau2-bench telecom (`tau2 run`, or the CI evaluator where tau2 cannot be "
+            "installed) against this level's server; writes eval/<level>/results.json and "
+            "eval_summary.json. A finished evaluation is not repeated; an interrupted one "
+            "continues (--auto-resume). The user simulator's key comes from the "
+            "`openai_default` connection.")
+STOP_DOC = ("Remove this level's server, any evaluator container left on its network, the "
+            "network and its GPU claims (teardown: runs also when the evaluation failed).")
 JUDGE_DOC = ("The LLM judge on this shard's processed conversations, checkpointed per "
              "conversation (judge/judge-shard-K-of-N.jsonl); unparseable replies are kept as "
              "failures with their raw text.")
@@ -290,6 +329,89 @@ def _run_dir() -> str:
         "shm_size_gb": Param(16, type="number", exclusiveMinimum=0, title="Shared memory (GB)",
                              description="/dev/shm of the trainer container.",
                              section="Training"),
+
+        "evaluate_models": Param(True, type="boolean", title="Serve and evaluate",
+                                 description="Off: stop after training.", section="Serving"),
+        "serve_backend": Param(
+            DEFAULT_SERVE_BACKEND, type="string",
+            enum=["vllm", "transformers", "llamafactory-api"], title="Server backend",
+            description="vllm (GPUs; the production server); transformers (CPU, machines "
+                        "without a GPU: the chat template + hermes tool parser as vLLM, in "
+                        "simia/evaluator:cpu); llamafactory-api (llamafactory-cli api: rejects "
+                        "tau2's greeting-first conversations).", section="Serving"),
+        "server_image": Param(DEFAULT_SERVER_IMAGE, type="string", minLength=1,
+                              title="Server image",
+                              description="vllm/vllm-openai (pinned) for vllm; "
+                                          "simia/evaluator:cpu for transformers; the trainer "
+                                          "image for llamafactory-api.", section="Serving"),
+        "max_model_len": Param(32768, type="integer", minimum=256, title="Max model length",
+                               description="Tokens per request; tau2's system prompt and 13 "
+                                           "tools take about 8k.", section="Serving"),
+        "gpu_memory_utilization": Param(0.9, type="number", exclusiveMinimum=0, maximum=1,
+                                        title="GPU memory fraction",
+                                        description="vLLM's --gpu-memory-utilization.",
+                                        section="Serving"),
+        "gpus_per_server": Param(1, type="integer", minimum=0, title="GPUs per server",
+                                 description="Leased like training GPUs (tensor parallel). "
+                                             "0 with llamafactory-api.", section="Serving"),
+        "server_startup_timeout_s": Param(
+            1200, type="number", minimum=10, title="Server start timeout (s)",
+            description="serve_model fails (with the server's log) if the server is not "
+                        "healthy by then.", section="Serving"),
+        "server_extra_args": Param([], type="array", items={"type": "string"},
+                                   title="Extra server arguments",
+                                   description='e.g. ["--enforce-eager"].', section="Serving"),
+        "evaluator": Param(DEFAULT_EVALUATOR, type="string", enum=["tau2", "simia-ci"],
+                           title="Evaluator",
+                           description="tau2: tau2-bench v1.0.1 (docker/evaluator). simia-ci: "
+                                       "our small tau2-format evaluator for machines where tau2 "
+                                       "cannot be installed (not comparable with tau2 scores).",
+                           section="Evaluation"),
+        "evaluator_image": Param(DEFAULT_EVALUATOR_IMAGE, type="string", minLength=1,
+                                 title="Evaluator image", description="simia/evaluator:tau2 "
+                                 "or simia/evaluator:cpu.", section="Evaluation"),
+        "eval_domain": Param("telecom", type="string", enum=["telecom"], title="tau2 domain",
+                             description="The domain the data simulates.",
+                             section="Evaluation"),
+        "task_split": Param("base", type="string", enum=["base", "train", "test", "small"],
+                            title="Task split", description="tau2 telecom: base 114 tasks, "
+                            "train 74, test 40, small 20.", section="Evaluation"),
+        "num_tasks": Param(0, type="integer", minimum=0, title="Tasks",
+                           description="0: every task of the split.", section="Evaluation"),
+        "num_trials": Param(4, type="integer", minimum=1, maximum=32, title="Trials",
+                            description="Trials per task (pass^k up to k = trials).",
+                            section="Evaluation"),
+        "user_llm": Param("gpt-4.1-2025-04-14", type="string", minLength=1,
+                          title="User simulator model", description="litellm model name.",
+                          section="Evaluation"),
+        "user_llm_args": Param({}, type="object", title="User simulator arguments",
+                               description='e.g. {"api_base": "http://host:8001/v1"}; '
+                                           "temperature is set below. No keys here.",
+                               section="Evaluation"),
+        "user_llm_conn_id": Param("openai_default", type="string", title="User simulator "
+                                  "connection", description="Its password is passed as "
+                                  "OPENAI_API_KEY (never logged).", section="Evaluation"),
+        "agent_temperature": Param(0.0, type="number", minimum=0, maximum=2,
+                                   title="Agent temperature", section="Evaluation",
+                                   description="Always passed explicitly."),
+        "user_temperature": Param(0.0, type="number", minimum=0, maximum=2,
+                                  title="User temperature", section="Evaluation",
+                                  description="Always passed explicitly."),
+        "agent_llm_args": Param({}, type="object", title="Agent request arguments",
+                                description='e.g. {"max_tokens": 1024}.', section="Evaluation"),
+        "eval_max_concurrency": Param(8, type="integer", minimum=1, maximum=128,
+                                      title="Concurrent simulations", section="Evaluation",
+                                      description="tau2's --max-concurrency."),
+        "eval_max_steps": Param(200, type="integer", minimum=1, title="Max steps",
+                                description="Per simulation.", section="Evaluation"),
+        "eval_seed": Param(300, type="integer", title="Evaluation seed",
+                           description="tau2's --seed.", section="Evaluation"),
+        "eval_data_dir": Param("", type="string", title="tau2 data for the evaluator",
+                               description="Empty: the data inside the evaluator image.",
+                               section="Evaluation"),
+        "eval_timeout_h": Param(12, type="number", exclusiveMinimum=0,
+                                title="Evaluation timeout (h)", section="Evaluation",
+                                description="Per level."),
     },
 )
 def simia_sycophancy_experiment():
@@ -427,11 +549,15 @@ def simia_sycophancy_experiment():
     judged = judge_conversations.partial(processed=processed).expand(
         shard=plan_judging(processed))
     @task
-    def plan_training(built: dict) -> list[dict]:
-        """Write each level's LLaMA-Factory YAML (train/<level>/train_config.yaml) and the
-        container settings of its training; none when train_models is off."""
+    def plan_levels(built: dict) -> list[dict]:
+        """Per level: the LLaMA-Factory YAML (train/<level>/train_config.yaml) and the
+        trainer container, then the server and evaluator settings; none when
+        train_models is off. Bad training, GPU, serving or evaluation Params fail here,
+        once, before any container starts."""
+        from simia.evaluation import EvalSettings
         from simia.gpus import check_request, parse_gpu_ids
         from simia.paths import data_root_child
+        from simia.serving import ServerSettings
         from simia.training import (ContainerSettings, TrainingConfig, container_spec,
                                     plan_level)
 
@@ -439,8 +565,8 @@ def simia_sycophancy_experiment():
         p = ctx["params"]
         if not p["train_models"]:
             return []
-        # bad GPU Params fail here, once, before any container starts
-        check_request(parse_gpu_ids(p["gpu_ids"]), p["gpus_per_training"])
+        gpu_ids = parse_gpu_ids(p["gpu_ids"])
+        check_request(gpu_ids, p["gpus_per_training"])
         cfg = TrainingConfig(
             model=p["base_model"], template=p["template"],
             finetuning_type=p["finetuning_type"], num_train_epochs=p["epochs"],
@@ -450,31 +576,98 @@ def simia_sycophancy_experiment():
             neat_packing=p["neat_packing"], flash_attn=p["flash_attn"], bf16=p["bf16"],
             deepspeed=p["deepspeed"], preprocessing_num_workers=p["preprocessing_workers"],
             seed=p["seed"], extra=p["train_extra"])
+        cache = p["model_cache_dir"] or str(data_root_child(p["data_root"], "hf-cache"))
         settings = ContainerSettings(
             image=p["trainer_image"], gpus_per_training=p["gpus_per_training"],
-            model_cache_dir=p["model_cache_dir"] or str(data_root_child(p["data_root"],
-                                                                         "hf-cache")),
-            hub_offline=p["hub_offline"], shm_size_gb=p["shm_size_gb"])
+            model_cache_dir=cache, hub_offline=p["hub_offline"], shm_size_gb=p["shm_size_gb"])
+        gpus_per_server = p["gpus_per_server"] if p["serve_backend"] == "vllm" else 0
+        check_request(gpu_ids, gpus_per_server)
+        server = ServerSettings(
+            backend=p["serve_backend"], image=p["server_image"],
+            max_model_len=p["max_model_len"], gpu_memory_utilization=p["gpu_memory_utilization"],
+            gpus_per_server=gpus_per_server, template=p["template"],
+            startup_timeout_s=p["server_startup_timeout_s"], seed=p["seed"],
+            extra_args=tuple(p["server_extra_args"]), model_cache_dir=cache,
+            hub_offline=p["hub_offline"])
+        evaluation = EvalSettings(
+            evaluator=p["evaluator"], image=p["evaluator_image"], domain=p["eval_domain"],
+            task_split=p["task_split"], num_tasks=p["num_tasks"], num_trials=p["num_trials"],
+            user_llm=p["user_llm"], user_llm_args=p["user_llm_args"],
+            agent_temperature=p["agent_temperature"], user_temperature=p["user_temperature"],
+            agent_llm_args=p["agent_llm_args"], max_concurrency=p["eval_max_concurrency"],
+            max_steps=p["eval_max_steps"], seed=p["eval_seed"],
+            tau2_data_dir=p["eval_data_dir"], timeout_s=p["eval_timeout_h"] * 3600)
         run = _run_dir()
         run_key = f"{DAG_ID}/{ctx['run_id']}"
+        lock_dir = str(data_root_child(p["data_root"], ".locks/gpus"))
         out = []
         for level in sorted(p["levels"]):
             plan = plan_level(cfg, datasets_dir=built["dataset_dir"], train_dir=f"{run}/train",
                               level=level, run_key=run_key)
             spec = container_spec(cfg, plan, run, settings)
-            out.append({**spec, "plan": plan.as_dict(),
-                        "labels": {"simia.dag_id": DAG_ID, "simia.run_id": ctx["run_id"],
-                                   "simia.level": f"{level:g}", "simia.stage": "train"},
-                        "gpus_per_training": p["gpus_per_training"],
-                        "gpu_ids": p["gpu_ids"],
-                        "lock_dir": str(data_root_child(p["data_root"], ".locks/gpus"))})
+            out.append({
+                "level": float(level), "run_dir": run, "run_key": run_key,
+                "run_id": ctx["run_id"], "lock_dir": lock_dir, "gpu_ids": p["gpu_ids"],
+                "train_dir": str(Path(plan.output_dir).parent),
+                "evaluate": p["evaluate_models"],
+                "train": {**spec, "plan": plan.as_dict(),
+                          "labels": {"simia.dag_id": DAG_ID, "simia.run_id": ctx["run_id"],
+                                     "simia.level": f"{level:g}", "simia.stage": "train"},
+                          "gpus_per_training": p["gpus_per_training"],
+                          "gpu_ids": p["gpu_ids"], "lock_dir": lock_dir},
+                "server": server.model_dump(mode="json"),
+                "eval": evaluation.model_dump(mode="json")})
         return out
 
+    @task_group(group_id="level")
+    def level(plan):
+        """One level: train, then serve and evaluate (server torn down on every path)."""
+        trained = TrainModelOperator(
+            task_id="train_model", level=plan, doc_md=TRAIN_DOC, outlets=[MODELS],
+            max_active_tis_per_dag=TRAINING_SLOTS, retries=1,
+            execution_timeout=timedelta(hours=48))
+        served = ServeModelOperator(task_id="serve_model", level=plan, doc_md=SERVE_DOC,
+                                    retries=1, execution_timeout=timedelta(hours=8))
+        evaluated = EvaluateTau2Operator(
+            task_id="evaluate_tau2", level=plan, server=served.output, doc_md=EVAL_DOC,
+            outlets=[EVALUATIONS], retries=1, execution_timeout=timedelta(hours=48))
+        stopped = StopModelServerOperator(task_id="stop_model_server", level=plan,
+                                          doc_md=STOP_DOC, retries=3)
+        trained >> served >> evaluated >> stopped
+        stopped.as_teardown(setups=served)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[REPORT], retries=1)
+    def report_results() -> dict:
+        """report/report.md + report.html with plots; fails the run (after writing the
+        report) when a level that should have been trained or evaluated was not."""
+        from simia.evaluation import missing_evaluations, missing_trainings
+        from simia.report import write_report
+
+        p = get_current_context()["params"]
+        run = _run_dir()
+        written = write_report(run)
+        get_current_context()["outlet_events"][REPORT].extra = {"path": written["report_dir"]}
+        problems = []
+        if p["train_models"]:
+            untrained = missing_trainings(run, p["levels"])
+            if untrained:
+                problems.append(f"level(s) {', '.join(f'{m:g} %' for m in untrained)} were "
+                                "not trained (see train_model)")
+            if p["evaluate_models"]:
+                missing = [m for m in missing_evaluations(run, p["levels"], p["num_trials"])
+                           if m not in untrained]
+                if missing:
+                    problems.append(
+                        f"level(s) {', '.join(f'{m:g} %' for m in missing)} have no "
+                        "complete evaluation results (see serve_model and evaluate_tau2)")
+        if problems:
+            raise RuntimeError(
+                f"the report is written ({written['report_dir']}/report.md), but "
+                f"{'; '.join(problems)}. Fix the failed task of that level and clear it; "
+                "then clear this task.")
+        return written
+
     built = build_sft_datasets(processed, score_sycophancy(processed, judged))
-    TrainModelOperator.partial(
-        task_id="train_model", doc_md=TRAIN_DOC, outlets=[MODELS],
-        max_active_tis_per_dag=TRAINING_SLOTS, retries=1,
-        execution_timeout=timedelta(hours=48),
-    ).expand_kwargs(plan_training(built))
+    level.expand(plan=plan_levels(built)) >> report_results()
 
 simia_sycophancy_experiment()

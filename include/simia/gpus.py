@@ -7,6 +7,13 @@ folder, held with ``flock`` for as long as the container runs. The kernel drops 
 when its holder dies (even by SIGKILL), so a crashed worker never leaks a GPU.
 A training that cannot get enough free GPUs waits (logging who holds them) up to a
 timeout, then fails with a clear message.
+
+A model server outlives the task that starts it, so it cannot hold a ``flock``. It
+*claims* its GPUs instead: while holding their locks, the starting task writes
+``gpu-<id>.claim`` naming the server container, then lets the locks go. A lease skips
+a GPU whose claim names a container that is still alive (asked through a callback, e.g.
+the Docker API); the server's teardown deletes its claims, and a claim whose container
+is gone is stale and removed.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from types import TracebackType
 
 from simia.errors import ConfigError
 
-__all__ = ["GpuLease", "GpuLeaseTimeout", "check_request", "parse_gpu_ids"]
+__all__ = ["GpuLease", "GpuLeaseTimeout", "check_request", "parse_gpu_ids", "release_claims"]
 
 
 class GpuLeaseTimeout(TimeoutError):
@@ -60,11 +67,14 @@ class GpuLease:
         wait_s: Give up after this many seconds without enough free GPUs.
         poll_s: Seconds between attempts while waiting.
         log: Called with a progress message while waiting.
+        claim_alive: Tells whether the holder named in a GPU's claim file (a server
+            container) is still alive; ``None`` treats every claim as alive.
     """
 
     def __init__(self, lock_dir: str | Path, gpu_ids: list[str], count: int, *,
                  holder: str = "", wait_s: float = 3600.0, poll_s: float = 5.0,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 claim_alive: Callable[[str], bool] | None = None) -> None:
         check_request(gpu_ids, count)
         self.lock_dir = Path(lock_dir)
         self.gpu_ids = list(gpu_ids)
@@ -73,8 +83,40 @@ class GpuLease:
         self.wait_s = wait_s
         self.poll_s = poll_s
         self.log = log or (lambda _msg: None)
+        self.claim_alive = claim_alive
         self.ids: list[str] = []
         self._fds: list[int] = []
+
+    def _claim_file(self, gpu: str) -> Path:
+        return self.lock_dir / f"gpu-{gpu}.claim"
+
+    def _claimed(self, gpu: str) -> bool:
+        """A live claim on ``gpu`` (called with its lock held); stale claims are removed."""
+        path = self._claim_file(gpu)
+        try:
+            holder = path.read_text().strip()
+        except FileNotFoundError:
+            return False
+        if not holder:
+            path.unlink(missing_ok=True)
+            return False
+        if self.claim_alive is None or self.claim_alive(holder):
+            return True
+        self.log(f"GPU {gpu}: removing the stale claim of {holder} (no longer running)")
+        path.unlink(missing_ok=True)
+        return False
+
+    def claim(self, holder: str) -> None:
+        """Mark the leased GPUs as used by ``holder`` beyond this lease (a server).
+
+        Call while the lease is held; :func:`release_claims` undoes it.
+        """
+        if len(self._fds) != self.count:
+            raise RuntimeError("claim() needs the lease to be held")
+        for gpu in self.ids:
+            tmp = self._claim_file(gpu).with_suffix(f".claim.tmp{os.getpid()}")
+            tmp.write_text(f"{holder}\n")
+            os.replace(tmp, self._claim_file(gpu))
 
     def _try_once(self) -> bool:
         for gpu in self.gpu_ids:
@@ -84,6 +126,10 @@ class GpuLease:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                os.close(fd)
+                continue
+            if self._claimed(gpu):
+                fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
                 continue
             os.ftruncate(fd, 0)
@@ -102,6 +148,12 @@ class GpuLease:
                 text = (self.lock_dir / f"gpu-{gpu}.lock").read_text().strip()
             except OSError:
                 text = ""
+            try:
+                claim = self._claim_file(gpu).read_text().strip()
+            except OSError:
+                claim = ""
+            if claim:
+                text = f"{text or '?'}, claimed by {claim}"
             out.append(f"{gpu}: {text or '?'}")
         return "; ".join(out)
 
@@ -145,3 +197,16 @@ class GpuLease:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.release()
+
+
+def release_claims(lock_dir: str | Path, holder: str) -> list[str]:
+    """Delete the GPU claims of ``holder``; the ids it had claimed."""
+    released = []
+    for path in sorted(Path(lock_dir).glob("gpu-*.claim")):
+        try:
+            if path.read_text().strip() == holder:
+                path.unlink(missing_ok=True)
+                released.append(path.name[len("gpu-"):-len(".claim")])
+        except FileNotFoundError:
+            continue
+    return released

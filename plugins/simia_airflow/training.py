@@ -53,6 +53,11 @@ class TrainModelOperator(DockerOperator):
     """Train one level with ``llamafactory-cli train CONFIG`` in a container.
 
     Args:
+        level: The level's plan from ``plan_levels`` (templated; a mapped argument in the
+            per-level task group). Its ``train`` entry (image, command, environment,
+            mounts, shm size, user, container name, labels, ``plan``, GPU settings) is
+            applied when the task runs. Alternatively pass ``plan`` and the Docker
+            arguments directly.
         plan: ``simia.training.TrainingPlan.as_dict()`` of the level (paths are the same
             on the host, in the worker and in the container).
         gpu_ids: GPUs this pipeline may use, comma-separated ("" = none: CPU training).
@@ -64,12 +69,19 @@ class TrainModelOperator(DockerOperator):
         Everything else: ``DockerOperator`` (image, command, environment, mounts, ...).
     """
 
-    def __init__(self, *, plan: dict[str, Any], gpu_ids: str = "", gpus_per_training: int = 0,
+    template_fields = (*DockerOperator.template_fields, "level")
+
+    def __init__(self, *, level: Any = None, plan: dict[str, Any] | None = None,
+                 gpu_ids: str = "", gpus_per_training: int = 0,
                  lock_dir: str = "/tmp/simia-gpu-locks", gpu_wait_s: float = 6 * 3600,
                  hf_conn_id: str | None = "huggingface_default", **kwargs: Any) -> None:
+        if level is None and plan is None:
+            raise ValueError("TrainModelOperator needs level= (from plan_levels) or plan=")
+        kwargs.setdefault("image", "simia/trainer")  # replaced by the level's settings
         kwargs.setdefault("auto_remove", "success")
         kwargs.setdefault("mount_tmp_dir", False)
         super().__init__(**kwargs)
+        self.level = level
         self.plan = plan
         self.gpu_ids = gpu_ids
         self.gpus_per_training = gpus_per_training
@@ -108,6 +120,22 @@ class TrainModelOperator(DockerOperator):
             removed.append(cid)
         return removed
 
+    def _apply_level(self) -> None:
+        """Take the container settings from the rendered level plan."""
+        train = self.level["train"]
+        self.plan = train["plan"]
+        self.image = train["image"]
+        self.command = train["command"]
+        self.environment = train["environment"]
+        self.mounts = train["mounts"]
+        self.shm_size = train["shm_size"]
+        self.user = train["user"]
+        self.container_name = train["container_name"]
+        self.labels = {**(self.labels or {}), **train["labels"]}
+        self.gpu_ids = train["gpu_ids"]
+        self.gpus_per_training = train["gpus_per_training"]
+        self.lock_dir = train["lock_dir"]
+
     # -- the task --------------------------------------------------------------------
     def execute(self, context: Any) -> dict[str, Any]:
         from docker.types import DeviceRequest
@@ -115,6 +143,10 @@ class TrainModelOperator(DockerOperator):
         from simia.training import (TrainingPlan, completed_summary, read_training_result,
                                     write_summary)
 
+        from simia_airflow.serving import container_alive
+
+        if self.level is not None:
+            self._apply_level()
         plan = TrainingPlan(**self.plan)
         done = completed_summary(plan.output_dir, plan.config_sha256)
         if done is not None:
@@ -130,7 +162,8 @@ class TrainModelOperator(DockerOperator):
 
         lease = GpuLease(self.lock_dir, parse_gpu_ids(self.gpu_ids), self.gpus_per_training,
                          holder=f"{self.container_name} ({context['run_id']})",
-                         wait_s=self.gpu_wait_s, log=self.log.info)
+                         wait_s=self.gpu_wait_s, log=self.log.info,
+                         claim_alive=lambda holder: container_alive(self.cli, holder))
         with lease as ids:
             if ids:
                 self.device_requests = [DeviceRequest(device_ids=ids,

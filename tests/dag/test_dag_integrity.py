@@ -34,7 +34,7 @@ def test_dag_settings(dagbag):
     assert {"simia", "sycophancy"} <= set(dag.tags)
     assert dag.doc_md and "process_conversations" in dag.doc_md
     assert dag.catchup is False and dag.max_active_runs == 1
-    assert [t.task_id for t in dag.topological_sort()][-1] == "train_model"
+    assert [t.task_id for t in dag.topological_sort()][-1] == "report_results"
     for task in dag.tasks:
         assert task.retries >= 1, task.task_id
         assert task.doc_md, f"{task.task_id} has no doc"
@@ -49,7 +49,9 @@ def test_outputs_are_assets(dagbag):
         "process_conversations": ["simia_processed_conversations"],
         "score_sycophancy": ["simia_sycophancy_scores"],
         "build_sft_datasets": ["simia_sft_datasets"],
-        "train_model": ["simia_trained_models"],
+        "level.train_model": ["simia_trained_models"],
+        "level.evaluate_tau2": ["simia_tau2_results"],
+        "report_results": ["simia_report"],
     }
 
 
@@ -68,7 +70,10 @@ def test_params_have_titles_and_reject_bad_values(dagbag):
                       ("target_conversations", 0), ("llm_backend", "azure"),
                       ("finetuning_type", "qlora"), ("deepspeed", "zero1"), ("epochs", 0),
                       ("learning_rate", 0), ("gpus_per_training", -1), ("cutoff_len", 8),
-                      ("flash_attn", "fa3"), ("train_extra", "warmup")]:
+                      ("flash_attn", "fa3"), ("train_extra", "warmup"),
+                      ("serve_backend", "tgi"), ("num_trials", 0), ("evaluator", "tau3"),
+                      ("gpu_memory_utilization", 1.5), ("task_split", "all"),
+                      ("server_extra_args", "--enforce-eager"), ("user_llm_args", "x")]:
         with pytest.raises(ParamValidationError):
             dag.params.get_param(name).resolve(bad)
 
@@ -76,7 +81,7 @@ def test_params_have_titles_and_reject_bad_values(dagbag):
 def test_generation_and_judging_are_mapped_shards(dagbag):
     dag = dagbag.dags[DAG_ID]
     mapped = {t.task_id for t in dag.tasks if type(t).__name__.endswith("MappedOperator")}
-    assert mapped == {"generate_conversations", "judge_conversations", "train_model"}
+    assert mapped == {"generate_conversations", "judge_conversations"}
     order = [t.task_id for t in dag.topological_sort()]
     assert order.index("generate_seeds") < order.index("generate_conversations") \
         < order.index("merge_generation") < order.index("process_conversations") \
@@ -96,13 +101,23 @@ def test_parse_time_imports_are_light():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_training_is_a_mapped_docker_operator_after_the_datasets(dagbag):
+def test_each_level_trains_serves_evaluates_and_tears_down_in_a_mapped_group(dagbag):
     from airflow.providers.docker.operators.docker import DockerOperator
 
     dag = dagbag.dags[DAG_ID]
-    train = dag.get_task("train_model")
-    assert issubclass(train.operator_class, DockerOperator)
-    assert train.partial_kwargs["max_active_tis_per_dag"] >= 1
-    upstream = {t.task_id for t in dag.get_task("plan_training").upstream_list}
-    assert upstream == {"build_sft_datasets"}
-    assert {t.task_id for t in train.upstream_list} == {"plan_training"}
+    group = dag.task_group_dict["level"]
+    assert type(group).__name__ == "MappedTaskGroup"
+    train, serve, evaluate, stop = (dag.get_task(f"level.{t}") for t in (
+        "train_model", "serve_model", "evaluate_tau2", "stop_model_server"))
+    assert isinstance(train, DockerOperator) and isinstance(evaluate, DockerOperator)
+    assert train.max_active_tis_per_dag >= 1
+    assert {t.task_id for t in dag.get_task("plan_levels").upstream_list} == {
+        "build_sft_datasets"}
+    assert {t.task_id for t in train.upstream_list} == {"plan_levels"}
+    assert {t.task_id for t in serve.upstream_list} == {"level.train_model", "plan_levels"}
+    assert serve.is_setup and stop.is_teardown and not evaluate.is_setup
+    assert {t.task_id for t in stop.upstream_list} >= {"level.serve_model",
+                                                       "level.evaluate_tau2"}
+    report = dag.get_task("report_results")
+    assert report.trigger_rule == "all_done"
+    assert "level.evaluate_tau2" in {t.task_id for t in report.upstream_list}

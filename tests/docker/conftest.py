@@ -61,3 +61,13 @@ def model_cache(tmp_path_factory) -> Path:
     """HF_HOME for the containers, shared by the session (DeepSpeed's compiled ops)."""
     return tmp_path_factory.mktemp("hf-cache")
 
+
+
+@pytest.fixture(scope="session")
+def evaluator_cpu_image(trainer_cpu_image) -> str:
+    """The CPU evaluator image (trainer + the simia package: the CI evaluator and the
+    CPU chat server), rebuilt when the package changed."""
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "build_images.sh"), "evaluator-cpu"],
+                          capture_output=True, text=True, timeout=1800, check=False)
+    assert proc.returncode == 0, f"building the CPU evaluator image failed:\n{proc.stderr[-4000:]}"
+    return os.environ.get("SIMIA_EVALUATOR_CPU_IMAGE", "simia/evaluator:cpu")

@@ -1,7 +1,10 @@
-"""The DAG's training stage in real containers: LLaMA-Factory on the CPU trainer image,
-a tiny locally built Qwen2 model, every level of a small run; full fine-tuning with
-DeepSpeed ZeRO-3 and LoRA without it; a bad config fails with LLaMA-Factory's error in
-the task log and leaves no container behind."""
+"""The DAG's model half in real containers: LLaMA-Factory on the CPU trainer image trains
+a tiny locally built Qwen2 model for every level of a small run (full fine-tuning with
+DeepSpeed ZeRO-3, and LoRA without it); each level is then served (the CPU chat server
+on its own Docker network) and evaluated by the CI evaluator, and the report is written
+with its plots. A bad config fails with LLaMA-Factory's error in the task log, a server
+that never becomes healthy fails serve_model within its timeout with the server's log;
+no container or network is left behind on any path."""
 
 from __future__ import annotations
 
@@ -32,7 +35,17 @@ def _conf(tmp_path, raw_file, tau2_dir, image, model, cache, **over) -> dict:
             "bf16": False, "flash_attn": "sdpa", "cutoff_len": 512, "max_steps": 2,
             "learning_rate": 1e-4, "grad_accum": 1, "preprocessing_workers": 1,
             "gpus_per_training": 0, "gpu_ids": "", "model_cache_dir": str(cache),
-            "hub_offline": True, "shm_size_gb": 1, "train_extra": {}}
+            "hub_offline": True, "shm_size_gb": 1, "train_extra": {},
+            "evaluate_models": False, "serve_backend": "transformers",
+            "server_image": "simia/evaluator:cpu", "max_model_len": 4096,
+            "gpu_memory_utilization": 0.9, "gpus_per_server": 0,
+            "server_startup_timeout_s": 300, "server_extra_args": [],
+            "evaluator": "simia-ci", "evaluator_image": "simia/evaluator:cpu",
+            "eval_domain": "telecom", "task_split": "base", "num_tasks": 2, "num_trials": 2,
+            "user_llm": "scripted", "user_llm_args": {}, "user_llm_conn_id": "openai_default",
+            "agent_temperature": 0.0, "user_temperature": 0.0,
+            "agent_llm_args": {"max_tokens": 16}, "eval_max_concurrency": 2,
+            "eval_max_steps": 8, "eval_seed": 300, "eval_data_dir": "", "eval_timeout_h": 1}
     conf.update(over)
     return conf
 
@@ -41,6 +54,11 @@ def containers_with(docker_api, **labels: str) -> list:
     """Every container (running or not) carrying all the given labels."""
     filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
     return docker_api.containers.list(all=True, filters=filters)
+
+
+def networks_with(docker_api, **labels: str) -> list:
+    filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+    return docker_api.networks.list(filters=filters)
 
 
 def _states(dr) -> dict:
@@ -62,45 +80,93 @@ def _check_trained(run: Path, levels: list[str], adapter: bool) -> list[dict]:
     return summaries
 
 
-@pytest.mark.parametrize("finetuning, deepspeed", [("full", "zero3"), ("lora", "none")])
-def test_every_level_trains_in_its_own_container(finetuning, deepspeed, dag, docker_api,
-                                                 trainer_cpu_image, tiny_model, model_cache,
-                                                 raw_file, tau2_dir, tmp_path, monkeypatch,
-                                                 capfd):
+@pytest.mark.parametrize("finetuning, deepspeed, tasks, trials", [
+    ("full", "zero3", 2, 2), ("lora", "none", 1, 1)])
+def test_every_level_trains_serves_and_is_evaluated(finetuning, deepspeed, tasks, trials, dag,
+                                                    docker_api, evaluator_cpu_image,
+                                                    tiny_model, model_cache, raw_file,
+                                                    tau2_dir, tmp_path, monkeypatch, capfd):
     secret = "hf_TEST_secret_4f2b9"  # an HF token in the connection: used, never shown
+    openai_secret = "sk-TEST-openai-77c1"  # the user simulator's key: passed, never shown
     monkeypatch.setenv("AIRFLOW_CONN_HUGGINGFACE_DEFAULT", json.dumps(
         {"conn_type": "generic", "password": secret}))
-    conf = _conf(tmp_path, raw_file, tau2_dir, trainer_cpu_image, tiny_model, model_cache,
-                 finetuning_type=finetuning, deepspeed=deepspeed)
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", json.dumps(
+        {"conn_type": "generic", "password": openai_secret}))
+    conf = _conf(tmp_path, raw_file, tau2_dir, "simia/trainer:cpu", tiny_model, model_cache,
+                 finetuning_type=finetuning, deepspeed=deepspeed, evaluate_models=True,
+                 server_image=evaluator_cpu_image, evaluator_image=evaluator_cpu_image,
+                 num_tasks=tasks, num_trials=trials)
     dr = dag.test(run_conf=conf)
     assert dr.state == "success", _states(dr)
     run = next((tmp_path / DAG_ID).iterdir())
     summaries = _check_trained(run, ["0pct", "20pct"], adapter=finetuning == "lora")
     a, b = (yaml.safe_load(Path(s["config_path"]).read_text()) for s in summaries)
     assert a.keys() == b.keys() and {k for k in a if a[k] != b[k]} == {"dataset", "output_dir"}
-    xcoms = [ti.xcom_pull(task_ids="train_model", map_indexes=ti.map_index)
-             for ti in dr.get_task_instances() if ti.task_id == "train_model"]
+    xcoms = [ti.xcom_pull(task_ids="level.train_model", map_indexes=ti.map_index)
+             for ti in dr.get_task_instances() if ti.task_id == "level.train_model"]
     assert sorted(x["level"] for x in xcoms) == [0, 20] and not any(x["skipped"] for x in xcoms)
+    # every level was served and evaluated: tau2's results format, every task x trial
+    for slug in ("0pct", "20pct"):
+        results = json.loads((run / "eval" / slug / "results.json").read_text())
+        cells = {(s["task_id"], s["trial"]) for s in results["simulations"]}
+        assert len(cells) == tasks * trials
+        summary = json.loads((run / "eval" / slug / "eval_summary.json").read_text())
+        assert summary["evaluator"] == "simia-ci" and summary["model"] == f"simia-{slug}"
+        assert 0.0 <= summary["pass_1"] <= 1.0
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert report["headline"]["verdict"] in ("decrease", "increase", "no_effect")
+    assert {Path(p).name for p in report["plots"]} >= {"pass_k_by_level.png",
+                                                       "training_loss.png"}
+    assert (run / "report" / "report.html").stat().st_size > 10_000
     assert containers_with(docker_api, **{"simia.run_id": dr.run_id}) == []
+    assert networks_with(docker_api, **{"simia.run_id": dr.run_id}) == []
     out = capfd.readouterr()
-    assert secret not in out.out + out.err and secret not in json.dumps(xcoms)
-    assert not [p for p in run.rglob("*") if p.is_file() and p.stat().st_size < 10_000_000
-                and secret.encode() in p.read_bytes()]
+    evals = [ti.xcom_pull(task_ids="level.evaluate_tau2", map_indexes=ti.map_index)
+             for ti in dr.get_task_instances() if ti.task_id == "level.evaluate_tau2"]
+    for token in (secret, openai_secret):
+        assert token not in out.out + out.err and token not in json.dumps(xcoms + evals)
+        assert not [p for p in run.rglob("*") if p.is_file()
+                    and p.stat().st_size < 10_000_000 and token.encode() in p.read_bytes()]
+
+
+def test_a_server_that_never_gets_healthy_fails_within_its_timeout(
+        dag, docker_api, evaluator_cpu_image, tiny_model, model_cache, raw_file, tau2_dir,
+        tmp_path, capfd):
+    # the server listens on another port than its health check asks: up, never healthy
+    conf = _conf(tmp_path, raw_file, tau2_dir, "simia/trainer:cpu", tiny_model, model_cache,
+                 levels=[0], deepspeed="none", evaluate_models=True,
+                 server_image=evaluator_cpu_image, evaluator_image=evaluator_cpu_image,
+                 server_startup_timeout_s=15, server_extra_args=["--port", "8999"])
+    dr = dag.test(run_conf=conf)
+    assert dr.state == "failed"
+    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    assert states["level.train_model"] == "success"
+    assert states["level.serve_model"] == "failed"
+    assert states["level.evaluate_tau2"] == "upstream_failed"
+    assert states["report_results"] == "failed"  # the report is written, then the run fails
+    run = next((tmp_path / DAG_ID).iterdir())
+    assert (run / "report" / "report.md").is_file()
+    text = "".join(capfd.readouterr())
+    assert "was not healthy after 15 s" in text and "serving simia-0pct on" in text
+    assert "have no complete evaluation results" in text
+    assert containers_with(docker_api, **{"simia.run_id": dr.run_id}) == []
+    assert networks_with(docker_api, **{"simia.run_id": dr.run_id}) == []
 
 
 def test_a_bad_config_fails_with_the_containers_error_and_leaves_nothing(
         dag, docker_api, trainer_cpu_image, tiny_model, model_cache, raw_file, tau2_dir,
         tmp_path, capfd):
     conf = _conf(tmp_path, raw_file, tau2_dir, trainer_cpu_image, tiny_model, model_cache,
-                 levels=[0, 20], deepspeed="none",
+                 levels=[20], deepspeed="none",
                  train_extra={"optim": "no_such_optimizer"})
     dr = dag.test(run_conf=conf)
     assert dr.state == "failed"
-    tis = [ti for ti in dr.get_task_instances() if ti.task_id == "train_model"]
+    tis = [ti for ti in dr.get_task_instances() if ti.task_id == "level.train_model"]
     assert tis and all(ti.state == "failed" for ti in tis), _states(dr)
     assert all(ti.try_number == 2 for ti in tis)  # retried, and the retry started cleanly
     log = capfd.readouterr()
     text = log.out + log.err
     assert "no_such_optimizer" in text and "LLaMA-Factory failed for level" in text
     assert "leftover container" not in text  # the failed try removed its own container
+    assert "were not trained" in text  # the report task names the levels, then fails
     assert containers_with(docker_api, **{"simia.run_id": dr.run_id}) == []

@@ -35,6 +35,10 @@ def test_dag_runs_end_to_end_with_rule_labels(dag, raw_file, tau2_dir, tmp_path)
     assert meta["label_source"] == "rules"
     assert (run / "processed" / "rejects.jsonl").stat().st_size > 0
     assert (run / "scores" / "rule_scores.jsonl").is_file()
+    # without trained models the report still shows the data half, and says so
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert report["headline"]["verdict"] == "insufficient"
+    assert (run / "report" / "data_funnel.png").stat().st_size > 1000
 
 
 def test_dag_uses_a_judge_score_file(dag, raw_file, tau2_dir, tmp_path):

@@ -77,3 +77,35 @@ def test_a_killed_holder_releases_its_gpus(tmp_path):
         assert time.monotonic() - start < 5
     finally:
         child.kill()
+
+
+def test_a_live_server_claim_keeps_its_gpus_out_of_other_leases(tmp_path):
+    from simia.gpus import release_claims
+
+    alive = {"srv-a"}
+    server = GpuLease(tmp_path, ["0", "1"], 1, holder="serve a",
+                      claim_alive=lambda h: h in alive)
+    with server as ids:
+        server.claim("srv-a")
+    assert ids == ["0"] and (tmp_path / "gpu-0.claim").read_text().strip() == "srv-a"
+    # the server task ended (its flock is gone) but the claim holds GPU 0
+    train = GpuLease(tmp_path, ["0", "1"], 1, holder="train", claim_alive=lambda h: h in alive)
+    assert train.acquire() == ["1"]
+    train.release()
+    both = GpuLease(tmp_path, ["0", "1"], 2, holder="t2", wait_s=0.2, poll_s=0.05,
+                    claim_alive=lambda h: h in alive)
+    with pytest.raises(GpuLeaseTimeout, match="claimed by srv-a"):
+        both.acquire()
+    assert release_claims(tmp_path, "srv-a") == ["0"] and not list(tmp_path.glob("*.claim"))
+    with both as got:
+        assert got == ["0", "1"]
+
+
+def test_a_stale_claim_is_removed(tmp_path):
+    (tmp_path / "gpu-0.claim").write_text("srv-gone\n")
+    lease = GpuLease(tmp_path, ["0"], 1, holder="x", claim_alive=lambda h: False)
+    with lease as ids:
+        assert ids == ["0"]
+    assert not (tmp_path / "gpu-0.claim").exists()
+    with pytest.raises(RuntimeError, match="held"):
+        GpuLease(tmp_path, ["0"], 1).claim("nobody")

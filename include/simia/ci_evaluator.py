@@ -1,0 +1,387 @@
+"""A small tau2-style evaluator for machines where tau2-bench cannot be installed (CI).
+
+tau2-bench is not on PyPI, so CI cannot run ``tau2 run``. This module takes the same
+command-line arguments, drives the served model through the same OpenAI API with the
+same kind of requests (system prompt, the agent's greeting, the user's turns; the 13
+telecom tools with ``tool_choice: "auto"``; tool results fed back as ``tool`` messages)
+and writes tau2's ``results.json`` format (``info``, ``tasks``, ``simulations`` with
+``termination_reason`` and ``reward_info``), so the rest of the pipeline (parsing, pass^k,
+the report) runs unchanged.
+
+What is simpler than tau2: the user is scripted (each task lists its user turns), tool
+results come from each task's small table instead of a live database, and a task is
+graded on its expected agent actions only (tau2's ``ACTION`` reward basis: every
+expected call, by name and arguments, must appear). It is a test harness for the
+pipeline, not a benchmark: its scores are not comparable with tau2's.
+
+Standard library only (it runs inside the evaluator image), apart from the tool schemas
+of :mod:`simia.domains.telecom`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CI_TASKS", "main", "run_evaluation"]
+
+GREETING = "Hi! How can I help you today?"
+STOP = "###STOP###"
+_SECRET_KEY = re.compile(r"(key|secret|password|passwd|credentials?|token|authorization)$",
+                         re.I)
+
+CI_POLICY = (
+    "You are a telecom customer-service agent. Identify the customer (by phone number, "
+    "customer id, or full name and date of birth) before acting on their account. Use the "
+    "tools to look up lines and bills and to act on them; never invent results. Transfer to "
+    "a human agent only when the request is outside what the tools allow.")
+
+
+def _action(name: str, **arguments: Any) -> dict[str, Any]:
+    return {"action_id": f"{name}_0", "requestor": "assistant", "name": name,
+            "arguments": arguments, "info": None}
+
+
+def _task(task_id: str, purpose: str, turns: list[str], actions: list[dict[str, Any]],
+          tool_results: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": task_id,
+        "description": {"purpose": purpose, "relevant_policies": None, "notes": None},
+        "user_scenario": {"persona": None, "instructions": {
+            "domain": "telecom", "reason_for_call": purpose, "known_info": turns[0],
+            "unknown_info": None, "task_instructions": " / ".join(turns[1:]) or None}},
+        "initial_state": None,
+        "evaluation_criteria": {"actions": actions, "env_assertions": None,
+                                "communicate_info": None, "nl_assertions": None,
+                                "reward_basis": ["ACTION"]},
+        # ours (tau2 has no such field): the scripted user and the tool results
+        "simia_ci": {"user_turns": turns, "tool_results": tool_results},
+    }
+
+
+_CUSTOMER = {"customer_id": "C1001", "full_name": "Dana Reyes", "phone_number": "555-0100",
+             "line_ids": ["L1001", "L1002"], "bill_ids": ["B1001"]}
+_LINE = {"line_id": "L1001", "phone_number": "555-0100", "status": "Active",
+         "roaming_enabled": False, "data_used_gb": 9.5, "data_limit_gb": 10.0}
+
+# A handful of telecom requests, each solvable with one or two tool calls.
+CI_TASKS: list[dict[str, Any]] = [
+    _task("ci_lookup_phone", "Find the account of the calling number.",
+          ["Hi, my number is 555-0100. Can you tell me which account it belongs to?",
+           "Thanks, that is all."],
+          [_action("get_customer_by_phone", phone_number="555-0100")],
+          {"get_customer_by_phone": _CUSTOMER}),
+    _task("ci_enable_roaming", "Enable roaming on a line before a trip.",
+          ["I am customer C1001 and I travel abroad tomorrow. Please enable roaming on my "
+           "line L1001.", "Great, thank you."],
+          [_action("enable_roaming", customer_id="C1001", line_id="L1001")],
+          {"get_customer_by_id": _CUSTOMER, "get_details_by_id": _LINE,
+           "enable_roaming": {"status": "success", "roaming_enabled": True}}),
+    _task("ci_data_usage", "Check how much data is left on a line.",
+          ["Customer C1001 here. How much data have I used on line L1001?", "OK, bye."],
+          [_action("get_data_usage", customer_id="C1001", line_id="L1001")],
+          {"get_customer_by_id": _CUSTOMER,
+           "get_data_usage": {"data_used_gb": 9.5, "data_limit_gb": 10.0}}),
+    _task("ci_refuel", "Add data to a line that ran out.",
+          ["I am C1001. Line L1001 is almost out of data; please add 2 GB.", "Thanks."],
+          [_action("refuel_data", customer_id="C1001", line_id="L1001", gb_amount=2)],
+          {"get_customer_by_id": _CUSTOMER,
+           "refuel_data": {"status": "success", "new_data_limit_gb": 12.0}}),
+    _task("ci_suspend", "Suspend a lost phone's line.",
+          ["This is customer C1001. I lost my phone; suspend line L1002 please, reason: lost "
+           "device.", "Thank you."],
+          [_action("suspend_line", customer_id="C1001", line_id="L1002")],
+          {"get_customer_by_id": _CUSTOMER, "suspend_line": {"status": "success"}}),
+    _task("ci_bills", "List the customer's recent bills.",
+          ["Customer C1001. Can you show me my latest bills?", "That's all."],
+          [_action("get_bills_for_customer", customer_id="C1001")],
+          {"get_customer_by_id": _CUSTOMER,
+           "get_bills_for_customer": [{"bill_id": "B1001", "amount_due": 42.5,
+                                       "status": "Issued"}]}),
+]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _public(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in args.items() if not _SECRET_KEY.search(k)}
+
+
+def _matches(expected: Any, got: Any) -> bool:
+    if isinstance(expected, (int, float)) and isinstance(got, (int, float, str)):
+        try:
+            return abs(float(got) - float(expected)) < 1e-9
+        except ValueError:
+            return False
+    return str(got) == str(expected)
+
+
+def grade(task: dict[str, Any], calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """tau2's ``ACTION`` reward: 1.0 when every expected action was called with (at
+    least) the expected arguments, else 0.0; one ``action_check`` per expected action."""
+    checks = []
+    for action in task["evaluation_criteria"]["actions"] or []:
+        ok = any(c["name"] == action["name"] and isinstance(c["arguments"], dict)
+                 and all(k in c["arguments"] and _matches(v, c["arguments"][k])
+                         for k, v in action["arguments"].items())
+                 for c in calls)
+        checks.append({"action": action, "action_match": ok,
+                       "action_reward": 1.0 if ok else 0.0, "tool_type": None})
+    reward = 1.0 if checks and all(c["action_match"] for c in checks) else 0.0
+    return {"reward": reward, "db_check": None, "env_assertions": None,
+            "action_checks": checks, "nl_assertions": None, "communicate_checks": None,
+            "reward_basis": ["ACTION"], "reward_breakdown": {"ACTION": reward},
+            "info": {"evaluator": "simia-ci"}}
+
+
+class ChatClient:
+    """POST /chat/completions with retries; raises ``ConnectionError`` when they run out."""
+
+    def __init__(self, base_url: str, model: str, args: dict[str, Any], *,
+                 retries: int = 3, timeout_s: float = 600.0) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.api_key = str(args.get("api_key") or "EMPTY")
+        self.body = {k: v for k, v in args.items() if k not in ("api_base", "api_key")}
+        self.retries = retries
+        self.timeout_s = timeout_s
+
+    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+                 ) -> dict[str, Any]:
+        body = {**self.body, "model": self.model, "messages": messages, "tools": tools,
+                "tool_choice": "auto", "stream": False}
+        data = json.dumps(body).encode()
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            req = urllib.request.Request(self.url, data=data, method="POST", headers={
+                "Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"})
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    return json.loads(resp.read())
+            except (urllib.error.URLError, TimeoutError, ConnectionError,
+                    json.JSONDecodeError) as exc:
+                last = exc
+                time.sleep(min(8.0, 0.5 * 2**attempt))
+        raise ConnectionError(f"{self.url}: {type(last).__name__}: {last}")
+
+
+def _openai_history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for m in messages:
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            out.append({"role": "assistant", "content": m.get("content") or "",
+                        "tool_calls": [{"id": c["id"], "type": "function", "function": {
+                            "name": c["name"], "arguments": json.dumps(c["arguments"])
+                            if isinstance(c["arguments"], dict) else str(c["arguments"])}}
+                            for c in m["tool_calls"]]})
+        elif m["role"] == "tool":
+            out.append({"role": "tool", "tool_call_id": m["id"], "content": m["content"]})
+        else:
+            out.append({"role": m["role"], "content": m.get("content") or ""})
+    return out
+
+
+def simulate(task: dict[str, Any], trial: int, *, client: ChatClient, system: str,
+             tools: list[dict[str, Any]], max_steps: int, max_errors: int, seed: int
+             ) -> dict[str, Any]:
+    """One task x trial: the conversation, how it ended and its reward (tau2's shape)."""
+    start = time.time()
+    start_iso = _now()
+    script = list(task["simia_ci"]["user_turns"])
+    table = task["simia_ci"]["tool_results"]
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": system, "turn_idx": 0},
+        {"role": "assistant", "content": GREETING, "tool_calls": None, "turn_idx": 1},
+        {"role": "user", "content": script.pop(0), "tool_calls": None, "turn_idx": 2}]
+    calls: list[dict[str, Any]] = []
+    errors = 0
+    reason = None
+    while reason is None:
+        if len(messages) - 1 >= max_steps:
+            reason = "max_steps"
+            break
+        try:
+            reply = client.complete(_openai_history(messages), tools)
+            choice = reply["choices"][0]["message"]
+        except ConnectionError:
+            reason = "infrastructure_error"
+            break
+        except (KeyError, IndexError, TypeError):
+            reason = "agent_error"
+            break
+        tool_calls = []
+        for k, c in enumerate(choice.get("tool_calls") or []):
+            fn = c.get("function") or {}
+            raw = fn.get("arguments") or "{}"
+            try:
+                arguments = json.loads(raw) if isinstance(raw, str) else raw
+            except json.JSONDecodeError:
+                arguments = raw
+            tool_calls.append({"id": c.get("id") or f"call_{len(messages)}_{k}",
+                               "name": str(fn.get("name") or ""), "arguments": arguments,
+                               "requestor": "assistant"})
+        messages.append({"role": "assistant", "content": choice.get("content") or None,
+                         "tool_calls": tool_calls or None, "turn_idx": len(messages)})
+        if not tool_calls:
+            text = choice.get("content") or ""
+            if STOP in text:
+                reason = "agent_stop"
+            elif script:
+                messages.append({"role": "user", "content": script.pop(0),
+                                 "tool_calls": None, "turn_idx": len(messages)})
+            else:
+                messages.append({"role": "user", "content": STOP, "tool_calls": None,
+                                 "turn_idx": len(messages)})
+                reason = "user_stop"
+            continue
+        for call in tool_calls:
+            calls.append(call)
+            error = not isinstance(call["arguments"], dict) or call["name"] not in {
+                t["function"]["name"] for t in tools}
+            if error:
+                errors += 1
+                content = f"Error: invalid call of {call['name']!r}"
+            elif call["name"] == "transfer_to_human_agents":
+                content = "Transfer successful"
+                reason = "agent_stop"
+            else:
+                content = json.dumps(table.get(call["name"], {"error": "Not found"}))
+            messages.append({"role": "tool", "id": call["id"], "content": content,
+                             "requestor": "assistant", "error": error,
+                             "turn_idx": len(messages)})
+        if errors >= max_errors and reason is None:
+            reason = "too_many_errors"
+    end = time.time()
+    infra = reason == "infrastructure_error"
+    digest = hashlib.sha256(f"{task['id']}/{trial}/{seed}".encode()).hexdigest()
+    return {"id": f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}",
+            "task_id": task["id"], "timestamp": start_iso, "start_time": start_iso,
+            "end_time": _now(), "duration": round(end - start, 3),
+            "termination_reason": reason, "agent_cost": 0.0, "user_cost": 0.0,
+            "reward_info": None if infra else grade(task, calls), "messages": messages,
+            "trial": trial, "seed": seed + trial, "mode": "half_duplex", "info": None}
+
+
+def _write_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def run_evaluation(args: argparse.Namespace, *, tasks: list[dict[str, Any]] | None = None
+                   ) -> dict[str, Any]:
+    """Run every task x trial not already in ``<save-to>/results.json`` (auto-resume);
+    the results are rewritten atomically after each simulation, as tau2 does."""
+    from simia.domains.telecom import AGENT_INSTRUCTION, TELECOM
+
+    tasks = list(tasks if tasks is not None else CI_TASKS)
+    if args.num_tasks:
+        tasks = tasks[:args.num_tasks]
+    agent_args = json.loads(args.agent_llm_args or "{}")
+    user_args = json.loads(args.user_llm_args or "{}")
+    model = args.agent_llm.split("/", 1)[1] if "/" in args.agent_llm else args.agent_llm
+    base = agent_args.get("api_base")
+    if not base:
+        raise SystemExit("--agent-llm-args must carry api_base (the served model's URL)")
+    client = ChatClient(base, model, agent_args)
+    tools = [{"type": "function", "function": t} for t in TELECOM.tools]
+    # tau2's agent system prompt (as simia.processing builds it for the training data)
+    system = (f"<instructions>\n{AGENT_INSTRUCTION}\n</instructions>\n"
+              f"<policy>\n{CI_POLICY}\n</policy>")
+    save_dir = Path(args.save_to)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    path = save_dir / "results.json"
+    done: list[dict[str, Any]] = []
+    if path.exists():
+        if not args.auto_resume:
+            raise SystemExit(f"{path} exists: pass --auto-resume to continue it")
+        done = [s for s in json.loads(path.read_text()).get("simulations", [])
+                if s.get("termination_reason") != "infrastructure_error"]
+    results = {"timestamp": _now(), "info": {
+        "git_commit": "", "num_trials": args.num_trials, "max_steps": args.max_steps,
+        "max_errors": args.max_errors, "seed": args.seed,
+        "user_info": {"implementation": "simia_scripted_user", "llm": args.user_llm,
+                      "llm_args": _public(user_args), "global_simulation_guidelines": None},
+        "agent_info": {"implementation": "llm_agent", "llm": args.agent_llm,
+                       "llm_args": _public(agent_args)},
+        "environment_info": {"domain_name": args.domain, "policy": CI_POLICY,
+                             "tool_defs": None},
+        "evaluator": "simia-ci"},
+        "tasks": [{k: v for k, v in t.items()} for t in tasks], "simulations": done}
+    have = {(s["task_id"], s["trial"]) for s in done}
+    todo = [(t, k) for k in range(args.num_trials) for t in tasks if (t["id"], k) not in have]
+    lock = threading.Lock()
+    print(f"simia-ci evaluator: {len(tasks)} tasks x {args.num_trials} trials against "
+          f"{base} ({model}); {len(have)} already done, {len(todo)} to run", flush=True)
+    _write_atomic(path, results)
+
+    def one(item: tuple[dict[str, Any], int]) -> None:
+        task, trial = item
+        sim = simulate(task, trial, client=client, system=system, tools=tools,
+                       max_steps=args.max_steps, max_errors=args.max_errors, seed=args.seed)
+        with lock:
+            results["simulations"].append(sim)
+            _write_atomic(path, results)
+            reward = sim["reward_info"]["reward"] if sim["reward_info"] else None
+            print(f"{len(results['simulations'])}/{len(tasks) * args.num_trials} "
+                  f"task={task['id']} trial={trial} {sim['termination_reason']} "
+                  f"reward={reward} {sim['duration']:.1f}s", flush=True)
+
+    with ThreadPoolExecutor(max_workers=args.max_concurrency) as pool:
+        list(pool.map(one, todo))
+    return results
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m simia.ci_evaluator",
+                                     description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="evaluate a served model (tau2 run's arguments)")
+    run.add_argument("--domain", default="telecom")
+    run.add_argument("--agent-llm", required=True)
+    run.add_argument("--agent-llm-args", default="{}")
+    run.add_argument("--user-llm", default="scripted")
+    run.add_argument("--user-llm-args", default="{}")
+    run.add_argument("--num-trials", type=int, default=1)
+    run.add_argument("--num-tasks", type=int, default=0)
+    run.add_argument("--task-split-name", default="base")
+    run.add_argument("--max-steps", type=int, default=200)
+    run.add_argument("--max-errors", type=int, default=10)
+    run.add_argument("--max-concurrency", type=int, default=3)
+    run.add_argument("--seed", type=int, default=300)
+    run.add_argument("--save-to", required=True)
+    run.add_argument("--auto-resume", action="store_true")
+    run.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.domain != "telecom":
+        print(f"the simia-ci evaluator knows the telecom domain only, not {args.domain!r}",
+              file=sys.stderr)
+        return 2
+    results = run_evaluation(args)
+    sims = results["simulations"]
+    ok = sum(1 for s in sims if s["reward_info"] and abs(s["reward_info"]["reward"] - 1) < 1e-6)
+    print(f"done: {len(sims)} simulations, {ok} successful; results in "
+          f"{Path(args.save_to) / 'results.json'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

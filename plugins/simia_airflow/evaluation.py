@@ -1,0 +1,124 @@
+"""``EvaluateTau2Operator``: tau2-bench (or the CI evaluator) against one level's server.
+
+A ``DockerOperator`` that runs the evaluator container on the level's Docker network
+(where the server answers under its container name), with:
+
+- **skip finished work**: a ``results.json`` that already holds every task's trials is
+  not evaluated again; an interrupted one is continued (``--auto-resume``);
+- **secrets**: the user simulator's OpenAI key comes from a connection at run time,
+  through ``private_environment`` (never templated, logged or returned);
+- **a small XCom**: counts and pass^1 (infrastructure errors counted as failures, tau2's
+  own figure beside it), from ``results.json``.
+
+This module is imported when the DAG is parsed: no ``simia`` import at module level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.docker.exceptions import DockerContainerFailedException
+from airflow.providers.docker.operators.docker import DockerOperator
+
+
+class EvaluationFailedError(RuntimeError):
+    """The evaluator exited non-zero or wrote no usable results."""
+
+
+class EvaluateTau2Operator(DockerOperator):
+    """Evaluate one level's served model; writes ``eval/<slug>/results.json``.
+
+    Args:
+        level: The level's plan from ``plan_levels`` (templated; mapped argument):
+            ``run_dir``, ``eval`` (:class:`simia.evaluation.EvalSettings` fields).
+        server: ``serve_model``'s result (templated; its XCom).
+        user_conn_id: Connection whose password (or ``api_key`` extra) is the user
+            simulator's OpenAI key; missing = no key (a local user simulator).
+    """
+
+    template_fields = (*DockerOperator.template_fields, "level", "server")
+
+    def __init__(self, *, level: Any, server: Any, user_conn_id: str | None = "openai_default",
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("image", "simia/evaluator")  # replaced by the level's settings
+        kwargs.setdefault("auto_remove", "success")
+        kwargs.setdefault("mount_tmp_dir", False)
+        super().__init__(**kwargs)
+        self.level = level
+        self.server = server
+        self.user_conn_id = user_conn_id
+
+    def _user_key(self) -> str | None:
+        if not self.user_conn_id:
+            return None
+        from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            conn = BaseHook.get_connection(self.user_conn_id)
+        except AirflowNotFoundException:
+            self.log.info("no connection %r: the user simulator gets no API key",
+                          self.user_conn_id)
+            return None
+        return conn.password or (conn.extra_dejson or {}).get("api_key") or None
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from simia.evaluation import EvalSettings, evaluator_spec, finished_results
+        from simia_airflow.serving import remove_containers
+
+        settings = EvalSettings(**self.level["eval"])
+        spec = evaluator_spec(settings, server=self.server, run_dir=self.level["run_dir"])
+        counts = finished_results(spec["results"], spec["num_trials"])
+        if counts is not None:
+            self.log.info("level %g %% already has all %d x %d results in %s; not evaluating "
+                          "again", spec["level"], counts["tasks"], spec["num_trials"],
+                          spec["results"])
+            return self._summarise(spec, counts, skipped=True)
+        self.image = spec["image"]
+        self.command = spec["command"]
+        self.environment = spec["environment"]
+        self.mounts = spec["mounts"]
+        self.network_mode = spec["network_mode"]
+        self.user = spec["user"]
+        self.container_name = spec["container_name"]
+        self.labels = {**(self.labels or {}), "simia.container": spec["container_name"],
+                       "simia.stage": "evaluate"}
+        key = self._user_key()
+        if key:
+            self._private_environment["OPENAI_API_KEY"] = key
+        remove_containers(self.cli, spec["container_name"], self.log.warning)
+        self.log.info("evaluating level %g %% with %s (%s) against %s; results: %s",
+                      spec["level"], spec["evaluator"], spec["image"],
+                      self.server["base_url"], spec["results"])
+        try:
+            super().execute(context)
+        except DockerContainerFailedException as exc:
+            lines = [str(x).strip() for x in (getattr(exc, "logs", None) or [])]
+            raise EvaluationFailedError(
+                f"the {spec['evaluator']} evaluator failed for level {spec['level']:g} %: "
+                f"{lines[-1] if lines else 'no output'}. The container log is above. "
+                "Partial results are kept and a retry continues them (--auto-resume)."
+            ) from None
+        finally:
+            if self.container is not None:
+                remove_containers(self.cli, spec["container_name"], self.log.info)
+        counts = finished_results(spec["results"], spec["num_trials"])
+        if counts is None:
+            raise EvaluationFailedError(
+                f"the evaluator exited 0 but {spec['results']} does not hold every task's "
+                f"{spec['num_trials']} trials; clear this task to continue it")
+        return self._summarise(spec, counts, skipped=False)
+
+    def _summarise(self, spec: dict[str, Any], counts: dict[str, int], *, skipped: bool
+                   ) -> dict[str, Any]:
+        from simia.evaluation import results_headline, write_eval_summary
+
+        headline = results_headline(spec["results"])
+        summary = write_eval_summary(spec, self.server, {**counts, **headline}, skipped=skipped)
+        self.log.info(
+            "level %g %%: pass^1 %.3f over %d tasks x %d trials (%d infrastructure errors "
+            "and %d missing runs counted as failures; tau2's own pass^1, which drops them: "
+            "%s)", spec["level"], headline["pass_1"] or 0.0, headline["tasks"],
+            headline["trials"], headline["infrastructure_errors"], headline["missing_runs"],
+            "n/a" if headline["tau2_pass_1"] is None else f"{headline['tau2_pass_1']:.3f}")
+        return summary
