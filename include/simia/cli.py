@@ -134,6 +134,10 @@ def _parser() -> argparse.ArgumentParser:
                                               "a finished LLaMA-Factory run")
     ts.add_argument("output_dir", help="the run's output_dir")
 
+    er = sub.add_parser("eval-results", help="pass^k of one tau2 results.json (infrastructure "
+                                            "errors counted as failures; tau2's figure beside)")
+    er.add_argument("results", help="tau2's results.json (or the --save-to folder)")
+
     from simia.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 
     rp = sub.add_parser("report", help="the experiment's answer: pass^k per level with CIs, "
@@ -315,6 +319,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from simia.training import read_training_result
 
             result = read_training_result(args.output_dir)
+        elif args.command == "eval-results":
+            from simia.tau2_results import read_tau2_results
+
+            res = read_tau2_results(args.results)
+            result = {"tasks": len(res.task_ids), "trials": res.trials,
+                      "pass_hat_k": res.pass_hat_k, "tau2_pass_hat_k": res.tau2_pass_hat_k,
+                      "infrastructure_errors": res.infrastructure_errors,
+                      "missing_runs": len(res.missing_cells),
+                      "termination_reasons": {k: v for k, v in res.termination_counts.items()
+                                              if v}}
         elif args.command == "report":
             from simia.report import write_report
 

@@ -144,3 +144,17 @@ def test_simia_is_installed_as_a_command():
     assert res.returncode == 0
     for sub in ("process", "score-rules", "build-datasets"):
         assert sub in res.stdout
+
+
+def test_eval_results_counts_infrastructure_errors_as_failures(capsys, tmp_path):
+    fixture = Path(__file__).resolve().parents[1] / "fixtures/tau2/results_every_reason.json"
+    assert main(["eval-results", str(fixture)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["infrastructure_errors"] >= 1 and out["missing_runs"] >= 1
+    # tau2 drops infrastructure errors, so its pass^1 is never below ours
+    assert out["tau2_pass_hat_k"]["1"] >= out["pass_hat_k"]["1"]
+    assert set(out["termination_reasons"]) >= {"infrastructure_error", "user_stop"}
+    bad = tmp_path / "results.json"
+    bad.write_text('{"tasks": [], "simulations": [{"task_id": 3}]}')
+    assert main(["eval-results", str(bad)]) == 2
+    assert str(bad) in capsys.readouterr().err
