@@ -5,7 +5,9 @@
 #   scripts/docker_engine.sh            # engine + local/debian:bookworm
 #
 # Steps (docs: platform-notes.md, "A real Docker engine"):
-#   1. install Debian's docker.io and debootstrap when dockerd is missing (root only);
+#   1. install Debian's docker.io and debootstrap when dockerd is missing (root only),
+#      and Debian's docker-compose (1.29.2, v1: validates docker-compose.yaml in CI) when
+#      it is missing (root only; otherwise a note, the compose test says what to do);
 #   2. start dockerd (overlay2) when `docker info` fails, wait up to 60 s;
 #   3. build local/debian:bookworm with debootstrap (minbase) when the image is
 #      missing, carrying the host's apt sources and CA bundle so that apt and pip
@@ -28,6 +30,21 @@ if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2
     apt-get update -q >/tmp/docker_engine_apt.log 2>&1
     apt-get install -y -q --no-install-recommends docker.io debootstrap \
         >>/tmp/docker_engine_apt.log 2>&1 || { tail -30 /tmp/docker_engine_apt.log >&2; exit 1; }
+fi
+
+if ! command -v docker-compose >/dev/null 2>&1; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "docker_engine: docker-compose missing and not root; install Debian's docker-compose" >&2
+    else
+        log "installing docker-compose"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q --no-install-recommends docker-compose \
+            >>/tmp/docker_engine_apt.log 2>&1 || {
+            apt-get update -q >>/tmp/docker_engine_apt.log 2>&1
+            apt-get install -y -q --no-install-recommends docker-compose \
+                >>/tmp/docker_engine_apt.log 2>&1; } || {
+            tail -30 /tmp/docker_engine_apt.log >&2; exit 1; }
+    fi
 fi
 
 if ! docker info >/dev/null 2>&1; then
