@@ -415,7 +415,7 @@ class _TempFile:
 class BackgroundFlush:
     """Write files atomically, as :func:`write_bytes` does (temporary file, fsync,
     rename), with the writing in one background thread and each file's fsync and
-    rename in another, so that the caller's next work (serialising the next part or
+    rename in two others, so that the caller's next work (serialising the next part or
     file) overlaps the disk I/O (``os.write`` and ``os.fsync`` release the GIL).
 
     The caller hands over at most one part ahead: handing a part waits until the
@@ -427,7 +427,8 @@ class BackgroundFlush:
 
     def __init__(self) -> None:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="simia-write")
-        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="simia-fsync")
+        # two, so that a small file's fsync need not wait behind a large one's
+        self._flusher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="simia-fsync")
         self._last: Future[None] | None = None  # the last part handed to the writer
         self._pending: list[Future[Future[None]]] = []  # per file: its fsync + rename
 
