@@ -147,7 +147,7 @@ white-space:nowrap}
 .chip{display:inline-block;border:1px solid #cbd5e0;border-radius:1rem;padding:0 .45rem;
 margin:0 .2rem .2rem 0;font-size:.8rem;background:#fff}
 .missing{color:#a0aec0;border-style:dashed}
-.fail{color:#822727;font-weight:600}.note{color:#7b341e}
+.fail{color:#822727;font-weight:600}.note{color:#7b341e}.nowrap{white-space:nowrap}
 pre{white-space:pre-wrap;word-break:break-word;background:#f7fafc;padding:.4rem;margin:0;
 font-size:.82rem;max-height:16rem;overflow:auto}
 .plots img{max-width:440px;border:1px solid #e2e8f0;margin:0 .5rem .5rem 0}
@@ -238,7 +238,8 @@ def render_list(runs: list[RunInfo], exp_dir: Path, known: Mapping[str, AirflowR
         rows.append(
             f"<tr><td><a href=\"{e(href)}\"><b>{e(run.name)}</b></a>{run_id}</td>"
             f"<td>{e(_when(run.modified))}</td><td>{_verdict(run)}{headline}{notes}</td>"
-            f"<td>{levels or '<span class=muted>-</span>'}</td><td>{_stages(run)}</td>"
+            f"<td class=\"nowrap\">{levels or '<span class=muted>-</span>'}</td>"
+            f"<td>{_stages(run)}</td>"
             f"<td>{failures}</td><td>{' &middot; '.join(links)}</td></tr>")
     if rows:
         table = ("<table><thead><tr><th>Run</th><th>Last modified</th><th>Verdict</th>"
