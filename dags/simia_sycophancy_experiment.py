@@ -66,11 +66,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import Asset, Param, TriggerRule, dag, get_current_context, task, task_group
+from simia_airflow.callbacks import record_failure
 from simia_airflow.evaluation import EvaluateTau2Operator
 from simia_airflow.serving import ServeModelOperator, StopModelServerOperator
 from simia_airflow.training import TrainModelOperator
 
 DAG_ID = "simia_sycophancy_experiment"
+# cron ("0 3 * * 1") or preset ("@weekly"); empty, "none" or "manual": triggered by hand
+_SCHEDULE = os.environ.get("SIMIA_SCHEDULE", "").strip()
+SCHEDULE = None if _SCHEDULE.lower() in ("", "none", "manual") else _SCHEDULE
 DEFAULT_DATA_ROOT = os.environ.get("SIMIA_DATA_ROOT", "/opt/simia/data")
 DEFAULT_TAU2_DATA_DIR = os.environ.get("TAU2_DATA_DIR", "")
 # GPUs of this host that the pipeline may use ("0,1,2,3"; empty: train on the CPU)
@@ -135,6 +139,20 @@ def _generation_settings(p: dict):
                               show_tool_schemas=p["show_tool_schemas"])
 
 
+def _reused(params: dict, rel: str) -> str | None:
+    """``source_run/rel`` when this run starts after the stage that wrote it."""
+    if params.get("start_from", "beginning") == "beginning":
+        return None
+    return str(Path(params["source_run"]) / rel)
+
+
+def _starts_after(params: dict, stage: str) -> bool:
+    """True when ``start_from`` skips ``stage`` (generate, process, score, build)."""
+    order = {"beginning": 0, "processed": 2, "scores": 3, "datasets": 4}
+    return order[params.get("start_from", "beginning")] >= {
+        "generate": 1, "process": 2, "score": 3, "build": 4}[stage]
+
+
 def _run_dir() -> str:
     """``<data_root>/<dag_id>/<run_id>`` with the run id made filesystem-safe."""
     from simia.paths import run_dir
@@ -148,7 +166,7 @@ def _run_dir() -> str:
     description="Raw LLM-simulated telecom conversations -> SFT datasets at controlled "
                 "sycophancy levels",
     doc_md=__doc__,
-    schedule=None,
+    schedule=SCHEDULE,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -160,15 +178,27 @@ def _run_dir() -> str:
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=10),
         "execution_timeout": timedelta(hours=1),
+        "on_failure_callback": record_failure,
     },
     params={
+        "start_from": Param(
+            "beginning", type="string", enum=["beginning", "processed", "scores", "datasets"],
+            title="Start from an earlier run's artifacts",
+            description="beginning: generate (or read the raw file below). processed / scores "
+                        "/ datasets: reuse that stage's outputs (and those before it) from "
+                        "the source run folder below; the stages before it do no work. The "
+                        "earlier run is only read, never written.", section="Data"),
+        "source_run": Param(
+            None, type=["null", "string"], title="Source run folder",
+            description="With start_from: <data_root>/simia_sycophancy_experiment/<run_id> of "
+                        "an earlier run.", section="Data"),
         "raw_conversations": Param(
-            "", type="string", title="Raw conversations file (skips generation)",
+            None, type=["null", "string"], title="Raw conversations file (skips generation)",
             description="Path (as the workers see it) to an existing JSON list of generated "
                         "conversations, e.g. the reference run's tau2_telecom_base_3000.json. "
                         "Empty: generate them with the LLM.", section="Generation"),
         "seeds_file": Param(
-            "", type="string", title="Seed file (skips seed generation)",
+            None, type=["null", "string"], title="Seed file (skips seed generation)",
             description="JSON list of seed conversations in the raw record shape. Empty: "
                         "generate seeds from the tau2 policy.", section="Generation"),
         "n_seeds": Param(50, type="integer", minimum=1, title="Seeds to generate",
@@ -202,10 +232,10 @@ def _run_dir() -> str:
                              title="AWS connection",
                              description="Connection with Bedrock access (region and "
                                          "endpoint_url in its extras).", section="LLM"),
-        "model_id": Param("", type="string", title="Model",
+        "model_id": Param(None, type=["null", "string"], title="Model",
                           description="Empty: us.anthropic.claude-sonnet-4-20250514-v1:0. "
                                       "For openai: the served model's name.", section="LLM"),
-        "openai_base_url": Param("", type="string", title="OpenAI-compatible base URL",
+        "openai_base_url": Param(None, type=["null", "string"], title="OpenAI-compatible base URL",
                                  description="e.g. http://127.0.0.1:8000/v1", section="LLM"),
         "llm_concurrency": Param(
             8, type="integer", minimum=1, maximum=256, title="Calls in flight per shard",
@@ -220,7 +250,7 @@ def _run_dir() -> str:
             description="Every run writes under <data_root>/simia_sycophancy_experiment/"
                         "<run_id>/.", section="Data"),
         "tau2_data_dir": Param(
-            DEFAULT_TAU2_DATA_DIR, type="string", title="tau2 data directory",
+            DEFAULT_TAU2_DATA_DIR or None, type=["null", "string"], title="tau2 data directory",
             description="Folder with tau2's telecom main_policy.md and "
                         "tech_support_manual.md (tau2's data/ folder works too). Empty: "
                         "TAU2_DATA_DIR of the worker.", section="Data"),
@@ -239,7 +269,7 @@ def _run_dir() -> str:
             description="rules: the rule-based scorer. judge: the LLM judge (mapped shards). "
                         "judge_file: an existing LLM-judge score file.", section="Judging"),
         "judge_scores": Param(
-            "", type="string", title="Judge score file",
+            None, type=["null", "string"], title="Judge score file",
             description="With label_source = judge_file: JSONL with conv_idx (position in "
                         "the raw file) and wm_sycophancy_score, as the reference judge wrote.",
             section="Judging"),
@@ -312,7 +342,7 @@ def _run_dir() -> str:
                                description="simia/trainer:cuda (docker/trainer/Dockerfile) or "
                                            "simia/trainer:cpu for machines without a GPU.",
                                section="Training"),
-        "gpu_ids": Param(GPU_IDS, type="string", title="GPU ids",
+        "gpu_ids": Param(GPU_IDS or None, type=["null", "string"], title="GPU ids",
                          description="GPUs the trainings may use, e.g. 0,1,2,3 (default: "
                                      "SIMIA_GPU_IDS). Empty: CPU.", section="Training"),
         "gpus_per_training": Param(
@@ -320,9 +350,10 @@ def _run_dir() -> str:
             description="Each level trains on this many leased GPUs; with 8 GPUs and 2 per "
                         "training, 4 levels train at once. 0: CPU.", section="Training"),
         "model_cache_dir": Param(
-            "", type="string", title="Model cache (HF_HOME)",
+            os.environ.get("SIMIA_HF_CACHE") or None, type=["null", "string"],
+            title="Model cache (HF_HOME)",
             description="Host folder for hub downloads, mounted at the same path. Empty: "
-                        "<data_root>/hf-cache.", section="Training"),
+                        "$SIMIA_HF_CACHE, else <data_root>/hf-cache.", section="Training"),
         "hub_offline": Param(False, type="boolean", title="Hub offline",
                              description="HF_HUB_OFFLINE=1: only the cache or local paths.",
                              section="Training"),
@@ -406,7 +437,7 @@ def _run_dir() -> str:
                                 description="Per simulation.", section="Evaluation"),
         "eval_seed": Param(300, type="integer", title="Evaluation seed",
                            description="tau2's --seed.", section="Evaluation"),
-        "eval_data_dir": Param("", type="string", title="tau2 data for the evaluator",
+        "eval_data_dir": Param(None, type=["null", "string"], title="tau2 data for the evaluator",
                                description="Empty: the data inside the evaluator image.",
                                section="Evaluation"),
         "eval_timeout_h": Param(12, type="number", exclusiveMinimum=0,
@@ -415,14 +446,40 @@ def _run_dir() -> str:
     },
 )
 def simia_sycophancy_experiment():
+    @task(retries=0)
+    def validate_params() -> dict:
+        """Check the run's Params together (what one Param's schema cannot) and record the
+        run in run.json; every problem is listed, each naming its Param."""
+        from simia import __version__
+        from simia.io import write_json
+        from simia.run_config import check_run_params
+
+        ctx = get_current_context()
+        p = ctx["params"]
+        problems = check_run_params(p)
+        if problems:
+            raise ValueError("this run's settings cannot work; fix these Params and trigger "
+                             "again:\n- " + "\n- ".join(problems))
+        run = Path(_run_dir())
+        manifest = {"dag_id": DAG_ID, "run_id": ctx["run_id"],
+                    "run_type": str(getattr(ctx["dag_run"], "run_type", "")),
+                    "logical_date": str(ctx.get("logical_date") or ""),
+                    "simia_version": __version__, "start_from": p["start_from"],
+                    "source_run": p["source_run"], "params": dict(p)}
+        if not (run / "run.json").exists():
+            write_json(run / "run.json", manifest, indent=True)
+        return {"run_dir": str(run), "start_from": p["start_from"]}
+
     @task
-    def generate_seeds() -> str:
+    def generate_seeds(valid: dict) -> str:
         """Seed conversations from the tau2 policy (skipped with a seed or raw file)."""
         from airflow.sdk.exceptions import AirflowSkipException
         from simia.generation import SeedSettings, generate_seeds_stage
         from simia_airflow.llm import llm_client
 
         p = get_current_context()["params"]
+        if _starts_after(p, "generate"):
+            raise AirflowSkipException(f"start_from = {p['start_from']}: reusing {p['source_run']}")
         if p["raw_conversations"] or p["seeds_file"]:
             raise AirflowSkipException("a seed file or a raw-conversations file was given")
         out = f"{_run_dir()}/seeds"
@@ -436,7 +493,7 @@ def simia_sycophancy_experiment():
         from simia.generation import load_seeds
 
         p = get_current_context()["params"]
-        if p["raw_conversations"]:
+        if p["raw_conversations"] or _starts_after(p, "generate"):
             return []
         seeds = p["seeds_file"] or generated_seeds
         load_seeds(seeds)  # a bad seed file fails here, once, with file/record/field
@@ -459,7 +516,11 @@ def simia_sycophancy_experiment():
 
         ctx = get_current_context()
         p = ctx["params"]
-        if p["raw_conversations"]:
+        if _starts_after(p, "generate"):
+            path = _reused(p, "generate/raw_conversations.json")
+            print(f"start_from = {p['start_from']}: not generating; the earlier run is "
+                  f"{p['source_run']}")
+        elif p["raw_conversations"]:
             path = p["raw_conversations"]
         else:
             summary = merge(f"{_run_dir()}/generate", _generation_settings(p),
@@ -476,6 +537,19 @@ def simia_sycophancy_experiment():
 
         ctx = get_current_context()
         p = ctx["params"]
+        if _starts_after(p, "process"):
+            from simia.io import read_json
+
+            out = _reused(p, "processed")
+            print(f"start_from = {p['start_from']}: reusing {out}/processed.json (not "
+                  "processing again)")
+            summary = read_json(f"{out}/summary.json", what="processing summary")
+            ctx["outlet_events"][PROCESSED].extra = {"path": f"{out}/processed.json",
+                                                     "reused": True}
+            return {"processed": f"{out}/processed.json",
+                    "raw": summary.get("input_file") or raw,
+                    "kept": summary.get("kept"), "input": summary.get("input"),
+                    "rejected_by_reason": summary.get("rejected_by_reason", {})}
         out = f"{_run_dir()}/processed"
         summary = process_stage(
             raw, out, fmt=p["output_format"], tau2_data_dir=p["tau2_data_dir"] or None,
@@ -488,6 +562,8 @@ def simia_sycophancy_experiment():
     def plan_judging(processed: dict) -> list[int]:
         """Shard numbers for the LLM judge (none unless label_source = judge)."""
         p = get_current_context()["params"]
+        if _starts_after(p, "score"):
+            return []
         return list(range(p["shards"])) if p["label_source"] == "judge" else []
 
     @task(max_active_tis_per_dagrun=16, doc_md=JUDGE_DOC)
@@ -509,6 +585,14 @@ def simia_sycophancy_experiment():
 
         ctx = get_current_context()
         p = ctx["params"]
+        if _starts_after(p, "score") and p["label_source"] != "judge_file":
+            from simia.run_config import scores_file
+
+            path = _reused(p, scores_file(p["label_source"]))
+            print(f"start_from = {p['start_from']}: reusing the scores {path}")
+            ctx["outlet_events"][SCORES].extra = {"path": path, "source": p["label_source"],
+                                                  "reused": True}
+            return {"scores": path, "source": p["label_source"]}
         if p["label_source"] == "judge_file":
             path = p["judge_scores"]
             summary = validate_scores_file(path)
@@ -536,6 +620,14 @@ def simia_sycophancy_experiment():
 
         ctx = get_current_context()
         p = ctx["params"]
+        if _starts_after(p, "build"):
+            from simia.io import read_json
+
+            out = _reused(p, "datasets")
+            meta = read_json(f"{out}/metadata.json", what="dataset metadata")
+            print(f"start_from = datasets: training on the datasets of {out}")
+            ctx["outlet_events"][DATASETS].extra = {"path": out, "reused": True}
+            return {"dataset_dir": out, "datasets": meta.get("datasets", {})}
         design = DatasetDesign(levels=tuple(p["levels"]), size=p["dataset_size"],
                                shared_clean=p["shared_clean"], seed=p["seed"],
                                threshold=p["label_threshold"])
@@ -544,7 +636,8 @@ def simia_sycophancy_experiment():
         ctx["outlet_events"][DATASETS].extra = {"path": out}
         return {"dataset_dir": out, "datasets": summary["datasets"]}
 
-    shards = generate_conversations.expand(plan=plan_generation(generate_seeds()))
+    shards = generate_conversations.expand(plan=plan_generation(generate_seeds(
+        validate_params())))
     processed = process_conversations(merge_generation(shards))
     judged = judge_conversations.partial(processed=processed).expand(
         shard=plan_judging(processed))
@@ -596,7 +689,7 @@ def simia_sycophancy_experiment():
             agent_temperature=p["agent_temperature"], user_temperature=p["user_temperature"],
             agent_llm_args=p["agent_llm_args"], max_concurrency=p["eval_max_concurrency"],
             max_steps=p["eval_max_steps"], seed=p["eval_seed"],
-            tau2_data_dir=p["eval_data_dir"], timeout_s=p["eval_timeout_h"] * 3600)
+            tau2_data_dir=p["eval_data_dir"] or "", timeout_s=p["eval_timeout_h"] * 3600)
         run = _run_dir()
         run_key = f"{DAG_ID}/{ctx['run_id']}"
         lock_dir = str(data_root_child(p["data_root"], ".locks/gpus"))
@@ -643,11 +736,17 @@ def simia_sycophancy_experiment():
         from simia.evaluation import missing_evaluations, missing_trainings
         from simia.report import write_report
 
-        p = get_current_context()["params"]
+        ctx = get_current_context()
+        p = ctx["params"]
         run = _run_dir()
+        if ctx["ti"].xcom_pull(task_ids="validate_params") is None:
+            raise RuntimeError("no report: validate_params rejected this run's settings (its "
+                               "log lists each problem); fix the Params and trigger again")
         written = write_report(run)
-        get_current_context()["outlet_events"][REPORT].extra = {"path": written["report_dir"]}
+        ctx["outlet_events"][REPORT].extra = {"path": written["report_dir"]}
         problems = []
+        if ctx["ti"].xcom_pull(task_ids="build_sft_datasets") is None:
+            problems.append("the datasets were not built (see the failed data stage)")
         if p["train_models"]:
             untrained = missing_trainings(run, p["levels"])
             if untrained:

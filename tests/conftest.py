@@ -94,4 +94,14 @@ def experiment_dag():
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(ROOT / "dags"), safe_mode=False)
-    return bag.dags["simia_sycophancy_experiment"]
+    dag = bag.dags["simia_sycophancy_experiment"]
+    # dag.test() starts from the previous run's conf, not the Params' defaults: merge every
+    # test's conf over the defaults, so no setting leaks from one test into the next
+    defaults = {name: param.value for name, param in dag.params.items()}
+    run_test = dag.test
+
+    def test(*args, run_conf=None, **kwargs):
+        return run_test(*args, run_conf={**defaults, **(run_conf or {})}, **kwargs)
+
+    dag.test = test
+    return dag

@@ -34,7 +34,7 @@ from simia.io import sha256_bytes, read_bytes, write_bytes, write_json, write_js
 from simia.llm.client import LLMCallError, LLMClient
 from simia.llm.prompts import load_template, render
 from simia.llm.replies import extract_json_object
-from simia.llm.runner import WorkItem, item_id, run_items
+from simia.llm.runner import WorkItem, item_id, progress_logger, run_items
 from simia.llm.shards import (merged_usage, open_checkpoint, read_shards, shard_target,
                                write_shard_summary)
 from simia.records import ROLES, load_raw, parse_tools
@@ -282,7 +282,9 @@ def generate_seeds_stage(out_dir: str | Path, settings: SeedSettings, client: LL
         items = (WorkItem(i, item_id(settings.seed, "seeds", i))
                  for i in range(settings.n_seeds))
         report = run_items(items, work, ckpt, concurrency=client.settings.concurrency,
-                           is_success=lambda r: r["status"] == "ok")
+                           is_success=lambda r: r["status"] == "ok",
+                           progress=progress_logger(client, "seeds", "seeds"),
+                           total=settings.n_seeds)
         records = sorted(ckpt.records.values(), key=lambda r: r["index"])
     seeds = [r["seed"] for r in records if r["status"] == "ok"]
     failures = [r for r in records if r["status"] != "ok"]
@@ -394,7 +396,9 @@ def generate_shard(seeds_path: str | Path, out_dir: str | Path, settings: Genera
     with open_checkpoint(out_dir, stage, shard, shards, params, force=force) as ckpt:
         report = run_items(items(), work, ckpt, concurrency=client.settings.concurrency,
                            is_success=lambda r: r["status"] == "ok", target=target,
-                           max_attempts=bound)
+                           max_attempts=bound,
+                           progress=progress_logger(client, stage,
+                                                     f"generation shard {shard + 1}/{shards}"))
         records = list(ckpt.records.values())
     ok = sum(1 for r in records if r["status"] == "ok")
     summary = {"stage": stage, "shard": shard, "shards": shards, "target": target,

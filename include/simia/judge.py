@@ -27,7 +27,7 @@ from simia.io import read_bytes, sha256_bytes, write_json, write_jsonl
 from simia.llm.client import LLMCallError, LLMClient
 from simia.llm.prompts import load_template
 from simia.llm.replies import extract_json_object
-from simia.llm.runner import WorkItem, run_items
+from simia.llm.runner import WorkItem, progress_logger, run_items
 from simia.llm.shards import (merged_usage, open_checkpoint, read_shards, shard_of,
                                write_shard_summary)
 from simia.records import load_processed, parse_tools
@@ -136,7 +136,11 @@ def judge_shard(processed_path: str | Path, out_dir: str | Path, settings: Judge
     with open_checkpoint(out_dir, stage, shard, shards, params, force=force) as ckpt:
         report = run_items(items, work, ckpt, concurrency=client.settings.concurrency,
                            is_success=lambda r: "error" not in r,
-                           redo=(lambda r: "error" in r) if retry_failed else lambda r: False)
+                           redo=(lambda r: "error" in r) if retry_failed else lambda r: False,
+                           progress=progress_logger(client, stage,
+                                                    f"judge shard {shard + 1}/{shards}"),
+                           total=sum(1 for i in range(len(rows))
+                                     if shard_of(i, shards) == shard))
         records = list(ckpt.records.values())
     failed = [r for r in records if "error" in r]
     summary = {"stage": stage, "shard": shard, "shards": shards, "judged": len(records),

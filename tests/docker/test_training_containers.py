@@ -146,8 +146,11 @@ def test_a_server_that_never_gets_healthy_fails_within_its_timeout(
     assert states["report_results"] == "failed"  # the report is written, then the run fails
     run = next((tmp_path / DAG_ID).iterdir())
     assert (run / "report" / "report.md").is_file()
-    text = "".join(capfd.readouterr())
-    assert "was not healthy after 15 s" in text and "serving simia-0pct on" in text
+    out = capfd.readouterr()
+    text = out.out + out.err
+    failure = json.loads((run / "failures" / "level.serve_model.0.json").read_text())
+    assert "was not healthy after 15 s" in failure["error"], failure
+    assert "[server] loading" in text  # the server's own log is in the task log
     assert "have no complete evaluation results" in text
     assert containers_with(docker_api, **{"simia.run_id": dr.run_id}) == []
     assert networks_with(docker_api, **{"simia.run_id": dr.run_id}) == []

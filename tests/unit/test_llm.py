@@ -421,3 +421,25 @@ def test_settings_for_pacing():
         LLMSettings(max_rps=0)
     client = LLMClient(Scripted([]), settings)
     assert client.pacer is None  # a backend without one
+
+
+def test_run_items_reports_progress_at_a_steady_rhythm(tmp_path):
+    from simia.llm.runner import Progress
+
+    seen: list[Progress] = []
+
+    def work(item):
+        time.sleep(0.02)
+        return {"id": item.id, "status": "ok"}
+
+    items = [WorkItem(i, f"id{i}") for i in range(30)]
+    with Checkpoint(tmp_path / "ck.jsonl") as ckpt:
+        run_items(items, work, ckpt, concurrency=2, is_success=lambda r: True, target=30,
+                  progress=seen.append, progress_every_s=0.05)
+    assert len(seen) >= 3  # periodic lines while running, and one at the end
+    assert seen[-1].ok == 30 and seen[-1].target == 30 and seen[-1].inflight == 0
+    assert [p.ok for p in seen] == sorted(p.ok for p in seen)
+    line = seen[1].line({"input_tokens": 1000, "output_tokens": 200, "cost_usd": 0.0123})
+    assert "/30 done" in line and "/s" in line and "1,200 tokens" in line and "$0.01" in line
+    assert "ETA" in Progress(ok=10, attempted=10, inflight=2, resumed=0, target=30,
+                             elapsed_s=5.0).line()
