@@ -470,7 +470,7 @@ def simia_sycophancy_experiment():
             write_json(run / "run.json", manifest, indent=True)
         return {"run_dir": str(run), "start_from": p["start_from"]}
 
-    @task
+    @task(execution_timeout=timedelta(hours=6))
     def generate_seeds(valid: dict) -> str:
         """Seed conversations from the tau2 policy (skipped with a seed or raw file)."""
         from airflow.sdk.exceptions import AirflowSkipException
@@ -499,7 +499,8 @@ def simia_sycophancy_experiment():
         load_seeds(seeds)  # a bad seed file fails here, once, with file/record/field
         return [{"shard": k, "seeds": seeds} for k in range(p["shards"])]
 
-    @task(max_active_tis_per_dagrun=16, doc_md=GENERATE_DOC)
+    @task(max_active_tis_per_dagrun=16, doc_md=GENERATE_DOC,
+          execution_timeout=timedelta(hours=12))
     def generate_conversations(plan: dict) -> dict:
         from simia.generation import generate_shard
         from simia_airflow.llm import llm_client
@@ -566,7 +567,8 @@ def simia_sycophancy_experiment():
             return []
         return list(range(p["shards"])) if p["label_source"] == "judge" else []
 
-    @task(max_active_tis_per_dagrun=16, doc_md=JUDGE_DOC)
+    @task(max_active_tis_per_dagrun=16, doc_md=JUDGE_DOC,
+          execution_timeout=timedelta(hours=12))
     def judge_conversations(shard: int, processed: dict) -> dict:
         from simia.judge import JudgeSettings, judge_shard
         from simia_airflow.llm import llm_client
