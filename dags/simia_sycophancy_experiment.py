@@ -649,12 +649,11 @@ def simia_sycophancy_experiment():
         trainer container, then the server and evaluator settings; none when
         train_models is off. Bad training, GPU, serving or evaluation Params fail here,
         once, before any container starts."""
-        from simia.evaluation import EvalSettings
         from simia.gpus import check_request, parse_gpu_ids
         from simia.paths import data_root_child
+        from simia.run_config import eval_settings, training_config
         from simia.serving import ServerSettings
-        from simia.training import (ContainerSettings, TrainingConfig, container_spec,
-                                    plan_level)
+        from simia.training import ContainerSettings, container_spec, plan_level
 
         ctx = get_current_context()
         p = ctx["params"]
@@ -662,15 +661,7 @@ def simia_sycophancy_experiment():
             return []
         gpu_ids = parse_gpu_ids(p["gpu_ids"])
         check_request(gpu_ids, p["gpus_per_training"])
-        cfg = TrainingConfig(
-            model=p["base_model"], template=p["template"],
-            finetuning_type=p["finetuning_type"], num_train_epochs=p["epochs"],
-            max_steps=p["max_steps"], learning_rate=p["learning_rate"],
-            per_device_train_batch_size=p["batch_size"],
-            gradient_accumulation_steps=p["grad_accum"], cutoff_len=p["cutoff_len"],
-            neat_packing=p["neat_packing"], flash_attn=p["flash_attn"], bf16=p["bf16"],
-            deepspeed=p["deepspeed"], preprocessing_num_workers=p["preprocessing_workers"],
-            seed=p["seed"], extra=p["train_extra"])
+        cfg = training_config(p)
         cache = p["model_cache_dir"] or str(data_root_child(p["data_root"], "hf-cache"))
         settings = ContainerSettings(
             image=p["trainer_image"], gpus_per_training=p["gpus_per_training"],
@@ -684,14 +675,7 @@ def simia_sycophancy_experiment():
             startup_timeout_s=p["server_startup_timeout_s"], seed=p["seed"],
             extra_args=tuple(p["server_extra_args"]), model_cache_dir=cache,
             hub_offline=p["hub_offline"])
-        evaluation = EvalSettings(
-            evaluator=p["evaluator"], image=p["evaluator_image"], domain=p["eval_domain"],
-            task_split=p["task_split"], num_tasks=p["num_tasks"], num_trials=p["num_trials"],
-            user_llm=p["user_llm"], user_llm_args=p["user_llm_args"],
-            agent_temperature=p["agent_temperature"], user_temperature=p["user_temperature"],
-            agent_llm_args=p["agent_llm_args"], max_concurrency=p["eval_max_concurrency"],
-            max_steps=p["eval_max_steps"], seed=p["eval_seed"],
-            tau2_data_dir=p["eval_data_dir"] or "", timeout_s=p["eval_timeout_h"] * 3600)
+        evaluation = eval_settings(p)
         run = _run_dir()
         run_key = f"{DAG_ID}/{ctx['run_id']}"
         lock_dir = str(data_root_child(p["data_root"], ".locks/gpus"))

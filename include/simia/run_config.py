@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from simia.errors import SimiaError
 
-__all__ = ["START_STAGES", "check_run_params", "reused_files", "scores_file"]
+__all__ = ["START_STAGES", "check_run_params", "eval_settings", "reused_files", "scores_file",
+           "training_config"]
 
 # where a run may start from an earlier run's artifacts (see the DAG's start_from Param)
 START_STAGES = ("beginning", "processed", "scores", "datasets")
@@ -41,6 +42,34 @@ def reused_files(start: str, label_source: str) -> list[str]:
     if start == "datasets":
         return ["datasets/dataset_info.json", "datasets/metadata.json"]
     return []
+
+
+def training_config(p: dict[str, Any]):
+    """The run's :class:`simia.training.TrainingConfig` from the DAG's Params."""
+    from simia.training import TrainingConfig
+
+    return TrainingConfig(
+        model=p["base_model"], template=p["template"], finetuning_type=p["finetuning_type"],
+        num_train_epochs=p["epochs"], max_steps=p["max_steps"],
+        learning_rate=p["learning_rate"], per_device_train_batch_size=p["batch_size"],
+        gradient_accumulation_steps=p["grad_accum"], cutoff_len=p["cutoff_len"],
+        neat_packing=p["neat_packing"], flash_attn=p["flash_attn"], bf16=p["bf16"],
+        deepspeed=p["deepspeed"], preprocessing_num_workers=p["preprocessing_workers"],
+        seed=p["seed"], extra=p["train_extra"])
+
+
+def eval_settings(p: dict[str, Any]):
+    """The run's :class:`simia.evaluation.EvalSettings` from the DAG's Params."""
+    from simia.evaluation import EvalSettings
+
+    return EvalSettings(
+        evaluator=p["evaluator"], image=p["evaluator_image"], domain=p["eval_domain"],
+        task_split=p["task_split"], num_tasks=p["num_tasks"], num_trials=p["num_trials"],
+        user_llm=p["user_llm"], user_llm_args=p["user_llm_args"],
+        agent_temperature=p["agent_temperature"], user_temperature=p["user_temperature"],
+        agent_llm_args=p["agent_llm_args"], max_concurrency=p["eval_max_concurrency"],
+        max_steps=p["eval_max_steps"], seed=p["eval_seed"],
+        tau2_data_dir=p["eval_data_dir"] or "", timeout_s=p["eval_timeout_h"] * 3600)
 
 
 def _pydantic_problems(prefix: str, exc: ValidationError) -> list[str]:
@@ -121,21 +150,11 @@ def check_run_params(p: dict[str, Any]) -> list[str]:
 
 
 def _training_problems(p: dict[str, Any]) -> list[str]:
-    from simia.evaluation import EvalSettings
     from simia.gpus import check_request, parse_gpu_ids
-    from simia.training import TrainingConfig
 
     problems: list[str] = []
     try:
-        TrainingConfig(
-            model=p["base_model"], template=p["template"],
-            finetuning_type=p["finetuning_type"], num_train_epochs=p["epochs"],
-            max_steps=p["max_steps"], learning_rate=p["learning_rate"],
-            per_device_train_batch_size=p["batch_size"],
-            gradient_accumulation_steps=p["grad_accum"], cutoff_len=p["cutoff_len"],
-            neat_packing=p["neat_packing"], flash_attn=p["flash_attn"], bf16=p["bf16"],
-            deepspeed=p["deepspeed"], preprocessing_num_workers=p["preprocessing_workers"],
-            seed=p["seed"], extra=p["train_extra"])
+        training_config(p)
     except ValidationError as exc:
         problems += _pydantic_problems("training", exc)
     try:
@@ -159,13 +178,7 @@ def _training_problems(p: dict[str, Any]) -> list[str]:
             problems.append(f"max_model_len: {p['max_model_len']} is shorter than the training "
                             f"cutoff_len {p['cutoff_len']}; tau2's conversations would be cut")
         try:
-            EvalSettings(evaluator=p["evaluator"], image=p["evaluator_image"],
-                         domain=p["eval_domain"], task_split=p["task_split"],
-                         num_tasks=p["num_tasks"], num_trials=p["num_trials"],
-                         user_llm=p["user_llm"], user_llm_args=p["user_llm_args"],
-                         agent_llm_args=p["agent_llm_args"],
-                         max_concurrency=p["eval_max_concurrency"],
-                         max_steps=p["eval_max_steps"], seed=p["eval_seed"])
+            eval_settings(p)
         except ValidationError as exc:
             problems += _pydantic_problems("evaluation", exc)
         if p["eval_data_dir"]:
