@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -39,8 +38,6 @@ __all__ = ["CI_TASKS", "main", "run_evaluation"]
 
 GREETING = "Hi! How can I help you today?"
 STOP = "###STOP###"
-_SECRET_KEY = re.compile(r"(key|secret|password|passwd|credentials?|token|authorization)$",
-                         re.I)
 
 CI_POLICY = (
     "You are a telecom customer-service agent. Identify the customer (by phone number, "
@@ -115,10 +112,6 @@ CI_TASKS: list[dict[str, Any]] = [
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
-
-
-def _public(args: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in args.items() if not _SECRET_KEY.search(k)}
 
 
 def _matches(expected: Any, got: Any) -> bool:
@@ -287,6 +280,7 @@ def run_evaluation(args: argparse.Namespace, *, tasks: list[dict[str, Any]] | No
     """Run every task x trial not already in ``<save-to>/results.json`` (auto-resume);
     the results are rewritten atomically after each simulation, as tau2 does."""
     from simia.domains.telecom import AGENT_INSTRUCTION, TELECOM
+    from simia.redaction import redact
 
     tasks = list(tasks if tasks is not None else CI_TASKS)
     if args.num_tasks:
@@ -309,15 +303,22 @@ def run_evaluation(args: argparse.Namespace, *, tasks: list[dict[str, Any]] | No
     if path.exists():
         if not args.auto_resume:
             raise SystemExit(f"{path} exists: pass --auto-resume to continue it")
-        done = [s for s in json.loads(path.read_text()).get("simulations", [])
-                if s.get("termination_reason") != "infrastructure_error"]
+        try:
+            earlier = json.loads(path.read_text())
+            sims = earlier["simulations"]
+            if not isinstance(sims, list) or not all(isinstance(x, dict) for x in sims):
+                raise TypeError("'simulations' is not a list of objects")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"{path}: cannot resume from it ({type(exc).__name__}: {exc}); "
+                             "move it away to start over") from None
+        done = [x for x in sims if x.get("termination_reason") != "infrastructure_error"]
     results = {"timestamp": _now(), "info": {
         "git_commit": "", "num_trials": args.num_trials, "max_steps": args.max_steps,
         "max_errors": args.max_errors, "seed": args.seed,
         "user_info": {"implementation": "simia_scripted_user", "llm": args.user_llm,
-                      "llm_args": _public(user_args), "global_simulation_guidelines": None},
+                      "llm_args": redact(user_args), "global_simulation_guidelines": None},
         "agent_info": {"implementation": "llm_agent", "llm": args.agent_llm,
-                       "llm_args": _public(agent_args)},
+                       "llm_args": redact(agent_args)},
         "environment_info": {"domain_name": args.domain, "policy": CI_POLICY,
                              "tool_defs": None},
         "evaluator": "simia-ci"},

@@ -18,7 +18,6 @@ are written by :func:`write_eval_summary`.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from simia.errors import ConfigError
 from simia.io import read_json, write_json
+from simia.redaction import is_secret_key
 from simia.training import SUMMARY_FILE, default_user, level_slug
 
 __all__ = ["EVAL_SUMMARY", "EvalSettings", "eval_dir", "evaluator_spec", "finished_results",
@@ -34,9 +34,6 @@ __all__ = ["EVAL_SUMMARY", "EvalSettings", "eval_dir", "evaluator_spec", "finish
 
 EVAL_SUMMARY = "eval_summary.json"
 RESULTS = "results.json"
-# api_key, key, access_token, secret, password, authorization... (not max_tokens)
-_SECRET_KEY = re.compile(r"(key|secret|password|passwd|credentials?|token|authorization)$",
-                         re.I)
 
 
 class EvalSettings(BaseModel):
@@ -65,7 +62,7 @@ class EvalSettings(BaseModel):
     @field_validator("agent_llm_args", "user_llm_args")
     @classmethod
     def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
-        bad = [k for k in value if _SECRET_KEY.search(k)]
+        bad = [k for k in value if is_secret_key(k)]
         if bad:
             raise ValueError(f"{', '.join(bad)}: keys and tokens go in Airflow connections, "
                              "not in LLM arguments (they would be shown in the UI and logs)")

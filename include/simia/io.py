@@ -508,16 +508,23 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     return n
 
 
-def read_bytes(path: str | Path, *, what: str = "file") -> bytes:
-    path = Path(path)
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Turn the ways opening a file fails into an :class:`InputError` naming it."""
     try:
-        data = path.read_bytes()
+        yield
     except FileNotFoundError:
         raise InputError(path, f"{what} does not exist") from None
     except IsADirectoryError:
         raise InputError(path, f"{what} is a directory, expected a file") from None
     except OSError as exc:
         raise InputError(path, f"cannot read {what}: {exc.strerror or exc}") from None
+
+
+def read_bytes(path: str | Path, *, what: str = "file") -> bytes:
+    path = Path(path)
+    with _reading(path, what):
+        data = path.read_bytes()
     if not data.strip():
         raise InputError(path, f"{what} is empty")
     return data
@@ -541,22 +548,15 @@ def read_input(path: str | Path, *, what: str = "file") -> Data:
     (a new file), which leaves a mapped old one intact.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size < MAP_MIN_BYTES or not size:
-                data: Data = fh.read()
-            elif os.name == "posix":
-                data = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ,
-                                 flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
-            else:
-                data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    except FileNotFoundError:
-        raise InputError(path, f"{what} does not exist") from None
-    except IsADirectoryError:
-        raise InputError(path, f"{what} is a directory, expected a file") from None
-    except OSError as exc:
-        raise InputError(path, f"cannot read {what}: {exc.strerror or exc}") from None
+    with _reading(path, what), open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size < MAP_MIN_BYTES or not size:
+            data: Data = fh.read()
+        elif os.name == "posix":
+            data = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ,
+                             flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+        else:
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     if _BLANK.match(data):
         raise InputError(path, f"{what} is empty")
     return data

@@ -23,7 +23,7 @@ Writes, each atomically, under ``RUN_DIR/report/``: ``report.md`` (images by rel
 path), ``report.html`` (self-contained: the PNGs are embedded as base64 data URIs, so
 the page can be mailed or downloaded alone), ``report.json`` (every number) and the
 PNG plots. The same inputs give the same bytes. No config dict is copied whole: LLM
-arguments pass through :func:`simia.tau2_results.redact` (keys containing "key",
+arguments pass through :func:`simia.redaction.redact` (keys ending in "key",
 "token", "secret" or "password" dropped).
 """
 
@@ -44,7 +44,8 @@ from simia.errors import InputError
 from simia.io import dumps, read_json, read_jsonl, write_bytes
 from simia.stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_pass_hat_k, mde_design,
                          paired_comparison, trend_test)
-from simia.tau2_results import Tau2Results, read_tau2_results, redact
+from simia.redaction import redact
+from simia.tau2_results import Tau2Results, read_tau2_results
 from simia.training import level_slug
 
 __all__ = [

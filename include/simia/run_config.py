@@ -11,6 +11,7 @@ its Param, so one fix-and-retrigger is enough.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +131,6 @@ def check_run_params(p: dict[str, Any]) -> list[str]:
                             f"{p.get('label_source')!r}; set label_source = judge_file to use "
                             "it, or clear the field")
     if start == "beginning" and not p.get("tau2_data_dir"):
-        import os
-
         if not os.environ.get("TAU2_DATA_DIR"):
             problems.append("tau2_data_dir: processing needs tau2's telecom policy; set the "
                             "Param or TAU2_DATA_DIR on the workers")

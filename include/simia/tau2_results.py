@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ import orjson
 
 from simia.errors import InputError
 from simia.io import read_bytes
+from simia.redaction import redact
 from simia.stats import task_pass_hat_k as pass_hat_k_task
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
     "is_success",
     "pass_hat_k_task",
     "read_tau2_results",
-    "redact",
     "tau2_metrics",
 ]
 
@@ -66,28 +66,11 @@ TERMINATION_REASONS: tuple[str, ...] = (
 INFRASTRUCTURE_ERROR = "infrastructure_error"
 #: tau2's ``is_successful``: reward within this of 1.0
 SUCCESS_TOLERANCE = 1e-6
-#: a key containing one of these is never copied out of a config dict
-_SECRET_WORDS = ("key", "token", "secret", "password")
 
 
 def is_success(reward: float | None) -> bool:
     """tau2's success rule: a reward within 1e-6 of 1.0 (no reward: failure)."""
     return reward is not None and abs(reward - 1.0) <= SUCCESS_TOLERANCE
-
-
-def redact(value: Any) -> Any:
-    """A copy of ``value`` without any mapping key containing "key", "token", "secret"
-    or "password" (any case), and with ``user:password@`` removed from URLs."""
-    if isinstance(value, Mapping):
-        return {str(k): redact(v) for k, v in value.items()
-                if not any(w in str(k).lower() for w in _SECRET_WORDS)}
-    if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    if isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1]:
-        scheme, rest = value.split("://", 1)
-        host, sep, tail = rest.partition("/")
-        return f"{scheme}://{host.rsplit('@', 1)[1]}{sep}{tail}"
-    return value
 
 
 @dataclass(frozen=True)

@@ -49,18 +49,10 @@ class EvaluateTau2Operator(DockerOperator):
         self.user_conn_id = user_conn_id
 
     def _user_key(self) -> str | None:
-        if not self.user_conn_id:
-            return None
-        from airflow.sdk import BaseHook
-        from airflow.sdk.exceptions import AirflowNotFoundException
+        from simia_airflow.connections import connection_secret
 
-        try:
-            conn = BaseHook.get_connection(self.user_conn_id)
-        except AirflowNotFoundException:
-            self.log.info("no connection %r: the user simulator gets no API key",
-                          self.user_conn_id)
-            return None
-        return conn.password or (conn.extra_dejson or {}).get("api_key") or None
+        return connection_secret(self.user_conn_id, "api_key", log=self.log.info,
+                                 missing="the user simulator gets no API key")
 
     def execute(self, context: Any) -> dict[str, Any]:
         from simia.evaluation import EvalSettings, evaluator_spec, finished_results

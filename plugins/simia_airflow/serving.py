@@ -197,20 +197,21 @@ class ServeModelOperator(_DockerMixin, BaseOperator):
             if health == "healthy":
                 return
             elapsed = time.monotonic() - start
-            if not state.get("Running"):
+            exited = not state.get("Running")
+            if exited or elapsed > timeout:
+                if exited:
+                    what = (f"exited with code {state.get('ExitCode')} after {elapsed:.0f} s, "
+                            "before it was healthy")
+                    hint = "Fix the cause (model path, image, max_model_len, GPU memory)"
+                else:
+                    what = (f"was not healthy after {timeout:.0f} s (GET /v1/models inside "
+                            "the container)")
+                    hint = ("Raise server_startup_timeout_s if the model only loads slowly; "
+                            "otherwise fix the cause")
                 tail = "\n".join(log_tail(cli, cid))
                 raise ServerFailedError(
-                    f"the {spec['backend']} server {spec['container_name']} exited with code "
-                    f"{state.get('ExitCode')} after {elapsed:.0f} s, before it was healthy. "
-                    f"Its last log lines:\n{tail}\nFix the cause (model path, image, "
-                    "max_model_len, GPU memory) and clear this task.")
-            if elapsed > timeout:
-                tail = "\n".join(log_tail(cli, cid))
-                raise ServerFailedError(
-                    f"the {spec['backend']} server {spec['container_name']} was not healthy "
-                    f"after {timeout:.0f} s (GET /v1/models inside the container). Its last "
-                    f"log lines:\n{tail}\nRaise server_startup_timeout_s if the model only "
-                    "loads slowly; otherwise fix the cause and clear this task.")
+                    f"the {spec['backend']} server {spec['container_name']} {what}. Its last "
+                    f"log lines:\n{tail}\n{hint} and clear this task.")
             if elapsed >= next_note:
                 self.log.info("waiting for %s to be healthy (%.0f s of %.0f s; health: %s)",
                               spec["container_name"], elapsed, timeout, health or "starting")

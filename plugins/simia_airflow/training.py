@@ -91,34 +91,16 @@ class TrainModelOperator(DockerOperator):
 
     # -- helpers ---------------------------------------------------------------------
     def _hf_token(self) -> str | None:
-        if not self.hf_conn_id:
-            return None
-        from airflow.sdk import BaseHook
-        from airflow.sdk.exceptions import AirflowNotFoundException
+        from simia_airflow.connections import connection_secret
 
-        try:
-            conn = BaseHook.get_connection(self.hf_conn_id)
-        except AirflowNotFoundException:
-            self.log.info("no connection %r: the hub is used without a token",
-                          self.hf_conn_id)
-            return None
-        return conn.password or (conn.extra_dejson or {}).get("token") or None
+        return connection_secret(self.hf_conn_id, "token", log=self.log.info,
+                                 missing="the hub is used without a token")
 
     def remove_leftovers(self) -> list[str]:
-        """Force-remove containers of this level left by earlier tries; their names."""
-        name = self.container_name
-        found = {c["Id"]: c for c in self.cli.containers(
-            all=True, filters={"label": f"simia.container={name}"})}
-        for c in self.cli.containers(all=True, filters={"name": name}):
-            if f"/{name}" in c.get("Names", []):
-                found[c["Id"]] = c
-        removed = []
-        for cid, c in found.items():
-            self.log.warning("removing leftover container %s (%s) of an earlier try",
-                             ",".join(c.get("Names", [])) or cid[:12], c.get("Status", "?"))
-            self.cli.remove_container(cid, force=True)
-            removed.append(cid)
-        return removed
+        """Force-remove containers of this level left by earlier tries; their ids."""
+        from simia_airflow.serving import remove_containers
+
+        return remove_containers(self.cli, self.container_name, self.log.warning)
 
     def _apply_level(self) -> None:
         """Take the container settings from the rendered level plan."""

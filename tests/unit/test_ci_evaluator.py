@@ -101,7 +101,7 @@ def test_a_perfect_agent_scores_one_everywhere_in_tau2s_format(tmp_path):
     assert "api_key" not in json.dumps(on_disk["info"])  # no key in the results
 
 
-def test_termination_paths(tmp_path):
+def test_termination_paths(tmp_path, monkeypatch):
     def policy(body):
         user = next(m["content"] for m in body["messages"] if m["role"] == "user")
         if "roaming" in user:
@@ -114,19 +114,14 @@ def test_termination_paths(tmp_path):
             return _call("get_customer_by_id", customer_id="C1001")  # loops: max_steps
         return {"role": "assistant", "content": "###STOP###"}
 
+    import simia.ci_evaluator as ce
+
+    retry_once = ce.ChatClient.__init__
+    monkeypatch.setattr(ce.ChatClient, "__init__",
+                        lambda self, *a, **kw: retry_once(self, *a, **{**kw, "retries": 1}))
     agent = Agent(policy)
     try:
-        import simia.ci_evaluator as ce
-
-        orig = ce.ChatClient.__init__
-
-        def fast(self, *a, **kw):
-            orig(self, *a, **{**kw, "retries": 1})
-        ce.ChatClient.__init__ = fast
-        try:
-            results = run_evaluation(_args(tmp_path, agent.url, num_trials=1, max_steps=10))
-        finally:
-            ce.ChatClient.__init__ = orig
+        results = run_evaluation(_args(tmp_path, agent.url, num_trials=1, max_steps=10))
     finally:
         agent.close()
     by_task = {s["task_id"]: s for s in results["simulations"]}
@@ -151,6 +146,9 @@ def test_auto_resume_runs_only_what_is_missing(tmp_path):
         assert len(agent.requests) - before == 2 * 3
         with pytest.raises(SystemExit, match="auto-resume"):
             run_evaluation(_args(tmp_path, agent.url, auto_resume=False))
+        (tmp_path / "eval" / "results.json").write_text('{"simulations": 3}')
+        with pytest.raises(SystemExit, match="results.json: cannot resume"):
+            run_evaluation(_args(tmp_path, agent.url))
     finally:
         agent.close()
 

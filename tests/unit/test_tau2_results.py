@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from simia.errors import InputError
-from simia.tau2_results import (TERMINATION_REASONS, is_success, read_tau2_results, redact,
+from simia.redaction import is_secret_key, redact
+from simia.tau2_results import (TERMINATION_REASONS, is_success, read_tau2_results,
                                 tau2_metrics)
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "tau2" / "results_every_reason.json"
@@ -121,6 +122,9 @@ def test_llm_args_secrets_are_dropped():
         assert secret not in text
     assert r.agent.llm_args == {"api_base": "http://10.0.0.5:8000/v1", "temperature": 0.0}
     assert redact({"API_KEY": 1, "nested": [{"password": 2, "ok": 3}]}) == {"nested": [{"ok": 3}]}
+    assert redact({"max_tokens": 64, "access_token": "t", "aws_access_key_id": "A"}) == {
+        "max_tokens": 64}  # settings that merely mention tokens are kept
+    assert not is_secret_key("token_url") and is_secret_key("Authorization")
 
 
 def test_is_success_tolerance():
