@@ -64,7 +64,7 @@ import orjson
 
 from simia.domains.telecom import TELECOM_TOOLS
 from simia.rules import WEIGHTS, Flag, call_object, score_conversation
-from simia.synthetic import generate_raw
+from simia.synthetic import synthetic_turns
 
 FAULT_KINDS: tuple[str, ...] = (
     "throttle", "error500", "error503", "slow", "unparseable", "truncated")
@@ -259,7 +259,7 @@ def _one_line(value: str) -> str:
 def _generate_text(prompt: _Prompt) -> str:
     """A synthetic conversation in the generator's line format, one line per turn."""
     seed = prompt.digest("conversation") % 2**32
-    turns = generate_raw(1, seed=seed, mode=prompt.mode)[0]["conversations"]
+    turns = synthetic_turns(seed=seed, mode=prompt.mode)
     lines = []
     for turn in turns:
         value = turn["value"]
@@ -275,7 +275,7 @@ def _seed_turns(prompt: _Prompt) -> list[dict[str, str]]:
     bare ``{"name", "arguments"}`` JSON of a telecom tool (a call that cannot be is
     dropped with its observation)."""
     seed = prompt.digest("seed") % 2**32
-    raw = generate_raw(1, seed=seed, mode="strict")[0]["conversations"]
+    raw = synthetic_turns(seed=seed, mode="strict")
     turns: list[dict[str, str]] = []
     drop_observation = False
     for turn in raw:
@@ -488,6 +488,7 @@ class ConverseServer:
         self.config = config or ServerConfig()
         self._lock = threading.Lock()
         self._seen: dict[str, int] = {}
+        self._user_agents: set[str] = set()
         self._bucket: _TokenBucket | None = None
         self._counts: dict[str, Any] = {}
         self._zero_counts()
@@ -559,16 +560,19 @@ class ConverseServer:
         """Counts since start or the last reset: ``requests`` (all model requests) =
         ``ok`` (served without fault) + sum of ``by_fault`` + ``rate_limited`` +
         ``invalid``; ``by_kind`` counts classified requests; ``prompts_seen`` the
-        distinct requests."""
+        distinct requests; ``user_agents`` the distinct User-Agent headers of model
+        requests."""
         with self._lock:
             return {**self._counts, "by_kind": dict(self._counts["by_kind"]),
-                    "by_fault": dict(self._counts["by_fault"]), "prompts_seen": len(self._seen)}
+                    "by_fault": dict(self._counts["by_fault"]), "prompts_seen": len(self._seen),
+                    "user_agents": sorted(self._user_agents)}
 
     def reset(self) -> None:
         """Zero the stats and the per-request counters, and refill the rate limit."""
         with self._lock:
             self._zero_counts()
             self._seen.clear()
+            self._user_agents.clear()
             self._bucket = None
 
     def _zero_counts(self) -> None:
@@ -672,6 +676,9 @@ class ConverseServer:
                 connection = headers.get("connection", "").lower()
                 close = connection == "close" or (version == "HTTP/1.0"
                                                   and connection != "keep-alive")
+                if method == "POST" and not path.startswith("/_admin/"):
+                    with self._lock:
+                        self._user_agents.add(headers.get("user-agent", ""))
                 status, payload, extra = await self._route(method, path, body, arrived)
                 if writer.is_closing():
                     return

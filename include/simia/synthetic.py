@@ -148,10 +148,22 @@ def _conversation(rng: random.Random, index: int, mode: str) -> list[dict[str, A
     return c.turns
 
 
-def generate_raw(n: int, *, seed: int = 0, mode: str = "sycophantic") -> list[dict[str, Any]]:
-    """``n`` raw conversations in the generator's record shape."""
+def _check_mode(mode: str) -> None:
     if mode not in ("base", "strict", "sycophantic"):
         raise ValueError(f"mode must be base, strict or sycophantic, got {mode!r}")
+
+
+def synthetic_turns(*, seed: int = 0, mode: str = "sycophantic") -> list[dict[str, Any]]:
+    """The turns of ``generate_raw(1, seed=seed, mode=mode)[0]``, without building the
+    record's ~5,600-character system prompt (most of that call's time): what a simulated
+    generator reply needs."""
+    _check_mode(mode)
+    return _conversation(random.Random(f"{seed}:{mode}"), 0, mode)
+
+
+def generate_raw(n: int, *, seed: int = 0, mode: str = "sycophantic") -> list[dict[str, Any]]:
+    """``n`` raw conversations in the generator's record shape."""
+    _check_mode(mode)
     rng = random.Random(f"{seed}:{mode}")
     system = _system(seed)
     out = []

@@ -17,6 +17,7 @@ This module is imported when the DAG is parsed: no ``simia`` import at module le
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -90,7 +91,7 @@ class ServeModelOperator(_DockerMixin, BaseOperator):
             ``server`` (:class:`simia.serving.ServerSettings` fields), GPU settings.
         docker_url: The Docker engine.
         gpu_wait_s: Longest wait for free GPUs.
-        poll_s: Seconds between health polls (and log forwarding).
+        poll_s: Seconds between health polls (the server's log is forwarded as it comes).
 
     Returns the server description (:func:`simia.serving.server_spec`): base URL on the
     level's network, served model name, container and network names.
@@ -181,17 +182,47 @@ class ServeModelOperator(_DockerMixin, BaseOperator):
         cli.start(container["Id"])
 
     def _wait_healthy(self, cli, spec: dict[str, Any]) -> None:
+        """Poll the container's health; its log goes to the task log as it is written
+        (:meth:`_forward_log`) until the server is healthy or has failed."""
         cid = self._container
+        stream, pump = self._forward_log(cli, cid)
+        try:
+            self._poll_health(cli, cid, spec)
+        except BaseException:
+            pump.join(timeout=2)  # an exited server's stream ends once all its log is read
+            raise
+        finally:
+            stream.close()
+            pump.join(timeout=5)
+
+    def _forward_log(self, cli, cid: str) -> tuple[Any, threading.Thread]:
+        """Follow the container's log (one streaming request, nothing read twice) on a
+        thread that writes each line to the task log as ``[server] ...``; closing the
+        returned stream ends the thread."""
+        stream = cli.logs(cid, stdout=True, stderr=True, stream=True, follow=True)
+
+        def pump() -> None:
+            pending = b""
+            try:
+                for chunk in stream:
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        self.log.info("[server] %s",
+                                      line.decode("utf-8", "replace").rstrip("\r"))
+            except Exception:  # noqa: BLE001 - the stream was closed, or the container went
+                pass
+            if pending.strip():
+                self.log.info("[server] %s", pending.decode("utf-8", "replace").rstrip("\r"))
+
+        thread = threading.Thread(target=pump, name="server-log", daemon=True)
+        thread.start()
+        return stream, thread
+
+    def _poll_health(self, cli, cid: str, spec: dict[str, Any]) -> None:
         timeout = float(spec["startup_timeout_s"])
         start = time.monotonic()
-        shown = 0
         next_note = 0.0
         while True:
-            lines = cli.logs(cid, stdout=True, stderr=True).decode("utf-8", "replace")
-            lines = lines.splitlines()
-            for line in lines[shown:]:
-                self.log.info("[server] %s", line)
-            shown = max(shown, len(lines))
             state = cli.inspect_container(cid)["State"]
             health = (state.get("Health") or {}).get("Status")
             if health == "healthy":

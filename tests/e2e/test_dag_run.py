@@ -85,3 +85,7 @@ def test_dag_from_seeds_to_datasets_with_the_llm_judge(dag, tau2_dir, tmp_path,
     meta = json.loads((run / "datasets" / "metadata.json").read_text())
     assert meta["label_source"] == "judge"
     assert converse_server.stats["by_kind"]["seed"] >= 6
+    # the hook's client keeps our fixed User-Agent (botocore_config) and adds Airflow's
+    agents = converse_server.stats["user_agents"]
+    assert agents and all(a.startswith("Botocore/") and " simia/" in a and " Airflow/" in a
+                          for a in agents), agents

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import simia
 from simia.generation import (GenerationSettings, SeedSettings, generate_seeds_stage,
                               generate_shard, merge_generation)
 from simia.judge import JudgeSettings, judge_shard, merge_judge
@@ -62,6 +63,9 @@ def test_seeds_generate_judge_through_boto3(converse_server, tmp_path, tau2_dir)
     assert merged["llm"]["calls"] == converse_server.stats["by_kind"]["generate"] + \
         converse_server.stats["by_kind"].get("continuation", 0)
     assert merged["llm"]["cost_usd"] > 0
+    # the fixed User-Agent of botocore_config (botocore's own costs CPU on every call)
+    assert [a.split(" ")[1] for a in converse_server.stats["user_agents"]] == \
+        [f"simia/{simia.__version__}"]
 
     processed = process_stage(tmp_path / "gen" / "raw_conversations.json", tmp_path / "proc",
                               tau2_data_dir=tau2)

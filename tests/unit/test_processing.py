@@ -268,6 +268,17 @@ def test_pipeline_output_alternates_on_synthetic_data():
             assert "<think>" not in json.dumps(row["conversations"])
 
 
+def test_synthetic_turns_are_generate_raws_first_conversation():
+    from simia.synthetic import generate_raw, synthetic_turns
+
+    for seed in (0, 7, 123456789):
+        for mode in ("base", "strict", "sycophantic"):
+            assert synthetic_turns(seed=seed, mode=mode) == \
+                generate_raw(1, seed=seed, mode=mode)[0]["conversations"]
+    with pytest.raises(ValueError, match="mode must be"):
+        synthetic_turns(mode="lenient")
+
+
 def test_process_run_yields_the_kept_rows_as_it_goes_and_then_the_result():
     from simia.domains import DOMAINS
     from simia.processing import ProcessRun, process_conversations
