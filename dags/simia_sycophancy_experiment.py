@@ -649,54 +649,11 @@ def simia_sycophancy_experiment():
         trainer container, then the server and evaluator settings; none when
         train_models is off. Bad training, GPU, serving or evaluation Params fail here,
         once, before any container starts."""
-        from simia.gpus import check_request, parse_gpu_ids
-        from simia.paths import data_root_child
-        from simia.run_config import eval_settings, training_config
-        from simia.serving import ServerSettings
-        from simia.training import ContainerSettings, container_spec, plan_level
+        from simia.run_config import level_plans
 
         ctx = get_current_context()
-        p = ctx["params"]
-        if not p["train_models"]:
-            return []
-        gpu_ids = parse_gpu_ids(p["gpu_ids"])
-        check_request(gpu_ids, p["gpus_per_training"])
-        cfg = training_config(p)
-        cache = p["model_cache_dir"] or str(data_root_child(p["data_root"], "hf-cache"))
-        settings = ContainerSettings(
-            image=p["trainer_image"], gpus_per_training=p["gpus_per_training"],
-            model_cache_dir=cache, hub_offline=p["hub_offline"], shm_size_gb=p["shm_size_gb"])
-        gpus_per_server = p["gpus_per_server"] if p["serve_backend"] == "vllm" else 0
-        check_request(gpu_ids, gpus_per_server)
-        server = ServerSettings(
-            backend=p["serve_backend"], image=p["server_image"],
-            max_model_len=p["max_model_len"], gpu_memory_utilization=p["gpu_memory_utilization"],
-            gpus_per_server=gpus_per_server, template=p["template"],
-            startup_timeout_s=p["server_startup_timeout_s"], seed=p["seed"],
-            extra_args=tuple(p["server_extra_args"]), model_cache_dir=cache,
-            hub_offline=p["hub_offline"])
-        evaluation = eval_settings(p)
-        run = _run_dir()
-        run_key = f"{DAG_ID}/{ctx['run_id']}"
-        lock_dir = str(data_root_child(p["data_root"], ".locks/gpus"))
-        out = []
-        for level in sorted(p["levels"]):
-            plan = plan_level(cfg, datasets_dir=built["dataset_dir"], train_dir=f"{run}/train",
-                              level=level, run_key=run_key)
-            spec = container_spec(cfg, plan, run, settings)
-            out.append({
-                "level": float(level), "run_dir": run, "run_key": run_key,
-                "run_id": ctx["run_id"], "lock_dir": lock_dir, "gpu_ids": p["gpu_ids"],
-                "train_dir": str(Path(plan.output_dir).parent),
-                "evaluate": p["evaluate_models"],
-                "train": {**spec, "plan": plan.as_dict(),
-                          "labels": {"simia.dag_id": DAG_ID, "simia.run_id": ctx["run_id"],
-                                     "simia.level": f"{level:g}", "simia.stage": "train"},
-                          "gpus_per_training": p["gpus_per_training"],
-                          "gpu_ids": p["gpu_ids"], "lock_dir": lock_dir},
-                "server": server.model_dump(mode="json"),
-                "eval": evaluation.model_dump(mode="json")})
-        return out
+        return level_plans(ctx["params"], run_dir=_run_dir(), run_id=ctx["run_id"],
+                           dag_id=DAG_ID, dataset_dir=built["dataset_dir"])
 
     @task_group(group_id="level")
     def level(plan):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -137,6 +138,13 @@ def _parser() -> argparse.ArgumentParser:
     er = sub.add_parser("eval-results", help="pass^k of one tau2 results.json (infrastructure "
                                             "errors counted as failures; tau2's figure beside)")
     er.add_argument("results", help="tau2's results.json (or the --save-to folder)")
+
+    cm = sub.add_parser("commands", help="a run's train, serve, evaluate and stop containers "
+                                         "as docker commands (a bash script), from run.json")
+    cm.add_argument("run_dir", help="the run directory (holding run.json)")
+    cm.add_argument("--level", type=float, action="append", default=None,
+                    help="only this level (%%); repeatable (default: every level)")
+    cm.add_argument("-o", "--out", default=None, help="write the script here (default: stdout)")
 
     from simia.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 
@@ -329,6 +337,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "missing_runs": len(res.missing_cells),
                       "termination_reasons": {k: v for k, v in res.termination_counts.items()
                                               if v}}
+        elif args.command == "commands":
+            from simia.docker_commands import run_script
+            from simia.io import write_bytes
+
+            script = run_script(args.run_dir, levels=args.level)
+            if args.out is None:
+                sys.stdout.write(script)
+                return 0
+            write_bytes(args.out, script.encode())
+            os.chmod(args.out, 0o755)
+            result = {"script": str(args.out)}
         elif args.command == "report":
             from simia.report import write_report
 

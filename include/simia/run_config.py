@@ -19,8 +19,8 @@ from pydantic import ValidationError
 
 from simia.errors import SimiaError
 
-__all__ = ["START_STAGES", "check_run_params", "eval_settings", "reused_files", "scores_file",
-           "training_config"]
+__all__ = ["START_STAGES", "check_run_params", "datasets_dir", "eval_settings", "level_plans",
+           "reused_files", "scores_file", "training_config"]
 
 # where a run may start from an earlier run's artifacts (see the DAG's start_from Param)
 START_STAGES = ("beginning", "processed", "scores", "datasets")
@@ -183,3 +183,69 @@ def _training_problems(p: dict[str, Any]) -> list[str]:
         if p["eval_data_dir"]:
             _must_exist(problems, "eval_data_dir", p["eval_data_dir"], folder=True)
     return problems
+
+
+def datasets_dir(p: dict[str, Any], run_dir: str | Path) -> Path:
+    """Where a run's datasets are: its own ``datasets/``, or the source run's when it
+    starts from datasets (``start_from``)."""
+    if p.get("start_from", "beginning") == "datasets":
+        return Path(p["source_run"]) / "datasets"
+    return Path(run_dir) / "datasets"
+
+
+def level_plans(p: dict[str, Any], *, run_dir: str | Path, run_id: str, dag_id: str,
+                dataset_dir: str | Path) -> list[dict[str, Any]]:
+    """Per level, everything its tasks need, as plain JSON-able data: the LLaMA-Factory
+    YAML (written to ``train/<level>/train_config.yaml``, unchanged when identical) and
+    the trainer container, then the server and evaluator settings. Empty when
+    ``train_models`` is off. Bad training, GPU, serving or evaluation Params raise here,
+    before any container starts.
+
+    The DAG's ``plan_levels`` task returns this (one mapped ``level`` group per entry),
+    and ``simia commands`` prints the containers it describes as ``docker`` commands.
+    """
+    from simia.gpus import check_request, parse_gpu_ids
+    from simia.paths import data_root_child
+    from simia.serving import ServerSettings
+    from simia.training import ContainerSettings, container_spec, plan_level
+
+    if not p["train_models"]:
+        return []
+    gpu_ids = parse_gpu_ids(p["gpu_ids"])
+    check_request(gpu_ids, p["gpus_per_training"])
+    cfg = training_config(p)
+    cache = p["model_cache_dir"] or str(data_root_child(p["data_root"], "hf-cache"))
+    settings = ContainerSettings(
+        image=p["trainer_image"], gpus_per_training=p["gpus_per_training"],
+        model_cache_dir=cache, hub_offline=p["hub_offline"], shm_size_gb=p["shm_size_gb"])
+    gpus_per_server = p["gpus_per_server"] if p["serve_backend"] == "vllm" else 0
+    check_request(gpu_ids, gpus_per_server)
+    server = ServerSettings(
+        backend=p["serve_backend"], image=p["server_image"],
+        max_model_len=p["max_model_len"], gpu_memory_utilization=p["gpu_memory_utilization"],
+        gpus_per_server=gpus_per_server, template=p["template"],
+        startup_timeout_s=p["server_startup_timeout_s"], seed=p["seed"],
+        extra_args=tuple(p["server_extra_args"]), model_cache_dir=cache,
+        hub_offline=p["hub_offline"])
+    evaluation = eval_settings(p)
+    run = str(run_dir)
+    run_key = f"{dag_id}/{run_id}"
+    lock_dir = str(data_root_child(p["data_root"], ".locks/gpus"))
+    out = []
+    for level in sorted(p["levels"]):
+        plan = plan_level(cfg, datasets_dir=dataset_dir, train_dir=f"{run}/train",
+                          level=level, run_key=run_key)
+        spec = container_spec(cfg, plan, run, settings)
+        out.append({
+            "level": float(level), "run_dir": run, "run_key": run_key,
+            "run_id": run_id, "lock_dir": lock_dir, "gpu_ids": p["gpu_ids"],
+            "train_dir": str(Path(plan.output_dir).parent),
+            "evaluate": p["evaluate_models"],
+            "train": {**spec, "plan": plan.as_dict(),
+                      "labels": {"simia.dag_id": dag_id, "simia.run_id": run_id,
+                                 "simia.level": f"{level:g}", "simia.stage": "train"},
+                      "gpus_per_training": p["gpus_per_training"],
+                      "gpu_ids": p["gpu_ids"], "lock_dir": lock_dir},
+            "server": server.model_dump(mode="json"),
+            "eval": evaluation.model_dump(mode="json")})
+    return out

@@ -104,3 +104,116 @@ def test_a_failure_summary_is_written_to_the_run(tmp_path):
     assert record["try_number"] == 2 and "clear the task" in record["log_hint"]
     # a broken context never raises out of the callback
     record_failure({"ti": None, "params": {"data_root": str(tmp_path)}})
+
+
+@pytest.fixture(scope="module")
+def recorded_run(defaults, tmp_path_factory, raw_file, tau2_dir):
+    """A run folder as validate_params and build_sft_datasets leave it: run.json with the
+    DAG's defaults (GPU settings of a 2-GPU host) and datasets for levels 0 and 10."""
+    from simia.datasets import DatasetDesign
+    from simia.stages import build_datasets_stage, process_stage, score_rules_stage
+
+    root = tmp_path_factory.mktemp("commands")
+    run = root / DAG_ID / "manual__2026-11-22"
+    process_stage(raw_file, run / "processed", tau2_data_dir=tau2_dir)
+    score_rules_stage(run / "processed" / "processed.json", run / "scores.jsonl")
+    build_datasets_stage(run / "processed" / "processed.json", run / "scores.jsonl",
+                         run / "datasets", DatasetDesign(levels=(0, 10), size=20,
+                                                         shared_clean=15))
+    params = {**defaults, "data_root": str(root), "tau2_data_dir": str(tau2_dir),
+              "levels": [0, 10], "dataset_size": 20, "shared_clean": 15, "gpu_ids": "0,1",
+              "gpus_per_training": 2, "serve_backend": "vllm", "gpus_per_server": 1}
+    (run / "run.json").write_text(json.dumps(
+        {"dag_id": DAG_ID, "run_id": "manual__2026-11-22", "params": params}))
+    return run, params
+
+
+def _fake_docker(bin_dir: Path, log: Path) -> None:
+    """A `docker` that records its arguments (one JSON list per call) and reports every
+    container as running and healthy."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    fake = bin_dir / "docker"
+    fake.write_text(f"""#!{sys.executable}
+import json, sys
+with open({str(log)!r}, "a") as fh:
+    fh.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:2] == ["inspect"]:
+    print("running healthy")
+""")
+    fake.chmod(0o755)
+
+
+def test_simia_commands_prints_the_levels_containers(recorded_run, tmp_path, capsys,
+                                                     monkeypatch):
+    """`simia commands`: what train_model, serve_model, evaluate_tau2 and stop_model_server
+    start for a level, as a bash script of docker commands (run here against a docker that
+    records its arguments); secrets by name only."""
+    import os
+
+    from simia.cli import main
+
+    run, p = recorded_run
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value-456")
+    assert main(["commands", str(run), "--level", "10", "-o", str(tmp_path / "run.sh")]) == 0
+    script = (tmp_path / "run.sh").read_text()
+    assert os.access(tmp_path / "run.sh", os.X_OK)
+    assert "secret_value" not in script and "secret-value" not in script
+    assert "/0pct" not in script and "-0pct" not in script  # only the level asked for
+    _fake_docker(tmp_path / "bin", tmp_path / "calls.jsonl")
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    subprocess.run(["bash", str(tmp_path / "run.sh")], check=True, env=env, timeout=60)
+    calls = [json.loads(x) for x in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert [c[:2] for c in calls] == [["run", "--rm"], ["network", "create"], ["run", "-d"],
+                                      ["inspect", "-f"], ["run", "--rm"], ["rm", "-f"],
+                                      ["network", "rm"]]
+    train, serve, evaluate = calls[0], calls[2], calls[4]
+
+    config = run / "train" / "10pct" / "train_config.yaml"
+    assert config.is_file()
+    assert train[-4:] == [p["trainer_image"], "llamafactory-cli", "train", str(config)]
+    assert train[train.index("--gpus") + 1] == '"device=0,1"'
+    assert train[train.index("HF_TOKEN") - 1] == "-e"  # passed by name, no value
+    assert f"type=bind,source={run},target={run}" in train
+
+    assert serve[serve.index("--entrypoint") + 1] == "python3"
+    at = serve.index(p["server_image"])
+    assert serve[at + 1:at + 5] == ["-m", "vllm.entrypoints.openai.api_server", "--model",
+                                    str(run / "train" / "10pct" / "output")]
+    assert serve[serve.index("--gpus") + 1] == '"device=0"'
+    assert "/v1/models" in serve[serve.index("--health-cmd") + 1]
+    network = calls[1][2]
+    assert serve[serve.index("--network") + 1] == network == calls[-1][2]
+    assert evaluate[evaluate.index("--network") + 1] == network
+    assert evaluate[evaluate.index("OPENAI_API_KEY") - 1] == "-e"
+    tau2 = evaluate[evaluate.index(p["evaluator_image"]) + 1:]
+    assert tau2[:2] == ["tau2", "run"]
+    assert tau2[tau2.index("--save-to") + 1] == str(run / "eval" / "10pct")
+
+    # a trained level is not trained again
+    (run / "train" / "10pct" / "output").mkdir(parents=True)
+    (run / "train" / "10pct" / "training_summary.json").write_text(json.dumps(
+        {"level": 10.0, "model_path": str(run / "train" / "10pct" / "output"),
+         "config_path": str(config)}))
+    (tmp_path / "calls.jsonl").unlink()
+    assert main(["commands", str(run), "--level", "10"]) == 0
+    (tmp_path / "again.sh").write_text(capsys.readouterr().out)
+    subprocess.run(["bash", str(tmp_path / "again.sh")], check=True, env=env, timeout=60)
+    calls = [json.loads(x) for x in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert calls[0][:2] == ["network", "create"] and len(calls) == 6
+
+
+def test_simia_commands_errors_name_the_file(recorded_run, tmp_path, capsys):
+    from simia.cli import main
+
+    run, _ = recorded_run
+    assert main(["commands", str(run), "--level", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "run.json" in err and "no level 5" in err and "0, 10" in err
+    assert main(["commands", str(tmp_path)]) == 2
+    assert "run.json" in capsys.readouterr().err
+    record = json.loads((run / "run.json").read_text())
+    del record["params"]["trainer_image"]
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    assert main(["commands", str(tmp_path)]) == 2
+    assert "'trainer_image'" in capsys.readouterr().err

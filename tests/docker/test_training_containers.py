@@ -127,6 +127,8 @@ def test_every_level_trains_serves_and_is_evaluated(finetuning, deepspeed, level
     assert containers_with(docker_api, **{"simia.run_id": dr.run_id}) == []
     assert networks_with(docker_api, **{"simia.run_id": dr.run_id}) == []
     out = capfd.readouterr()
+    if finetuning == "full":
+        _rerun_level_by_hand(run, slugs[0], docker_api)
     evals = [ti.xcom_pull(task_ids="level.evaluate_tau2", map_indexes=ti.map_index)
              for ti in dr.get_task_instances() if ti.task_id == "level.evaluate_tau2"]
     for token in (secret, openai_secret):
@@ -195,3 +197,31 @@ def test_a_bad_config_fails_with_the_containers_error_and_leaves_nothing(
     assert "leftover container" not in text  # the failed try removed its own container
     assert "were not trained" in text  # the report task names the levels, then fails
     assert containers_with(docker_api, **{"simia.run_id": dr.run_id}) == []
+
+
+def _rerun_level_by_hand(run: Path, slug: str, docker_api) -> None:
+    """`simia commands` for a finished run, executed against the real engine: training is
+    skipped (the level is trained), the server starts and gets healthy, the evaluator
+    writes the same results the DAG's evaluate_tau2 wrote, and nothing is left."""
+    import subprocess
+    import sys
+
+    before = json.loads((run / "eval" / slug / "results.json").read_text())
+    (run / "eval" / slug / "results.json").rename(run / "eval" / f"{slug}.dag.json")
+    script = run / "by_hand.sh"
+    subprocess.run([sys.executable, "-m", "simia.cli", "commands", str(run), "--level",
+                    slug.removesuffix("pct"), "-o", str(script)], check=True)
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    after = json.loads((run / "eval" / slug / "results.json").read_text())
+
+    def rewards(results: dict) -> dict:
+        return {(s["task_id"], s["trial"]): (s.get("reward_info") or {}).get("reward")
+                for s in results["simulations"]}
+
+    assert rewards(after) == rewards(before)
+    run_id = json.loads((run / "run.json").read_text())["run_id"]
+    assert containers_with(docker_api, **{"simia.run_id": run_id}) == []
+    assert not [n for n in docker_api.networks.list() if n.name.startswith("simia-net-")
+                and n.name.endswith(f"-{slug}")]
+

@@ -1,0 +1,198 @@
+"""A run's containers as ``docker`` commands, for running a level by hand.
+
+The DAG's ``train_model``, ``serve_model``, ``evaluate_tau2`` and ``stop_model_server``
+tasks start their containers through the Docker API from the specs that
+:func:`simia.run_config.level_plans`, :func:`simia.serving.server_spec` and
+:func:`simia.evaluation.evaluator_spec` build. :func:`run_script` builds the same specs
+from a run's ``run.json`` (the Params ``validate_params`` recorded) and writes them as a
+bash script: the same images, commands, environment, mounts, names, networks and health
+check, so a level can be re-run, debugged or continued outside Airflow.
+
+Secrets are never written: the Hugging Face token and the user simulator's OpenAI key go
+in by name only (``-e HF_TOKEN``, ``-e OPENAI_API_KEY``), from the caller's environment.
+GPUs: the DAG leases free ones at run time; the script asks for the first ones of the
+run's ``gpu_ids`` (or for a count when none are listed).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from simia.errors import InputError
+from simia.io import read_json
+
+__all__ = ["docker_run", "level_commands", "run_script"]
+
+
+def _gpus(count: int, gpu_ids: str | None) -> list[str]:
+    from simia.gpus import parse_gpu_ids
+
+    if count <= 0:
+        return []
+    ids = parse_gpu_ids(gpu_ids)
+    # several device ids need the quotes inside the value (docker splits it as CSV)
+    return ["--gpus", f'"device={",".join(ids[:count])}"' if ids else str(count)]
+
+
+def docker_run(spec: dict[str, Any], *, detach: bool = False, network: str | None = None,
+               gpus: Sequence[str] = (), pass_env: Sequence[str] = (),
+               labels: dict[str, str] | None = None) -> list[str]:
+    """``docker run`` for a container spec (``image``, ``command``, ``environment``,
+    ``mounts``, ``container_name``, optional ``entrypoint``, ``user``, ``shm_size``,
+    ``healthcheck``); ``pass_env``: variables passed by name from the caller's
+    environment (secrets)."""
+    argv = ["docker", "run", "-d" if detach else "--rm", "--name", spec["container_name"]]
+    if network:
+        argv += ["--network", network, "--network-alias", spec["container_name"]]
+    if spec.get("user"):
+        argv += ["--user", spec["user"]]
+    if spec.get("shm_size"):
+        argv += ["--shm-size", f"{int(spec['shm_size'])}b"]
+    argv += list(gpus)
+    for mount in spec.get("mounts", []):
+        value = f"type={mount.get('type', 'bind')},source={mount['source']}," \
+                f"target={mount['target']}"
+        argv += ["--mount", value + (",readonly" if mount.get("read_only") else "")]
+    for name, value in sorted(spec.get("environment", {}).items()):
+        argv += ["-e", f"{name}={value}"]
+    for name in pass_env:
+        argv += ["-e", name]
+    for name, value in sorted((labels or {}).items()):
+        argv += ["--label", f"{name}={value}"]
+    health = spec.get("healthcheck")
+    if health:
+        kind, *test = health
+        cmd = shlex.join(test) if kind == "CMD" else test[0]
+        argv += ["--health-cmd", cmd, "--health-interval", "5s", "--health-timeout", "10s",
+                 "--health-retries", "3"]
+    entrypoint = list(spec.get("entrypoint") or [])
+    if entrypoint:
+        argv += ["--entrypoint", entrypoint[0]]
+    return argv + [spec["image"], *entrypoint[1:], *spec["command"]]
+
+
+def _model_for(plan: dict[str, Any]) -> dict[str, Any]:
+    """The trained model when the level's training finished, else the one it will write
+    (its output folder, base model and fine-tuning type from its YAML)."""
+    import yaml
+
+    from simia.serving import trained_model
+    from simia.training import SUMMARY_FILE
+
+    if (Path(plan["train_dir"]) / SUMMARY_FILE).is_file():
+        return trained_model(plan["train_dir"])
+    train = plan["train"]["plan"]
+    config = yaml.safe_load(Path(train["config_path"]).read_text())
+    return {"model_path": train["output_dir"],
+            "base_model": str(config.get("model_name_or_path", "")),
+            "finetuning_type": str(config.get("finetuning_type", "full")),
+            "level": plan["level"]}
+
+
+# wait for the server's health check; stop with its last log lines if it exits first
+_WAIT_HEALTHY = """while :; do
+  state=$(docker inspect -f '{{.State.Status}} {{.State.Health.Status}}' NAME)
+  case $state in
+    'running healthy') break ;;
+    running*) sleep 5 ;;
+    *) docker logs --tail 40 NAME; echo "NAME: $state, not healthy" >&2; exit 1 ;;
+  esac
+done"""
+
+Step = list[str] | str  # a command, or a shell operator joining two commands
+
+
+def level_commands(plan: dict[str, Any]) -> list[tuple[str, list[Step]]]:
+    """One level's steps as (what, commands): train (unless trained), serve (network,
+    server, wait until healthy), evaluate, stop; serving and evaluation only when the run
+    evaluates. A string between two commands is a shell operator (``||``)."""
+    from simia.evaluation import EvalSettings, evaluator_spec
+    from simia.serving import ServerSettings, server_spec
+
+    from simia.training import SUMMARY_FILE
+
+    train = plan["train"]
+    summary = Path(plan["train_dir"]) / SUMMARY_FILE
+    steps = [("train_model: llamafactory-cli train, unless the level is trained",
+              [["test", "-f", str(summary)], "||",
+               docker_run(train, gpus=_gpus(train["gpus_per_training"], plan["gpu_ids"]),
+                          pass_env=["HF_TOKEN"], labels=train.get("labels"))])]
+    if not plan.get("evaluate", True):
+        return steps
+    server = server_spec(ServerSettings(**plan["server"]), model=_model_for(plan),
+                         level=plan["level"], run_key=plan["run_key"], run_dir=plan["run_dir"])
+    name, network = server["container_name"], server["network"]
+    labels = {"simia.run_id": plan["run_id"], "simia.level": f"{plan['level']:g}"}
+    wait = ["bash", "-c", _WAIT_HEALTHY.replace("NAME", name)]
+    steps.append((f"serve_model: {server['backend']} server {name} on network {network}",
+                  [["docker", "network", "create", network],
+                   docker_run(server, detach=True, network=network,
+                              gpus=_gpus(server["gpus_per_server"], plan["gpu_ids"]),
+                              labels={**labels, "simia.container": name,
+                                      "simia.stage": "serve"}),
+                   wait]))
+    settings = EvalSettings(**plan["eval"])
+    spec = evaluator_spec(settings, server=server, run_dir=plan["run_dir"])
+    steps.append((f"evaluate_tau2: {settings.evaluator} -> {spec['results']}",
+                  [docker_run(spec, network=spec["network_mode"],
+                              pass_env=["OPENAI_API_KEY"] if settings.evaluator == "tau2"
+                              else [],
+                              labels={**labels, "simia.container": spec["container_name"],
+                                      "simia.stage": "evaluate"})]))
+    steps.append(("stop_model_server",
+                  [["docker", "rm", "-f", name], ["docker", "network", "rm", network]]))
+    return steps
+
+
+def run_script(run_dir: str | Path, *, levels: Sequence[float] | None = None) -> str:
+    """A bash script of every level's containers (or of ``levels``), from the run's
+    ``run.json``. Raises :class:`InputError` for a folder that is not a run, or a level
+    the run does not have."""
+    from simia.run_config import datasets_dir, level_plans
+
+    run = Path(run_dir).resolve()
+    manifest = read_json(run / "run.json", what="run record")
+    params = manifest.get("params") if isinstance(manifest, dict) else None
+    if not isinstance(params, dict):
+        raise InputError(run / "run.json", "no 'params' object: not a run folder written "
+                         "by validate_params", field="params")
+    params = {**params, "train_models": True}  # show the containers even if it skipped them
+    try:
+        plans = level_plans(params, run_dir=run, run_id=manifest["run_id"],
+                            dag_id=manifest["dag_id"], dataset_dir=datasets_dir(params, run))
+    except KeyError as exc:  # a run.json written by another version of the DAG
+        raise InputError(run / "run.json", f"no {exc.args[0]!r}: this run.json was written "
+                         "by another version of the DAG", field=str(exc.args[0])) from None
+    if levels is not None:
+        wanted = {float(x) for x in levels}
+        have = {p["level"] for p in plans}
+        if wanted - have:
+            def listed(values: set[float]) -> str:
+                return ", ".join(f"{x:g}" for x in sorted(values))
+
+            raise InputError(run / "run.json", f"the run has no level {listed(wanted - have)} "
+                             f"(its levels: {listed(have)})", field="params.levels")
+        plans = [p for p in plans if p["level"] in wanted]
+    lines = ["#!/usr/bin/env bash",
+             f"# The containers of run {manifest['run_id']} ({run}), as the DAG starts them;",
+             "# written by `simia commands` from the run's run.json. Secrets come from your",
+             "# environment by name: export HF_TOKEN (gated models) and OPENAI_API_KEY",
+             "# (tau2's user simulator) first.",
+             "set -euo pipefail"]
+    for plan in plans:
+        lines += ["", f"# ---- level {plan['level']:g} %"]
+        for what, commands in level_commands(plan):
+            lines.append(f"# {what}")
+            text = ""
+            for i, cmd in enumerate(commands):
+                if isinstance(cmd, str):  # an operator: the next command continues the line
+                    text += f" {cmd} \\\n    "
+                    continue
+                text += shlex.join(cmd)
+                if i + 1 == len(commands) or not isinstance(commands[i + 1], str):
+                    lines.append(text)
+                    text = ""
+    return "\n".join(lines) + "\n"
