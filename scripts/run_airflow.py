@@ -3,8 +3,10 @@
 
 SQLite lives in the git-ignored ``.airflow/`` folder; DAGs and plugins come from this
 repository; example DAGs are off. Ctrl-C (or SIGTERM) stops every Airflow component:
-standalone only shuts its children down on SIGINT, so this wrapper restores SIGINT
-for it and forwards signals as SIGINT.
+standalone only shuts its children down on SIGINT, and a second SIGINT during that
+shutdown aborts it and leaves the scheduler running. So standalone runs in a session of
+its own (the terminal's Ctrl-C reaches only this wrapper), gets exactly one SIGINT, and
+whatever of its process group is still alive when it exits is terminated.
 """
 
 from __future__ import annotations
@@ -71,10 +73,15 @@ def main() -> int:
     env = airflow_env()
     airflow = Path(sys.executable).with_name("airflow")
     proc = subprocess.Popen([str(airflow), "standalone"], env=env, cwd=ROOT,
+                            start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    stopping = False
 
     def stop(*_: object) -> None:
-        if proc.poll() is None:
+        nonlocal stopping
+        if proc.poll() is None and not stopping:
+            stopping = True
+            print("\nStopping Airflow (a few seconds)...", flush=True)
             proc.send_signal(signal.SIGINT)
 
     signal.signal(signal.SIGINT, stop)
@@ -96,6 +103,24 @@ def main() -> int:
     except KeyboardInterrupt:
         stop()
         return proc.wait()
+    finally:
+        _end_group(proc.pid)
+
+
+def _end_group(pgid: int, grace_s: float = 10.0) -> None:
+    """Terminate what is left of standalone's process group (SIGTERM, then SIGKILL)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
 
 
 if __name__ == "__main__":

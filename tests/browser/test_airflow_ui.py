@@ -155,12 +155,34 @@ def airflow(tmp_path_factory, converse, tau2_dir):
         except OSError:
             time.sleep(3)
     yield af
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C on `make run` sends
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     log.close()
+    # Ctrl-C stops every component: none of this instance's processes is left running
+    left = _processes_with(f"AIRFLOW_HOME={home}")
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"still running after Ctrl-C: {left}"
+
+
+def _processes_with(env_entry: str) -> list[int]:
+    """Live (not zombie) processes whose environment holds ``env_entry``."""
+    found = []
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            if env_entry.encode() not in (proc_dir / "environ").read_bytes().split(b"\0"):
+                continue
+            state = (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            found.append(int(proc_dir.name))
+    return found
 
 
 @pytest.fixture()
