@@ -51,6 +51,11 @@ def record_failure(context: dict[str, Any]) -> None:
         name = record["task_id"]
         if record["map_index"] is not None and record["map_index"] >= 0:
             name += f".{record['map_index']}"
+        level = getattr(context.get("task"), "level", None)  # the per-level tasks' plan
+        if isinstance(level, dict) and isinstance(level.get("level"), (int, float)):
+            record["by_hand"] = f"simia commands {run} --level {level['level']:g}"
+            record["log_hint"] += (f" To run this level's containers by hand: "
+                                   f"{record['by_hand']}")
         write_json(run / "failures" / f"{name}.json", record, indent=True)
         log.info("failure summary written to %s", run / "failures" / f"{name}.json")
     except Exception as exc:  # noqa: BLE001 - never hide the task's own error

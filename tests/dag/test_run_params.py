@@ -95,13 +95,15 @@ def test_a_failure_summary_is_written_to_the_run(tmp_path):
 
     ti = SimpleNamespace(dag_id=DAG_ID, run_id="manual__2026-01-01T00:00:00+00:00",
                          task_id="level.serve_model", map_index=1, try_number=2, max_tries=1)
-    record_failure({"ti": ti, "params": {"data_root": str(tmp_path)},
+    task = SimpleNamespace(level={"level": 10.0, "run_dir": "..."})  # the rendered plan
+    record_failure({"ti": ti, "task": task, "params": {"data_root": str(tmp_path)},
                     "exception": RuntimeError("the server exited\nwith code 1")})
-    path = (tmp_path / DAG_ID / "manual__2026-01-01T00-00-00-00-00" / "failures"
-            / "level.serve_model.1.json")
-    record = json.loads(path.read_text())
+    run = tmp_path / DAG_ID / "manual__2026-01-01T00-00-00-00-00"
+    record = json.loads((run / "failures" / "level.serve_model.1.json").read_text())
     assert record["error_line"] == "RuntimeError: the server exited"
     assert record["try_number"] == 2 and "clear the task" in record["log_hint"]
+    assert record["by_hand"] == f"simia commands {run} --level 10"
+    assert record["by_hand"] in record["log_hint"]
     # a broken context never raises out of the callback
     record_failure({"ti": None, "params": {"data_root": str(tmp_path)}})
 

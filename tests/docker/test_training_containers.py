@@ -197,6 +197,10 @@ def test_a_bad_config_fails_with_the_containers_error_and_leaves_nothing(
     assert "leftover container" not in text  # the failed try removed its own container
     assert "were not trained" in text  # the report task names the levels, then fails
     assert containers_with(docker_api, **{"simia.run_id": dr.run_id}) == []
+    run = next((tmp_path / DAG_ID).iterdir())
+    failure = json.loads((run / "failures" / "level.train_model.0.json").read_text())
+    assert "no_such_optimizer" in failure["error"]
+    assert failure["by_hand"] == f"simia commands {run} --level 20"
 
 
 def _rerun_level_by_hand(run: Path, slug: str, docker_api) -> None:
