@@ -108,7 +108,9 @@ Step = list[str] | str  # a command, or a shell operator joining two commands
 def level_commands(plan: dict[str, Any]) -> list[tuple[str, list[Step]]]:
     """One level's steps as (what, commands): train (unless trained), serve (network,
     server, wait until healthy), evaluate, stop; serving and evaluation only when the run
-    evaluates. A string between two commands is a shell operator (``||``)."""
+    evaluates. Like the DAG's teardown, the server and its network are removed however
+    the script ends once they exist (a shell ``trap``). A string between two commands is
+    a shell operator (``||``)."""
     from simia.evaluation import EvalSettings, evaluator_spec
     from simia.serving import ServerSettings, server_spec
 
@@ -127,8 +129,11 @@ def level_commands(plan: dict[str, Any]) -> list[tuple[str, list[Step]]]:
     name, network = server["container_name"], server["network"]
     labels = {"simia.run_id": plan["run_id"], "simia.level": f"{plan['level']:g}"}
     wait = ["bash", "-c", _WAIT_HEALTHY.replace("NAME", name)]
+    # like the DAG's teardown: the server and its network go when the script ends early
+    cleanup = f"docker rm -f {name} >/dev/null 2>&1; docker network rm {network} " \
+              ">/dev/null 2>&1; true"
     steps.append((f"serve_model: {server['backend']} server {name} on network {network}",
-                  [["docker", "network", "create", network],
+                  [["docker", "network", "create", network], ["trap", cleanup, "EXIT"],
                    docker_run(server, detach=True, network=network,
                               gpus=_gpus(server["gpus_per_server"], plan["gpu_ids"]),
                               labels={**labels, "simia.container": name,
@@ -143,7 +148,8 @@ def level_commands(plan: dict[str, Any]) -> list[tuple[str, list[Step]]]:
                               labels={**labels, "simia.container": spec["container_name"],
                                       "simia.stage": "evaluate"})]))
     steps.append(("stop_model_server",
-                  [["docker", "rm", "-f", name], ["docker", "network", "rm", network]]))
+                  [["docker", "rm", "-f", name], ["docker", "network", "rm", network],
+                   ["trap", "-", "EXIT"]]))
     return steps
 
 

@@ -204,6 +204,19 @@ def test_simia_commands_prints_the_levels_containers(recorded_run, tmp_path, cap
     calls = [json.loads(x) for x in (tmp_path / "calls.jsonl").read_text().splitlines()]
     assert calls[0][:2] == ["network", "create"] and len(calls) == 6
 
+    # an evaluation that fails still removes the server and its network (the teardown)
+    (tmp_path / "calls.jsonl").unlink()
+    fake = (tmp_path / "bin" / "docker").read_text()
+    (tmp_path / "bin" / "docker").write_text(fake + """
+if sys.argv[1:2] == ["run"] and "-d" not in sys.argv:
+    sys.exit(3)
+""")
+    failed = subprocess.run(["bash", str(tmp_path / "again.sh")], env=env, timeout=60)
+    assert failed.returncode == 3
+    calls = [json.loads(x) for x in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert [c[:2] for c in calls[-2:]] == [["rm", "-f"], ["network", "rm"]]
+    assert calls[-1][2] == network
+
 
 def test_simia_commands_errors_name_the_file(recorded_run, tmp_path, capsys):
     from simia.cli import main
