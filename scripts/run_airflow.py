@@ -91,12 +91,16 @@ def main() -> int:
         time.sleep(1)
     if proc.poll() is None and _healthy():
         home = Path(env["AIRFLOW_HOME"])
+        password = _password(home) or \
+            f"(see {home}/simple_auth_manager_passwords.json.generated)"
+        tau2 = env.get("TAU2_DATA_DIR") or \
+            "NOT SET: set TAU2_DATA_DIR or the tau2_data_dir Param"
         print(
             "\n" + "=" * 72 + f"\nAirflow is up: http://{HOST}:{PORT}\n"
-            f"Log in as: admin / {_password(home) or '(see ' + str(home) + '/simple_auth_manager_passwords.json.generated)'}\n"
+            f"Log in as: admin / {password}\n"
             f"DAG: simia_sycophancy_experiment (starts paused; trigger it with the form)\n"
             f"Run outputs: {env['SIMIA_DATA_ROOT']}\n"
-            f"tau2 data dir: {env.get('TAU2_DATA_DIR') or 'NOT SET: set TAU2_DATA_DIR or the tau2_data_dir Param'}\n"
+            f"tau2 data dir: {tau2}\n"
             "Stop with Ctrl-C.\n" + "=" * 72, flush=True)
     try:
         return proc.wait()

@@ -182,10 +182,15 @@ def test_a_server_that_never_gets_healthy_fails_within_its_timeout(
 
 def test_a_bad_config_fails_with_the_containers_error_and_leaves_nothing(
         dag, docker_api, trainer_cpu_image, tiny_model, model_cache, raw_file, tau2_dir,
-        tmp_path, capfd):
+        tmp_path, capfd, monkeypatch):
+    from datetime import timedelta
+
     conf = _conf(tmp_path, raw_file, tau2_dir, trainer_cpu_image, tiny_model, model_cache,
                  levels=[20], deepspeed="none",
                  train_extra={"optim": "no_such_optimizer"})
+    train = dag.get_task("level.train_model")  # retry at once (what is tested is the retry)
+    monkeypatch.setattr(train, "retry_delay", timedelta(seconds=1))
+    monkeypatch.setattr(train, "retry_exponential_backoff", False)
     dr = dag.test(run_conf=conf)
     assert dr.state == "failed"
     tis = [ti for ti in dr.get_task_instances() if ti.task_id == "level.train_model"]
