@@ -618,14 +618,15 @@ def simia_sycophancy_experiment():
     def build_sft_datasets(processed: dict, scores: dict) -> dict:
         """One LLaMA-Factory dataset per sycophancy level + dataset_info.json + metadata."""
         from simia.datasets import DatasetDesign
+        from simia.run_config import datasets_dir
         from simia.stages import build_datasets_stage
 
         ctx = get_current_context()
         p = ctx["params"]
+        out = str(datasets_dir(p, _run_dir()))  # the source run's with start_from=datasets
         if _starts_after(p, "build"):
             from simia.io import read_json
 
-            out = _reused(p, "datasets")
             meta = read_json(f"{out}/metadata.json", what="dataset metadata")
             print(f"start_from = datasets: training on the datasets of {out}")
             ctx["outlet_events"][DATASETS].extra = {"path": out, "reused": True}
@@ -633,7 +634,6 @@ def simia_sycophancy_experiment():
         design = DatasetDesign(levels=tuple(p["levels"]), size=p["dataset_size"],
                                shared_clean=p["shared_clean"], seed=p["seed"],
                                threshold=p["label_threshold"])
-        out = f"{_run_dir()}/datasets"
         summary = build_datasets_stage(processed["processed"], scores["scores"], out, design)
         ctx["outlet_events"][DATASETS].extra = {"path": out}
         return {"dataset_dir": out, "datasets": summary["datasets"]}

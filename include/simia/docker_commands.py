@@ -76,20 +76,14 @@ def docker_run(spec: dict[str, Any], *, detach: bool = False, network: str | Non
 
 def _model_for(plan: dict[str, Any]) -> dict[str, Any]:
     """The trained model when the level's training finished, else the one it will write
-    (its output folder, base model and fine-tuning type from its YAML)."""
-    import yaml
-
-    from simia.serving import trained_model
+    (its output folder, with the base model and fine-tuning type of its YAML)."""
+    from simia.serving import model_from_config, trained_model
     from simia.training import SUMMARY_FILE
 
     if (Path(plan["train_dir"]) / SUMMARY_FILE).is_file():
         return trained_model(plan["train_dir"])
     train = plan["train"]["plan"]
-    config = yaml.safe_load(Path(train["config_path"]).read_text())
-    return {"model_path": train["output_dir"],
-            "base_model": str(config.get("model_name_or_path", "")),
-            "finetuning_type": str(config.get("finetuning_type", "full")),
-            "level": plan["level"]}
+    return model_from_config(train["config_path"], train["output_dir"], plan["level"])
 
 
 # wait for the server's health check; stop with its last log lines if it exits first
@@ -102,26 +96,21 @@ _WAIT_HEALTHY = """while :; do
   esac
 done"""
 
-Step = list[str] | str  # a command, or a shell operator joining two commands
-
-
-def level_commands(plan: dict[str, Any]) -> list[tuple[str, list[Step]]]:
+def level_commands(plan: dict[str, Any]) -> list[tuple[str, list[str]]]:
     """One level's steps as (what, commands): train (unless trained), serve (network,
     server, wait until healthy), evaluate, stop; serving and evaluation only when the run
     evaluates. Like the DAG's teardown, the server and its network are removed however
-    the script ends once they exist (a shell ``trap``). A string between two commands is
-    a shell operator (``||``)."""
+    the script ends once they exist (a shell ``trap``). Each command is a shell line."""
     from simia.evaluation import EvalSettings, evaluator_spec
     from simia.serving import ServerSettings, server_spec
-
     from simia.training import SUMMARY_FILE
 
     train = plan["train"]
     summary = Path(plan["train_dir"]) / SUMMARY_FILE
+    trainer = docker_run(train, gpus=_gpus(train["gpus_per_training"], plan["gpu_ids"]),
+                         pass_env=["HF_TOKEN"], labels=train.get("labels"))
     steps = [("train_model: llamafactory-cli train, unless the level is trained",
-              [["test", "-f", str(summary)], "||",
-               docker_run(train, gpus=_gpus(train["gpus_per_training"], plan["gpu_ids"]),
-                          pass_env=["HF_TOKEN"], labels=train.get("labels"))])]
+              [f"test -f {shlex.quote(str(summary))} || {shlex.join(trainer)}"])]
     if not plan.get("evaluate", True):
         return steps
     server = server_spec(ServerSettings(**plan["server"]), model=_model_for(plan),
@@ -133,23 +122,24 @@ def level_commands(plan: dict[str, Any]) -> list[tuple[str, list[Step]]]:
     cleanup = f"docker rm -f {name} >/dev/null 2>&1; docker network rm {network} " \
               ">/dev/null 2>&1; true"
     steps.append((f"serve_model: {server['backend']} server {name} on network {network}",
-                  [["docker", "network", "create", network], ["trap", cleanup, "EXIT"],
-                   docker_run(server, detach=True, network=network,
-                              gpus=_gpus(server["gpus_per_server"], plan["gpu_ids"]),
-                              labels={**labels, "simia.container": name,
-                                      "simia.stage": "serve"}),
-                   wait]))
+                  [shlex.join(cmd) for cmd in (
+                      ["docker", "network", "create", network], ["trap", cleanup, "EXIT"],
+                      docker_run(server, detach=True, network=network,
+                                 gpus=_gpus(server["gpus_per_server"], plan["gpu_ids"]),
+                                 labels={**labels, "simia.container": name,
+                                         "simia.stage": "serve"}),
+                      wait)]))
     settings = EvalSettings(**plan["eval"])
     spec = evaluator_spec(settings, server=server, run_dir=plan["run_dir"])
     steps.append((f"evaluate_tau2: {settings.evaluator} -> {spec['results']}",
-                  [docker_run(spec, network=spec["network_mode"],
-                              pass_env=["OPENAI_API_KEY"] if settings.evaluator == "tau2"
-                              else [],
-                              labels={**labels, "simia.container": spec["container_name"],
-                                      "simia.stage": "evaluate"})]))
+                  [shlex.join(docker_run(
+                      spec, network=spec["network_mode"],
+                      pass_env=["OPENAI_API_KEY"] if settings.evaluator == "tau2" else [],
+                      labels={**labels, "simia.container": spec["container_name"],
+                              "simia.stage": "evaluate"}))]))
     steps.append(("stop_model_server",
-                  [["docker", "rm", "-f", name], ["docker", "network", "rm", network],
-                   ["trap", "-", "EXIT"]]))
+                  [shlex.join(["docker", "rm", "-f", name]),
+                   shlex.join(["docker", "network", "rm", network]), "trap - EXIT"]))
     return steps
 
 
@@ -191,14 +181,5 @@ def run_script(run_dir: str | Path, *, levels: Sequence[float] | None = None) ->
     for plan in plans:
         lines += ["", f"# ---- level {plan['level']:g} %"]
         for what, commands in level_commands(plan):
-            lines.append(f"# {what}")
-            text = ""
-            for i, cmd in enumerate(commands):
-                if isinstance(cmd, str):  # an operator: the next command continues the line
-                    text += f" {cmd} \\\n    "
-                    continue
-                text += shlex.join(cmd)
-                if i + 1 == len(commands) or not isinstance(commands[i + 1], str):
-                    lines.append(text)
-                    text = ""
+            lines += [f"# {what}", *commands]
     return "\n".join(lines) + "\n"

@@ -104,8 +104,6 @@ def trained_model(train_dir: str | Path) -> dict[str, Any]:
     Reads ``train/<slug>/training_summary.json`` and the YAML the training ran with
     (LoRA adapters are served on top of their base model).
     """
-    import yaml
-
     train_dir = Path(train_dir)
     summary_path = train_dir / SUMMARY_FILE
     if not summary_path.is_file():
@@ -118,14 +116,26 @@ def trained_model(train_dir: str | Path) -> dict[str, Any]:
     if not isinstance(model_path, str) or not Path(model_path).is_dir():
         raise InputError(summary_path, f"model_path {model_path!r} is not a folder",
                          field="model_path")
-    config_path = Path(summary.get("config_path") or train_dir / "train_config.yaml")
+    config_path = summary.get("config_path") or train_dir / "train_config.yaml"
+    return model_from_config(config_path, model_path, summary.get("level"))
+
+
+def model_from_config(config_path: str | Path, model_path: str,
+                      level: float | None) -> dict[str, Any]:
+    """The model a level serves, :func:`trained_model`'s shape: ``model_path`` (the
+    training's output) with the base model and fine-tuning type of the YAML the level
+    trains with (LoRA adapters are served on top of their base model)."""
+    import yaml
+
+    config_path = Path(config_path)
     try:
         config = yaml.safe_load(config_path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(config_path, f"cannot read the training config: {exc}") from None
+    if not isinstance(config, dict):
+        raise InputError(config_path, "the training config is not a mapping")
     return {"model_path": model_path, "base_model": str(config.get("model_name_or_path", "")),
-            "finetuning_type": str(config.get("finetuning_type", "full")),
-            "level": summary.get("level")}
+            "finetuning_type": str(config.get("finetuning_type", "full")), "level": level}
 
 
 def server_spec(settings: ServerSettings, *, model: dict[str, Any], level: float,
