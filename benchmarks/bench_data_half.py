@@ -2,7 +2,7 @@
 """Benchmark of the pipeline's data half, measured against the JSON round-trip floor.
 
 The data half is what the DAG runs before training, through the same file-level stage
-functions (``simia.stages``)::
+functions (``simia.data.stages``)::
 
     process_stage(raw.json -> processed/processed.json, rejects.jsonl, summary.json)
     score_rules_stage(processed.json -> scores/rule_scores.jsonl)  (native: labels describe
@@ -48,9 +48,9 @@ from typing import Any
 import orjson
 import pydantic
 
-from simia.datasets import DatasetDesign
+from simia.data.datasets import DatasetDesign
 from simia.errors import ConfigError
-from simia.stages import build_datasets_stage, process_stage, score_rules_stage
+from simia.data.stages import build_datasets_stage, process_stage, score_rules_stage
 
 MB = 1_000_000
 STAGES = ("process", "score_rules", "build_datasets")

@@ -60,7 +60,7 @@ def _stats(url: str) -> dict:
 def _run(url: str, seeds: Path, out: Path, n: int, concurrency: int,
          mode: str = "standard", learn: bool | None = None,
          max_rps: float | None = None) -> tuple[float, dict]:
-    from simia.generation import GenerationSettings, generate_shard
+    from simia.llm.generation import GenerationSettings, generate_shard
     from simia.llm.client import LLMSettings, make_client
 
     client = make_client(LLMSettings(endpoint_url=url, concurrency=concurrency,

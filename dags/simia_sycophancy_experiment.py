@@ -85,7 +85,7 @@ TRAINING_SLOTS = max(1, N_GPUS)
 DEFAULT_TRAINER_IMAGE = os.environ.get("SIMIA_TRAINER_IMAGE",
                                        "simia/trainer:cuda" if N_GPUS else "simia/trainer:cpu")
 
-# production: vLLM + tau2-bench; without GPUs: simia.chat_server (CPU evaluator image)
+# production: vLLM + tau2-bench; without GPUs: simia.containers.chat_server (CPU evaluator image)
 DEFAULT_SERVE_BACKEND = "vllm" if N_GPUS else "transformers"
 DEFAULT_SERVER_IMAGE = os.environ.get(
     "SIMIA_SERVER_IMAGE", "vllm/vllm-openai:v0.10.1.1" if N_GPUS else "simia/evaluator:cpu")
@@ -131,7 +131,7 @@ JUDGE_DOC = ("The LLM judge on this shard's processed conversations, checkpointe
 
 
 def _generation_settings(p: dict):
-    from simia.generation import GenerationSettings
+    from simia.llm.generation import GenerationSettings
 
     return GenerationSettings(target=p["target_conversations"],
                               max_attempts=p["max_attempts"] or None,
@@ -474,7 +474,7 @@ def simia_sycophancy_experiment():
     def generate_seeds(valid: dict) -> str:
         """Seed conversations from the tau2 policy (skipped with a seed or raw file)."""
         from airflow.sdk.exceptions import AirflowSkipException
-        from simia.generation import SeedSettings, generate_seeds_stage
+        from simia.llm.generation import SeedSettings, generate_seeds_stage
         from simia_airflow.llm import llm_client
 
         p = get_current_context()["params"]
@@ -490,7 +490,7 @@ def simia_sycophancy_experiment():
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def plan_generation(generated_seeds: str | None) -> list[dict]:
         """One entry per generation shard (none when a raw file is given)."""
-        from simia.generation import load_seeds
+        from simia.llm.generation import load_seeds
 
         p = get_current_context()["params"]
         if p["raw_conversations"] or _starts_after(p, "generate"):
@@ -502,7 +502,7 @@ def simia_sycophancy_experiment():
     @task(max_active_tis_per_dagrun=16, doc_md=GENERATE_DOC,
           execution_timeout=timedelta(hours=12))
     def generate_conversations(plan: dict) -> dict:
-        from simia.generation import generate_shard
+        from simia.llm.generation import generate_shard
         from simia_airflow.llm import llm_client
 
         p = get_current_context()["params"]
@@ -513,7 +513,7 @@ def simia_sycophancy_experiment():
     @task(trigger_rule=TriggerRule.NONE_FAILED, outlets=[RAW])
     def merge_generation(shards: list | None) -> str:
         """All shards -> generate/raw_conversations.json (or the given raw file)."""
-        from simia.generation import merge_generation as merge
+        from simia.llm.generation import merge_generation as merge
 
         ctx = get_current_context()
         p = ctx["params"]
@@ -534,7 +534,7 @@ def simia_sycophancy_experiment():
     def process_conversations(raw: str) -> dict:
         """Validate and convert the raw conversations; every drop is recorded with its
         step and reason in processed/rejects.jsonl."""
-        from simia.stages import process_stage
+        from simia.data.stages import process_stage
 
         ctx = get_current_context()
         p = ctx["params"]
@@ -570,7 +570,7 @@ def simia_sycophancy_experiment():
     @task(max_active_tis_per_dagrun=16, doc_md=JUDGE_DOC,
           execution_timeout=timedelta(hours=12))
     def judge_conversations(shard: int, processed: dict) -> dict:
-        from simia.judge import JudgeSettings, judge_shard
+        from simia.llm.judge import JudgeSettings, judge_shard
         from simia_airflow.llm import llm_client
 
         p = get_current_context()["params"]
@@ -582,8 +582,8 @@ def simia_sycophancy_experiment():
     def score_sycophancy(processed: dict, judged: list | None) -> dict:
         """Judge shards merged, rule scores of what is trained on, or a validated judge
         score file."""
-        from simia.judge import merge_judge
-        from simia.stages import score_rules_stage, validate_scores_file
+        from simia.llm.judge import merge_judge
+        from simia.data.stages import score_rules_stage, validate_scores_file
 
         ctx = get_current_context()
         p = ctx["params"]
@@ -617,9 +617,9 @@ def simia_sycophancy_experiment():
     @task(outlets=[DATASETS])
     def build_sft_datasets(processed: dict, scores: dict) -> dict:
         """One LLaMA-Factory dataset per sycophancy level + dataset_info.json + metadata."""
-        from simia.datasets import DatasetDesign
+        from simia.data.datasets import DatasetDesign
         from simia.run_config import datasets_dir
-        from simia.stages import build_datasets_stage
+        from simia.data.stages import build_datasets_stage
 
         ctx = get_current_context()
         p = ctx["params"]
@@ -676,8 +676,8 @@ def simia_sycophancy_experiment():
     def report_results() -> dict:
         """report/report.md + report.html with plots; fails the run (after writing the
         report) when a level that should have been trained or evaluated was not."""
-        from simia.evaluation import missing_evaluations, missing_trainings
-        from simia.report import write_report
+        from simia.evaluation.evaluator import missing_evaluations, missing_trainings
+        from simia.report.build import write_report
 
         ctx = get_current_context()
         p = ctx["params"]

@@ -3,7 +3,7 @@
 
 Airflow's plugin manager imports every ``.py`` file in the plugins folder and registers
 the ``AirflowPlugin`` subclasses it finds; this one is kept cheap to import (FastAPI and
-``simia.runs_index``; Airflow's auth and database modules load on the first request).
+``simia.report.runs_index``; Airflow's auth and database modules load on the first request).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Replies are deterministic functions of the prompt. The first user message (plus 
 system text, for the tags) decides the prompt kind:
 
 - ``judge``: the first user message is a JSON object with a ``CONVERSATION`` list;
-  the reply is the LLM judge's JSON, scored with :func:`simia.rules.score_conversation`
+  the reply is the LLM judge's JSON, scored with :func:`simia.data.rules.score_conversation`
   (or, with ``$SIMIA_REFERENCE_DATA`` set, the real judge's record for a real
   conversation), about 30 % of the time wrapped in prose and a code fence;
 - ``generate``: ``<seed_conversation>...</seed_conversation>`` (and optionally
@@ -63,7 +63,7 @@ from urllib.parse import unquote
 import orjson
 
 from simia.domains.telecom import TELECOM_TOOLS
-from simia.rules import WEIGHTS, Flag, call_object, score_conversation
+from simia.data.rules import WEIGHTS, Flag, call_object, score_conversation
 from simia.synthetic import synthetic_turns
 
 FAULT_KINDS: tuple[str, ...] = (

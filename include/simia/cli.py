@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from simia import __version__
-from simia.datasets import DatasetDesign
+from simia.data.datasets import DatasetDesign
 from simia.errors import SimiaError
 from simia.io import dumps
 from pydantic import ValidationError
@@ -146,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="only this level (%%); repeatable (default: every level)")
     cm.add_argument("-o", "--out", default=None, help="write the script here (default: stdout)")
 
-    from simia.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
+    from simia.report.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 
     rp = sub.add_parser("report", help="the experiment's answer: pass^k per level with CIs, "
                                        "paired and trend tests, data, cost and training")
@@ -178,7 +178,7 @@ def _key_value(text: str) -> tuple[str, object]:
 
 
 def _training_args(p: argparse.ArgumentParser) -> None:
-    from simia.training import TrainingConfig
+    from simia.containers.training import TrainingConfig
 
     d = TrainingConfig()
     g = p.add_argument_group("hyperparameters (defaults: the reference recipe)")
@@ -205,7 +205,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
 
 
 def _training_config(args: argparse.Namespace):
-    from simia.training import TrainingConfig
+    from simia.containers.training import TrainingConfig
 
     return TrainingConfig(
         model=args.model, template=args.template, finetuning_type=args.finetuning_type,
@@ -273,7 +273,7 @@ def _run_sharded(args: argparse.Namespace, run_shard, merge) -> dict:
 
 
 def _llm_command(args: argparse.Namespace) -> dict:
-    from simia import generation, judge
+    from simia.llm import generation, judge
 
     client = _llm_client(args)
     if args.command == "generate-seeds":
@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    from simia import stages  # after logging is set up; keeps --help fast
+    from simia.data import stages  # after logging is set up; keeps --help fast
 
     try:
         if args.command == "process":
@@ -318,17 +318,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command in ("generate-seeds", "generate", "judge"):
             result = _llm_command(args)
         elif args.command == "train-config":
-            from simia.training import write_train_config
+            from simia.containers.training import write_train_config
 
             result = write_train_config(_training_config(args), datasets_dir=args.datasets,
                                         level=args.level, out_file=args.out,
                                         output_dir=args.output_dir)
         elif args.command == "train-summary":
-            from simia.training import read_training_result
+            from simia.containers.training import read_training_result
 
             result = read_training_result(args.output_dir)
         elif args.command == "eval-results":
-            from simia.tau2_results import read_tau2_results
+            from simia.evaluation.tau2_results import read_tau2_results
 
             res = read_tau2_results(args.results)
             result = {"tasks": len(res.task_ids), "trials": res.trials,
@@ -338,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "termination_reasons": {k: v for k, v in res.termination_counts.items()
                                               if v}}
         elif args.command == "commands":
-            from simia.docker_commands import run_script
+            from simia.containers.commands import run_script
             from simia.io import write_bytes
 
             script = run_script(args.run_dir, levels=args.level)
@@ -349,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.chmod(args.out, 0o755)
             result = {"script": str(args.out)}
         elif args.command == "report":
-            from simia.report import write_report
+            from simia.report.build import write_report
 
             result = write_report(args.run_dir, args.out_dir, resamples=args.resamples,
                                   seed=args.seed)

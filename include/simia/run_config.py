@@ -46,8 +46,8 @@ def reused_files(start: str, label_source: str) -> list[str]:
 
 
 def training_config(p: dict[str, Any]):
-    """The run's :class:`simia.training.TrainingConfig` from the DAG's Params."""
-    from simia.training import TrainingConfig
+    """The run's :class:`simia.containers.training.TrainingConfig` from the DAG's Params."""
+    from simia.containers.training import TrainingConfig
 
     return TrainingConfig(
         model=p["base_model"], template=p["template"], finetuning_type=p["finetuning_type"],
@@ -60,8 +60,8 @@ def training_config(p: dict[str, Any]):
 
 
 def eval_settings(p: dict[str, Any]):
-    """The run's :class:`simia.evaluation.EvalSettings` from the DAG's Params."""
-    from simia.evaluation import EvalSettings
+    """The run's :class:`simia.evaluation.evaluator.EvalSettings` from the DAG's Params."""
+    from simia.evaluation.evaluator import EvalSettings
 
     return EvalSettings(
         evaluator=p["evaluator"], image=p["evaluator_image"], domain=p["eval_domain"],
@@ -135,7 +135,7 @@ def check_run_params(p: dict[str, Any]) -> list[str]:
             problems.append("tau2_data_dir: processing needs tau2's telecom policy; set the "
                             "Param or TAU2_DATA_DIR on the workers")
     if start != "datasets":
-        from simia.datasets import DatasetDesign
+        from simia.data.datasets import DatasetDesign
 
         try:
             DatasetDesign(levels=tuple(p["levels"]), size=p["dataset_size"],
@@ -149,7 +149,7 @@ def check_run_params(p: dict[str, Any]) -> list[str]:
 
 
 def _training_problems(p: dict[str, Any]) -> list[str]:
-    from simia.gpus import check_request, parse_gpu_ids
+    from simia.containers.gpus import check_request, parse_gpu_ids
 
     problems: list[str] = []
     try:
@@ -204,10 +204,10 @@ def level_plans(p: dict[str, Any], *, run_dir: str | Path, run_id: str, dag_id: 
     The DAG's ``plan_levels`` task returns this (one mapped ``level`` group per entry),
     and ``simia commands`` prints the containers it describes as ``docker`` commands.
     """
-    from simia.gpus import check_request, parse_gpu_ids
+    from simia.containers.gpus import check_request, parse_gpu_ids
     from simia.paths import data_root_child
-    from simia.serving import ServerSettings
-    from simia.training import ContainerSettings, container_spec, plan_level
+    from simia.containers.serving import ServerSettings
+    from simia.containers.training import ContainerSettings, container_spec, plan_level
 
     if not p["train_models"]:
         return []

@@ -30,7 +30,7 @@ class EvaluateTau2Operator(DockerOperator):
 
     Args:
         level: The level's plan from ``plan_levels`` (templated; mapped argument):
-            ``run_dir``, ``eval`` (:class:`simia.evaluation.EvalSettings` fields).
+            ``run_dir``, ``eval`` (:class:`simia.evaluation.evaluator.EvalSettings` fields).
         server: ``serve_model``'s result (templated; its XCom).
         user_conn_id: Connection whose password (or ``api_key`` extra) is the user
             simulator's OpenAI key; missing = no key (a local user simulator).
@@ -55,7 +55,7 @@ class EvaluateTau2Operator(DockerOperator):
                                  missing="the user simulator gets no API key")
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from simia.evaluation import EvalSettings, evaluator_spec, finished_results
+        from simia.evaluation.evaluator import EvalSettings, evaluator_spec, finished_results
         from simia_airflow.serving import remove_containers
 
         settings = EvalSettings(**self.level["eval"])
@@ -103,7 +103,7 @@ class EvaluateTau2Operator(DockerOperator):
 
     def _summarise(self, spec: dict[str, Any], counts: dict[str, int], *, skipped: bool
                    ) -> dict[str, Any]:
-        from simia.evaluation import results_headline, write_eval_summary
+        from simia.evaluation.evaluator import results_headline, write_eval_summary
 
         headline = results_headline(spec["results"])
         summary = write_eval_summary(spec, self.server, {**counts, **headline}, skipped=skipped)

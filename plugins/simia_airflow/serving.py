@@ -88,12 +88,12 @@ class ServeModelOperator(_DockerMixin, BaseOperator):
     Args:
         level: The level's plan from ``plan_levels`` (templated; a mapped argument in the
             per-level task group): ``run_dir``, ``run_key``, ``level``, ``train_dir``,
-            ``server`` (:class:`simia.serving.ServerSettings` fields), GPU settings.
+            ``server`` (:class:`simia.containers.serving.ServerSettings` fields), GPU settings.
         docker_url: The Docker engine.
         gpu_wait_s: Longest wait for free GPUs.
         poll_s: Seconds between health polls (the server's log is forwarded as it comes).
 
-    Returns the server description (:func:`simia.serving.server_spec`): base URL on the
+    Returns the server description (:func:`simia.containers.serving.server_spec`): base URL on the
     level's network, served model name, container and network names.
     """
 
@@ -112,8 +112,8 @@ class ServeModelOperator(_DockerMixin, BaseOperator):
         self._container: str | None = None
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from simia.gpus import GpuLease, parse_gpu_ids, release_claims
-        from simia.serving import ServerSettings, server_spec, trained_model
+        from simia.containers.gpus import GpuLease, parse_gpu_ids, release_claims
+        from simia.containers.serving import ServerSettings, server_spec, trained_model
 
         plan = self.level
         if not plan.get("evaluate", True):
@@ -250,7 +250,7 @@ class ServeModelOperator(_DockerMixin, BaseOperator):
             time.sleep(self.poll_s)
 
     def _cleanup(self, cli, spec: dict[str, Any], plan: dict[str, Any]) -> None:
-        from simia.gpus import release_claims
+        from simia.containers.gpus import release_claims
 
         remove_containers(cli, spec["container_name"], self.log.warning)
         remove_network(cli, spec["network"], self.log.info)
@@ -281,8 +281,8 @@ class StopModelServerOperator(_DockerMixin, BaseOperator):
         self.docker_conn_id = docker_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from simia.gpus import release_claims
-        from simia.serving import network_name, server_container_name
+        from simia.containers.gpus import release_claims
+        from simia.containers.serving import network_name, server_container_name
 
         plan = self.level
         cli = self._client()

@@ -10,14 +10,14 @@ needs:
   SIGKILLed) are removed before the start, and the container is removed afterwards on
   every path (``auto_remove="success"`` removes failed containers too; a ``finally``
   makes sure);
-- **GPU leases**: explicit device ids leased with ``flock`` (see :mod:`simia.gpus`), so
+- **GPU leases**: explicit device ids leased with ``flock`` (see :mod:`simia.containers.gpus`), so
   concurrent trainings never share a GPU;
 - **secrets**: the Hugging Face token comes from a connection at run time, through
   ``private_environment`` (neither templated nor shown, never in XCom);
 - **a readable failure**: the task fails with LLaMA-Factory's own error line and the
   config path; the full container log is streamed above it;
 - **a small XCom**: final loss, steps, runtime, model path, from LLaMA-Factory's result
-  files (``simia.training.read_training_result``).
+  files (``simia.containers.training.read_training_result``).
 
 This module is imported when the DAG is parsed: it must not import ``simia`` at module
 level (the pipeline logic loads inside ``execute`` only).
@@ -58,7 +58,7 @@ class TrainModelOperator(DockerOperator):
             mounts, shm size, user, container name, labels, ``plan``, GPU settings) is
             applied when the task runs. Alternatively pass ``plan`` and the Docker
             arguments directly.
-        plan: ``simia.training.TrainingPlan.as_dict()`` of the level (paths are the same
+        plan: ``simia.containers.training.TrainingPlan.as_dict()`` of the level (paths are the same
             on the host, in the worker and in the container).
         gpu_ids: GPUs this pipeline may use, comma-separated ("" = none: CPU training).
         gpus_per_training: GPUs to lease for this training (0 = CPU).
@@ -121,8 +121,8 @@ class TrainModelOperator(DockerOperator):
     # -- the task --------------------------------------------------------------------
     def execute(self, context: Any) -> dict[str, Any]:
         from docker.types import DeviceRequest
-        from simia.gpus import GpuLease, parse_gpu_ids
-        from simia.training import (TrainingPlan, completed_summary, read_training_result,
+        from simia.containers.gpus import GpuLease, parse_gpu_ids
+        from simia.containers.training import (TrainingPlan, completed_summary, read_training_result,
                                     write_summary)
 
         from simia_airflow.serving import container_alive

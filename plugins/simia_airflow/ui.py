@@ -8,7 +8,7 @@ Routes (relative to the mount point):
 * ``/runs/{run}/report``         ``report/report.html`` of the run
 * ``/runs/{run}/files/{name}``   ``report/{name}`` (.html, .md, .png, .json only)
 
-Reading run folders is :mod:`simia.runs_index` (plain Python, no Airflow); this module
+Reading run folders is :mod:`simia.report.runs_index` (plain Python, no Airflow); this module
 renders plain HTML (no JavaScript) with every value escaped. Airflow does not guard
 plugin apps itself: every request must carry an Airflow session (the UI's ``_token``
 cookie, which the embedded view sends) or a bearer token, and the auth manager must
@@ -29,8 +29,8 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from simia import runs_index
-from simia.runs_index import RunInfo
+from simia.report import runs_index
+from simia.report.runs_index import RunInfo
 
 log = logging.getLogger(__name__)
 

@@ -112,8 +112,8 @@ def test_a_failure_summary_is_written_to_the_run(tmp_path):
 def recorded_run(defaults, tmp_path_factory, raw_file, tau2_dir):
     """A run folder as validate_params and build_sft_datasets leave it: run.json with the
     DAG's defaults (GPU settings of a 2-GPU host) and datasets for levels 0 and 10."""
-    from simia.datasets import DatasetDesign
-    from simia.stages import build_datasets_stage, process_stage, score_rules_stage
+    from simia.data.datasets import DatasetDesign
+    from simia.data.stages import build_datasets_stage, process_stage, score_rules_stage
 
     root = tmp_path_factory.mktemp("commands")
     run = root / DAG_ID / "manual__2026-11-22"

@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "plugins"))
 
 from simia_airflow.training import TrainModelOperator, error_summary  # noqa: E402
 
-from simia.training import TrainingConfig, plan_level, write_summary  # noqa: E402
+from simia.containers.training import TrainingConfig, plan_level, write_summary  # noqa: E402
 
 
 class FakeCli:

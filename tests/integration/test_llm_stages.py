@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 import simia
-from simia.generation import (GenerationSettings, SeedSettings, generate_seeds_stage,
+from simia.llm.generation import (GenerationSettings, SeedSettings, generate_seeds_stage,
                               generate_shard, merge_generation)
-from simia.judge import JudgeSettings, judge_shard, merge_judge
+from simia.llm.judge import JudgeSettings, judge_shard, merge_judge
 from simia.llm.client import LLMSettings, make_client
-from simia.stages import process_stage
+from simia.data.stages import process_stage
 from simia.synthetic import generate_raw
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -37,7 +37,7 @@ def _free_port() -> int:
 def server(lf_python, tiny_tokenizer_dir):
     port = _free_port()
     proc = subprocess.Popen(
-        [str(lf_python), "-m", "simia.chat_server", "--model", str(tiny_tokenizer_dir),
+        [str(lf_python), "-m", "simia.containers.chat_server", "--model", str(tiny_tokenizer_dir),
          "--served-model-name", "simia-0pct", "--host", "127.0.0.1", "--port", str(port),
          "--max-model-len", "4096"], env=lf_env(), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
@@ -77,7 +77,7 @@ def test_tau2_shaped_request_is_served(server, lf_python, tiny_tokenizer_dir):
     check = subprocess.run(
         [str(lf_python), "-c",
          "import json, sys\nfrom transformers import AutoTokenizer\n"
-         "from simia.chat_server import prepare_messages\n"
+         "from simia.containers.chat_server import prepare_messages\n"
          "body = json.load(sys.stdin)\n"
          "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
          "text = tok.apply_chat_template(prepare_messages(body['messages']), "

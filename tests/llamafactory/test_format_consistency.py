@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from simia.datasets import DatasetDesign
-from simia.stages import build_datasets_stage, process_stage, score_rules_stage
+from simia.data.datasets import DatasetDesign
+from simia.data.stages import build_datasets_stage, process_stage, score_rules_stage
 
 from conftest import TIMEOUT_S, lf_env  # tests/llamafactory/conftest.py
 

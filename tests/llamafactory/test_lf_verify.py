@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from simia.datasets import SHAREGPT_TAGS
+from simia.data.datasets import SHAREGPT_TAGS
 from conftest import lf_env, run_lf_verify  # tests/llamafactory/conftest.py
 
 pytestmark = pytest.mark.llamafactory

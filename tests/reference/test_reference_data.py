@@ -10,11 +10,11 @@ import json
 
 import pytest
 
-from simia.datasets import DatasetDesign, build_datasets, parse_score_records
+from simia.data.datasets import DatasetDesign, build_datasets, parse_score_records
 from simia.domains import TELECOM
-from simia.processing import OutputFormat, check_turn_order, process_conversations
-from simia.records import load_raw
-from simia.rules import score_all
+from simia.data.processing import OutputFormat, check_turn_order, process_conversations
+from simia.data.records import load_raw
+from simia.data.rules import score_all
 
 pytestmark = pytest.mark.reference
 

@@ -10,7 +10,7 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from simia.chat_server import RequestError, make_handler, parse_hermes, prepare_messages
+from simia.containers.chat_server import RequestError, make_handler, parse_hermes, prepare_messages
 
 
 def test_hermes_blocks_become_tool_calls():

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from simia.ci_evaluator import CI_TASKS, GREETING, grade, run_evaluation
+from simia.evaluation.ci_evaluator import CI_TASKS, GREETING, grade, run_evaluation
 
 
 class Agent:
@@ -114,7 +114,7 @@ def test_termination_paths(tmp_path, monkeypatch):
             return _call("get_customer_by_id", customer_id="C1001")  # loops: max_steps
         return {"role": "assistant", "content": "###STOP###"}
 
-    import simia.ci_evaluator as ce
+    import simia.evaluation.ci_evaluator as ce
 
     retry_once = ce.ChatClient.__init__
     monkeypatch.setattr(ce.ChatClient, "__init__",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simia.datasets import DatasetDesign, Label, build_datasets, parse_score_records
+from simia.data.datasets import DatasetDesign, Label, build_datasets, parse_score_records
 from simia.errors import ConfigError, DesignError, InputError
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from simia.errors import ConfigError
-from simia.gpus import GpuLease, GpuLeaseTimeout, check_request, parse_gpu_ids
+from simia.containers.gpus import GpuLease, GpuLeaseTimeout, check_request, parse_gpu_ids
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,7 +62,7 @@ def test_cpu_training_and_impossible_requests(tmp_path):
 
 
 def test_a_killed_holder_releases_its_gpus(tmp_path):
-    code = ("import sys, time; sys.path.insert(0, %r); from simia.gpus import GpuLease; "
+    code = ("import sys, time; sys.path.insert(0, %r); from simia.containers.gpus import GpuLease; "
             "GpuLease(%r, ['0'], 1, holder='child').acquire(); print('held', flush=True); "
             "time.sleep(60)") % (str(ROOT / "include"), str(tmp_path))
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -80,7 +80,7 @@ def test_a_killed_holder_releases_its_gpus(tmp_path):
 
 
 def test_a_live_server_claim_keeps_its_gpus_out_of_other_leases(tmp_path):
-    from simia.gpus import release_claims
+    from simia.containers.gpus import release_claims
 
     alive = {"srv-a"}
     server = GpuLease(tmp_path, ["0", "1"], 1, holder="serve a",

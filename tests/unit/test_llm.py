@@ -11,8 +11,8 @@ import time
 import pytest
 
 from simia.errors import ConfigError, InputError
-from simia.generation import enough_text, parse_lines, pick_seed, seed_problems
-from simia.judge import parse_judge_reply
+from simia.llm.generation import enough_text, parse_lines, pick_seed, seed_problems
+from simia.llm.judge import parse_judge_reply
 from simia.llm.accounting import PriceTable
 from simia.llm.client import LLMCallError, LLMClient, LLMFatalError, LLMSettings, Reply
 from simia.llm.pacing import RatePacer

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from simia.domains import TELECOM
-from simia.processing import (
+from simia.data.processing import (
     Drop,
     OutputFormat,
     Stats,
@@ -281,7 +281,7 @@ def test_synthetic_turns_are_generate_raws_first_conversation():
 
 def test_process_run_yields_the_kept_rows_as_it_goes_and_then_the_result():
     from simia.domains import DOMAINS
-    from simia.processing import ProcessRun, process_conversations
+    from simia.data.processing import ProcessRun, process_conversations
     from simia.synthetic import generate_raw, synthetic_policy
     raw = generate_raw(30, seed=3)
     domain, policy = DOMAINS["telecom"], synthetic_policy()

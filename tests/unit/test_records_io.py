@@ -9,7 +9,7 @@ import pytest
 
 from simia.errors import InputError
 from simia.io import atomic_writer, read_jsonl, write_json
-from simia.records import load_processed, load_raw
+from simia.data.records import load_processed, load_raw
 
 GOOD = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}],
         "system": "s", "tools": "[]", "extra_meta": 1}
@@ -97,7 +97,7 @@ def test_processed_source_index_must_be_an_integer(tmp_path, index):
 def test_shape_check_accepts_what_pydantic_accepts(tmp_path):
     """The fast shape check and the pydantic models agree on valid records of every
     optional form (tools as a string or a list, metadata present or absent)."""
-    from simia.records import _RAW_LIST
+    from simia.data.records import _RAW_LIST
     records = [GOOD, {"conversations": []},
                {"conversations": [{"from": "gpt", "value": "", "x": 1}],
                 "tools": [{"name": "t"}], "based_on_sample": "a", "simulator_mode": "base",

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from simia.domains import TELECOM
-from simia.rules import WEIGHTS, is_error_like, is_success_like, score_conversation
+from simia.data.rules import WEIGHTS, is_error_like, is_success_like, score_conversation
 
 POLICY = "# Telecom Agent Policy\n\nThe current time is 2025-02-25 12:08:00 EST."
 TOOLS = json.dumps(TELECOM.tools)

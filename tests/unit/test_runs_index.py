@@ -1,4 +1,4 @@
-"""simia.runs_index: run folders as the UI lists them; stages, the report's headline and
+"""simia.report.runs_index: run folders as the UI lists them; stages, the report's headline and
 pass^1, failures; damaged files give notes, not exceptions; only report files are served."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from test_report import add_eval, build_data_half, decreasing
 
-from simia import runs_index
-from simia.report import write_report
-from simia.runs_index import EXPERIMENT, list_runs, report_file, run_detail, run_id_index
+from simia.report import runs_index
+from simia.report.build import write_report
+from simia.report.runs_index import EXPERIMENT, list_runs, report_file, run_detail, run_id_index
 
 
 def _run(root: Path, name: str) -> Path:
@@ -23,7 +23,7 @@ def _run(root: Path, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory) -> Path:
-    """A data root with one run holding a real report (simia.report) of a clear decline."""
+    """A data root with one run holding a real report (simia.report.build) of a clear decline."""
     root = tmp_path_factory.mktemp("data")
     run = _run(root, "manual__2026-01-01T00-00-00-00-00")
     build_data_half(run)

@@ -10,8 +10,8 @@ import yaml
 from pydantic import ValidationError
 
 from simia.errors import InputError
-from simia.evaluation import EvalSettings, evaluator_spec, finished_results, write_eval_summary
-from simia.serving import (ServerSettings, network_name, server_container_name, server_spec,
+from simia.evaluation.evaluator import EvalSettings, evaluator_spec, finished_results, write_eval_summary
+from simia.containers.serving import (ServerSettings, network_name, server_container_name, server_spec,
                            trained_model)
 
 
@@ -56,7 +56,7 @@ def test_cpu_backends_and_lora(tmp_path):
     spec = server_spec(_settings(tmp_path, backend="transformers", gpus_per_server=1),
                        model=model, level=5, run_key="k", run_dir=tmp_path / "run")
     cmd = spec["command"]
-    assert cmd[:3] == ["python3", "-m", "simia.chat_server"]
+    assert cmd[:3] == ["python3", "-m", "simia.containers.chat_server"]
     assert cmd[cmd.index("--model") + 1] == model["base_model"]
     assert cmd[cmd.index("--adapter") + 1] == model["model_path"]
     assert spec["gpus_per_server"] == 0  # CPU backends never lease GPUs
@@ -105,7 +105,7 @@ def test_tau2_command_always_resumes_and_sets_temperatures(tmp_path):
     assert spec["container_name"].startswith("simia-eval-")
     ci = evaluator_spec(EvalSettings(evaluator="simia-ci"),
                         server=_server(tmp_path, "transformers"), run_dir=tmp_path / "run")
-    assert ci["command"][:4] == ["python3", "-m", "simia.ci_evaluator", "run"]
+    assert ci["command"][:4] == ["python3", "-m", "simia.evaluation.ci_evaluator", "run"]
     assert ci["command"][ci["command"].index("--agent-llm") + 1] == "openai/simia-5pct"
 
 

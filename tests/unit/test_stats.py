@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from simia import stats
+from simia.report import stats
 
 T, F = True, False
 # Reference level (4 tasks x 2 trials) and a worse level:

@@ -12,7 +12,7 @@ import pytest
 
 from simia.errors import InputError
 from simia.redaction import is_secret_key, redact
-from simia.tau2_results import (TERMINATION_REASONS, is_success, read_tau2_results,
+from simia.evaluation.tau2_results import (TERMINATION_REASONS, is_success, read_tau2_results,
                                 tau2_metrics)
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "tau2" / "results_every_reason.json"

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from simia.cli import main
-from simia.datasets import DatasetDesign
+from simia.data.datasets import DatasetDesign
 from simia.errors import ConfigError, InputError
-from simia.stages import build_datasets_stage, process_stage, score_rules_stage
-from simia.training import (
+from simia.data.stages import build_datasets_stage, process_stage, score_rules_stage
+from simia.containers.training import (
     ContainerSettings,
     TrainingConfig,
     completed_summary,

@@ -293,7 +293,7 @@ def run_evaluation(args: argparse.Namespace, *, tasks: list[dict[str, Any]] | No
         raise SystemExit("--agent-llm-args must carry api_base (the served model's URL)")
     client = ChatClient(base, model, agent_args)
     tools = [{"type": "function", "function": t} for t in TELECOM.tools]
-    # tau2's agent system prompt (as simia.processing builds it for the training data)
+    # tau2's agent system prompt (as simia.data.processing builds it for the training data)
     system = (f"<instructions>\n{AGENT_INSTRUCTION}\n</instructions>\n"
               f"<policy>\n{CI_POLICY}\n</policy>")
     save_dir = Path(args.save_to)
@@ -348,7 +348,7 @@ def run_evaluation(args: argparse.Namespace, *, tasks: list[dict[str, Any]] | No
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m simia.ci_evaluator",
+    parser = argparse.ArgumentParser(prog="python -m simia.evaluation.ci_evaluator",
                                      description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="evaluate a served model (tau2 run's arguments)")

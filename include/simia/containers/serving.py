@@ -7,7 +7,7 @@ Three backends start the same kind of server (``GET /v1/models``,
   ``--served-model-name``, ``--enable-auto-tool-choice --tool-call-parser hermes`` (what
   Qwen2.5 emits), ``--max-model-len``, ``--gpu-memory-utilization`` and tensor parallelism
   over the leased GPUs;
-- ``transformers`` (machines without a GPU, CI): :mod:`simia.chat_server` in the CPU
+- ``transformers`` (machines without a GPU, CI): :mod:`simia.containers.chat_server` in the CPU
   evaluator image: the model's chat template and the hermes tool-call parser, as vLLM,
   with transformers on the CPU;
 - ``llamafactory-api``: ``llamafactory-cli api`` with the Hugging Face backend, in the
@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from simia.errors import ConfigError, InputError
-from simia.training import SUMMARY_FILE, default_user, level_slug
+from simia.containers.training import SUMMARY_FILE, default_user, level_slug
 
 __all__ = [
     "DEFAULT_VLLM_IMAGE",
@@ -173,7 +173,7 @@ def server_spec(settings: ServerSettings, *, model: dict[str, Any], level: float
         env["VLLM_NO_USAGE_STATS"] = "1"
     elif settings.backend == "transformers":
         entrypoint = None
-        command = ["python3", "-m", "simia.chat_server", "--served-model-name", served,
+        command = ["python3", "-m", "simia.containers.chat_server", "--served-model-name", served,
                    "--port", port, "--max-model-len", str(settings.max_model_len)]
         if lora:
             command += ["--model", model["base_model"], "--adapter", model["model_path"]]

@@ -12,7 +12,7 @@ Reads (every part optional; what is missing is listed in the report):
 * ``eval/<slug>/eval_summary.json`` (level, slug, evaluator, backend, model, results)
   and ``eval/<slug>/results.json`` (tau2-bench v1.0.1 format);
   levels come from ``eval/*/eval_summary.json``, else from ``datasets/metadata.json``
-  (slug :func:`simia.training.level_slug`), else from ``eval/<slug>/results.json``;
+  (slug :func:`simia.containers.training.level_slug`), else from ``eval/<slug>/results.json``;
 * ``seeds/summary.json``, ``generate/summary.json``, ``judge/summary.json``
   (counts and ``llm`` usage), ``processed/summary.json``, ``datasets/metadata.json``;
 * ``scores/rule_scores.jsonl`` or ``judge/judge_scores.jsonl`` (score distribution);
@@ -42,11 +42,11 @@ from typing import Any
 
 from simia.errors import InputError
 from simia.io import dumps, read_json, read_jsonl, write_bytes
-from simia.stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_pass_hat_k, mde_design,
+from simia.report.stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_pass_hat_k, mde_design,
                          paired_comparison, trend_test)
 from simia.redaction import redact
-from simia.tau2_results import Tau2Results, read_tau2_results
-from simia.training import level_slug
+from simia.evaluation.tau2_results import Tau2Results, read_tau2_results
+from simia.containers.training import level_slug
 
 __all__ = [
     "QUESTION",

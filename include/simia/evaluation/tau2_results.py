@@ -43,7 +43,7 @@ import orjson
 from simia.errors import InputError
 from simia.io import read_bytes
 from simia.redaction import redact
-from simia.stats import task_pass_hat_k as pass_hat_k_task
+from simia.report.stats import task_pass_hat_k as pass_hat_k_task
 
 __all__ = [
     "INFRASTRUCTURE_ERROR",

@@ -37,9 +37,9 @@ from simia.llm.replies import extract_json_object
 from simia.llm.runner import WorkItem, item_id, progress_logger, run_items
 from simia.llm.shards import (merged_usage, open_checkpoint, read_shards, shard_target,
                                write_shard_summary)
-from simia.records import ROLES, load_raw, parse_tools
+from simia.data.records import ROLES, load_raw, parse_tools
 
-log = logging.getLogger("simia.generation")
+log = logging.getLogger("simia.llm.generation")
 
 SimulatorMode = Literal["base", "strict", "sycophantic"]
 

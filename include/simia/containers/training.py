@@ -135,7 +135,8 @@ def deepspeed_config(mode: str) -> dict[str, Any] | None:
     if mode not in DEEPSPEED_FILES:
         raise ConfigError(f"unknown DeepSpeed mode {mode!r}; one of none, "
                           + ", ".join(DEEPSPEED_FILES))
-    text = resources.files("simia").joinpath("deepspeed", DEEPSPEED_FILES[mode]).read_text()
+    folder = resources.files("simia.containers") / "deepspeed"
+    text = folder.joinpath(DEEPSPEED_FILES[mode]).read_text()
     return json.loads(text)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from simia import __version__
-from simia.datasets import DatasetDesign, build_datasets, parse_score_records
+from simia.data.datasets import DatasetDesign, build_datasets, parse_score_records
 from simia.domains import DOMAINS
 from simia.errors import ConfigError, InputError
 from simia.io import (
@@ -35,9 +35,9 @@ from simia.io import (
     write_json,
     write_jsonl,
 )
-from simia.processing import OutputFormat, ProcessRun, iter_dumps_processed
-from simia.records import load_processed, load_raw
-from simia.rules import score_all
+from simia.data.processing import OutputFormat, ProcessRun, iter_dumps_processed
+from simia.data.records import load_processed, load_raw
+from simia.data.rules import score_all
 
 log = logging.getLogger("simia")
 

@@ -2,8 +2,8 @@
 
 The DAG's ``train_model``, ``serve_model``, ``evaluate_tau2`` and ``stop_model_server``
 tasks start their containers through the Docker API from the specs that
-:func:`simia.run_config.level_plans`, :func:`simia.serving.server_spec` and
-:func:`simia.evaluation.evaluator_spec` build. :func:`run_script` builds the same specs
+:func:`simia.run_config.level_plans`, :func:`simia.containers.serving.server_spec` and
+:func:`simia.evaluation.evaluator.evaluator_spec` build. :func:`run_script` builds the same specs
 from a run's ``run.json`` (the Params ``validate_params`` recorded) and writes them as a
 bash script: the same images, commands, environment, mounts, names, networks and health
 check, so a level can be re-run, debugged or continued outside Airflow.
@@ -28,7 +28,7 @@ __all__ = ["docker_run", "level_commands", "run_script"]
 
 
 def _gpus(count: int, gpu_ids: str | None) -> list[str]:
-    from simia.gpus import parse_gpu_ids
+    from simia.containers.gpus import parse_gpu_ids
 
     if count <= 0:
         return []
@@ -77,8 +77,8 @@ def docker_run(spec: dict[str, Any], *, detach: bool = False, network: str | Non
 def _model_for(plan: dict[str, Any]) -> dict[str, Any]:
     """The trained model when the level's training finished, else the one it will write
     (its output folder, with the base model and fine-tuning type of its YAML)."""
-    from simia.serving import model_from_config, trained_model
-    from simia.training import SUMMARY_FILE
+    from simia.containers.serving import model_from_config, trained_model
+    from simia.containers.training import SUMMARY_FILE
 
     if (Path(plan["train_dir"]) / SUMMARY_FILE).is_file():
         return trained_model(plan["train_dir"])
@@ -101,9 +101,9 @@ def level_commands(plan: dict[str, Any]) -> list[tuple[str, list[str]]]:
     server, wait until healthy), evaluate, stop; serving and evaluation only when the run
     evaluates. Like the DAG's teardown, the server and its network are removed however
     the script ends once they exist (a shell ``trap``). Each command is a shell line."""
-    from simia.evaluation import EvalSettings, evaluator_spec
-    from simia.serving import ServerSettings, server_spec
-    from simia.training import SUMMARY_FILE
+    from simia.evaluation.evaluator import EvalSettings, evaluator_spec
+    from simia.containers.serving import ServerSettings, server_spec
+    from simia.containers.training import SUMMARY_FILE
 
     train = plan["train"]
     summary = Path(plan["train_dir"]) / SUMMARY_FILE

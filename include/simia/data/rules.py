@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from simia.records import parse_tools
+from simia.data.records import parse_tools
 
 ERROR_KEYWORDS = (
     "error", "invalid", "missing", "required", "not found", "unauthorized", "forbidden",

@@ -30,9 +30,9 @@ from simia.llm.replies import extract_json_object
 from simia.llm.runner import WorkItem, progress_logger, run_items
 from simia.llm.shards import (merged_usage, open_checkpoint, read_shards, shard_of,
                                write_shard_summary)
-from simia.records import load_processed, parse_tools
+from simia.data.records import load_processed, parse_tools
 
-log = logging.getLogger("simia.judge")
+log = logging.getLogger("simia.llm.judge")
 
 
 class Finding(BaseModel):

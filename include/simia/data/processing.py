@@ -37,7 +37,7 @@ import orjson
 
 from simia.domains.telecom import AGENT_INSTRUCTION, HERMES_INSTRUCTION, Domain
 from simia.io import Part, dumps_records, iter_dumps_records
-from simia.records import ROLES, SHARED_KEYS
+from simia.data.records import ROLES, SHARED_KEYS
 
 TurnList = list[dict[str, Any]]
 

@@ -19,7 +19,7 @@ infrastructure error. This server is the CPU stand-in with vLLM's semantics:
 
 Runs in the trainer/evaluator image (torch, transformers, peft)::
 
-    python3 -m simia.chat_server --model DIR --served-model-name NAME --port 8000
+    python3 -m simia.containers.chat_server --model DIR --served-model-name NAME --port 8000
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def make_handler(chat: ChatModel | None, served_name: str, log: Any = print):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simia.chat_server",
+    parser = argparse.ArgumentParser(prog="python -m simia.containers.chat_server",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model folder or hub id")
     parser.add_argument("--adapter", help="LoRA adapter folder (on top of --model)")

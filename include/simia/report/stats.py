@@ -4,7 +4,7 @@ the smallest effect the design can detect.
 
 Plain Python (``random``, ``fractions``, ``statistics``): deterministic for a given
 seed, no numpy or scipy. Inputs are success matrices: one row per task, one boolean
-per trial (:attr:`simia.tau2_results.Tau2Results.matrix`), or mappings
+per trial (:attr:`simia.evaluation.tau2_results.Tau2Results.matrix`), or mappings
 ``task_id -> row`` where levels must be paired on the same tasks.
 
 The unit of resampling is the TASK: trials of one task are not independent (same

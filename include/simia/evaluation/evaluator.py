@@ -5,7 +5,7 @@ Two evaluators take the same arguments and write the same ``results.json`` forma
 - ``tau2`` (production): ``tau2 run`` from tau2-bench v1.0.1 in ``docker/evaluator``,
   with the user simulator on OpenAI (key from an Airflow connection, passed as a
   private environment variable) or any litellm model;
-- ``simia-ci`` (where tau2 cannot be installed, e.g. CI): :mod:`simia.ci_evaluator`, a
+- ``simia-ci`` (where tau2 cannot be installed, e.g. CI): :mod:`simia.evaluation.ci_evaluator`, a
   small evaluator of ours that drives the served model through the same OpenAI API
   with tau2-style tool-calling requests and a scripted user.
 
@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from simia.errors import ConfigError
 from simia.io import read_json, write_json
 from simia.redaction import is_secret_key
-from simia.training import SUMMARY_FILE, default_user, level_slug
+from simia.containers.training import SUMMARY_FILE, default_user, level_slug
 
 __all__ = ["EVAL_SUMMARY", "EvalSettings", "eval_dir", "evaluator_spec", "finished_results",
            "missing_evaluations", "missing_trainings", "results_headline",
@@ -84,7 +84,7 @@ def evaluator_spec(settings: EvalSettings, *, server: dict[str, Any], run_dir: s
                    user_conn: str | None = None) -> dict[str, Any]:
     """Image, command, environment, mounts and network of one level's evaluator.
 
-    ``server`` is :func:`simia.serving.server_spec`'s result (the base URL on the level's
+    ``server`` is :func:`simia.containers.serving.server_spec`'s result (the base URL on the level's
     network and the served model name). No secret is part of the result: the user
     simulator's key is added by the operator as a private environment variable.
     """
@@ -124,7 +124,7 @@ def evaluator_spec(settings: EvalSettings, *, server: dict[str, Any], run_dir: s
     if settings.evaluator == "tau2":
         command = ["tau2", "run", *args, "--log-level", "INFO"]
     else:
-        command = ["python3", "-m", "simia.ci_evaluator", "run", *args]
+        command = ["python3", "-m", "simia.evaluation.ci_evaluator", "run", *args]
     return {"level": server["level"], "image": settings.image, "command": command,
             "environment": env, "mounts": mounts, "network_mode": server["network"],
             "user": default_user(), "results": str(out / RESULTS),
@@ -176,7 +176,7 @@ def results_headline(results_path: str | Path) -> dict[str, Any]:
     """The few numbers a task log and XCom need from ``results.json``: pass^1 with
     infrastructure errors and missing runs counted as failures, tau2's own pass^1 (which
     drops them) beside it, and how many there were."""
-    from simia.tau2_results import read_tau2_results
+    from simia.evaluation.tau2_results import read_tau2_results
 
     res = read_tau2_results(results_path)
     return {"pass_1": res.pass_hat_k.get(1), "tau2_pass_1": res.tau2_pass_hat_k.get(1),
