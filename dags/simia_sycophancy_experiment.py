@@ -155,10 +155,10 @@ def _starts_after(params: dict, stage: str) -> bool:
 
 def _run_dir() -> str:
     """``<data_root>/<dag_id>/<run_id>`` with the run id made filesystem-safe."""
-    from simia.paths import run_dir
+    from simia.layout import DataRoot
 
     ctx = get_current_context()
-    return str(run_dir(ctx["params"]["data_root"], DAG_ID, ctx["run_id"]))
+    return str(DataRoot(ctx["params"]["data_root"]).run(DAG_ID, ctx["run_id"]).root)
 
 
 @dag(

@@ -205,7 +205,7 @@ def level_plans(p: dict[str, Any], *, run_dir: str | Path, run_id: str, dag_id: 
     and ``simia commands`` prints the containers it describes as ``docker`` commands.
     """
     from simia.containers.gpus import check_request, parse_gpu_ids
-    from simia.paths import data_root_child
+    from simia.layout import DataRoot
     from simia.containers.serving import ServerSettings
     from simia.containers.training import ContainerSettings, container_spec, plan_level
 
@@ -214,7 +214,7 @@ def level_plans(p: dict[str, Any], *, run_dir: str | Path, run_id: str, dag_id: 
     gpu_ids = parse_gpu_ids(p["gpu_ids"])
     check_request(gpu_ids, p["gpus_per_training"])
     cfg = training_config(p)
-    cache = p["model_cache_dir"] or str(data_root_child(p["data_root"], "hf-cache"))
+    cache = p["model_cache_dir"] or str(DataRoot(p["data_root"]).hf_cache)
     settings = ContainerSettings(
         image=p["trainer_image"], gpus_per_training=p["gpus_per_training"],
         model_cache_dir=cache, hub_offline=p["hub_offline"], shm_size_gb=p["shm_size_gb"])
@@ -230,7 +230,7 @@ def level_plans(p: dict[str, Any], *, run_dir: str | Path, run_id: str, dag_id: 
     evaluation = eval_settings(p)
     run = str(run_dir)
     run_key = f"{dag_id}/{run_id}"
-    lock_dir = str(data_root_child(p["data_root"], ".locks/gpus"))
+    lock_dir = str(DataRoot(p["data_root"]).gpu_locks)
     out = []
     for level in sorted(p["levels"]):
         plan = plan_level(cfg, datasets_dir=dataset_dir, train_dir=f"{run}/train",

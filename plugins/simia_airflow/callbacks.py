@@ -41,22 +41,20 @@ def record_failure(context: dict[str, Any]) -> None:
     """``on_failure_callback``: write ``<run>/failures/<task>[.<map_index>].json``."""
     try:
         from simia.io import write_json
-        from simia.paths import run_dir
+        from simia.layout import DataRoot
 
         record = failure_record(context)
         params = context.get("params") or {}
         if not params.get("data_root"):
             return
-        run = run_dir(params["data_root"], record["dag_id"], record["run_id"])
-        name = record["task_id"]
-        if record["map_index"] is not None and record["map_index"] >= 0:
-            name += f".{record['map_index']}"
+        run = DataRoot(params["data_root"]).run(record["dag_id"], record["run_id"])
         level = getattr(context.get("task"), "level", None)  # the per-level tasks' plan
         if isinstance(level, dict) and isinstance(level.get("level"), (int, float)):
-            record["by_hand"] = f"simia commands {run} --level {level['level']:g}"
+            record["by_hand"] = f"simia commands {run.root} --level {level['level']:g}"
             record["log_hint"] += (f" To run this level's containers by hand: "
                                    f"{record['by_hand']}")
-        write_json(run / "failures" / f"{name}.json", record, indent=True)
-        log.info("failure summary written to %s", run / "failures" / f"{name}.json")
+        path = run.failure(record["task_id"], record["map_index"])
+        write_json(path, record, indent=True)
+        log.info("failure summary written to %s", path)
     except Exception as exc:  # noqa: BLE001 - never hide the task's own error
         log.warning("could not write the failure summary: %s", exc)

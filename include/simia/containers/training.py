@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from simia.errors import ConfigError, InputError
 from simia.io import read_json, write_bytes, write_json
+from simia.layout import level_slug
 
 __all__ = [
     "DEEPSPEED_FILES",
@@ -238,12 +239,6 @@ def dataset_for_level(datasets_dir: str | Path, level: float) -> str:
         raise InputError(info_path, f"dataset {name!r} (level {level:g} %) is not registered",
                          field=name)
     return name
-
-
-def level_slug(level: float) -> str:
-    """``5`` -> ``5pct``, ``2.5`` -> ``2p5pct`` (names of folders and containers)."""
-    text = f"{float(level):g}".replace(".", "p").replace("-", "m")
-    return f"{text}pct"
 
 
 def container_name(run_key: str, level: float, *, stage: str = "train") -> str:

@@ -12,7 +12,7 @@ Reads (every part optional; what is missing is listed in the report):
 * ``eval/<slug>/eval_summary.json`` (level, slug, evaluator, backend, model, results)
   and ``eval/<slug>/results.json`` (tau2-bench v1.0.1 format);
   levels come from ``eval/*/eval_summary.json``, else from ``datasets/metadata.json``
-  (slug :func:`simia.containers.training.level_slug`), else from ``eval/<slug>/results.json``;
+  (slug :func:`simia.layout.level_slug`), else from ``eval/<slug>/results.json``;
 * ``seeds/summary.json``, ``generate/summary.json``, ``judge/summary.json``
   (counts and ``llm`` usage), ``processed/summary.json``, ``datasets/metadata.json``;
 * ``scores/rule_scores.jsonl`` or ``judge/judge_scores.jsonl`` (score distribution);
@@ -46,7 +46,7 @@ from simia.report.stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_pass_
                          paired_comparison, trend_test)
 from simia.redaction import redact
 from simia.evaluation.tau2_results import Tau2Results, read_tau2_results
-from simia.containers.training import level_slug
+from simia.layout import level_slug
 
 __all__ = [
     "QUESTION",

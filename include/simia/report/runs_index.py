@@ -1,7 +1,7 @@
 """What the experiment's runs left on disk, for the Airflow UI plugin's run list.
 
 Each run of the DAG writes under ``<data_root>/simia_sycophancy_experiment/<folder>/``
-where ``folder`` is :func:`simia.paths.safe_name` of the Airflow run id. This module reads
+where ``folder`` is :func:`simia.layout.safe_name` of the Airflow run id. This module reads
 those folders (never writes) and returns typed summaries: which stages have output, the
 report's headline and per-level pass^1 (from ``report/report.json``), failures recorded
 under ``failures/*.json`` (or ``failure_summary.json``), and the report files that may be
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simia.paths import safe_name
+from simia.layout import safe_name
 
 EXPERIMENT = "simia_sycophancy_experiment"
 DEFAULT_DATA_ROOT = "/opt/simia/data"

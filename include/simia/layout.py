@@ -1,0 +1,345 @@
+"""Where every artifact of a run lives: the one owner of the run folder's layout.
+
+A run of the experiment writes under ``<data_root>/<experiment>/<run_id>/``::
+
+    run.json                       the run's settings (validate_params)
+    seeds/                         SeedFiles
+    generate/                      GenerateFiles
+    processed/                     ProcessedFiles
+    judge/                         JudgeFiles
+    scores/                        RuleScoreFiles
+    datasets/                      DatasetFiles
+    train/deepspeed.json           the run's DeepSpeed config
+    train/<level>/                 TrainFiles (one per level)
+    eval/<level>/                  EvalFiles (one per level)
+    report/                        ReportFiles
+    failures/<task>[.<i>].json     failure summaries (the DAG's failure callback)
+
+Each stage folder has a small class naming its files, so that a stage writing into any
+folder (the ``simia`` command line's ``-o``) and everything reading a run folder (the
+DAG, the report, the runs index, ``simia commands``, the UI) spell a path in one place:
+here. :class:`RunLayout` composes them for a whole run, and owns the order of the data
+stages that ``start_from`` skips.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "DataRoot", "DatasetFiles", "EvalFiles", "GenerateFiles", "JudgeFiles", "ProcessedFiles",
+    "ReportFiles", "RuleScoreFiles", "RunLayout", "START_STAGES", "SeedFiles", "TrainFiles",
+    "level_slug", "safe_name", "shard_file", "starts_after",
+]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+# where a run may start from an earlier run's artifacts (the DAG's start_from Param), in
+# stage order; a run starting at one of them reuses that stage's outputs and those before
+START_STAGES = ("beginning", "processed", "scores", "datasets")
+# the data stages and the first start_from value that skips each
+_SKIPPED_FROM = {"generate": "processed", "process": "processed", "score": "scores",
+                 "build": "datasets"}
+
+
+def starts_after(start_from: str, stage: str) -> bool:
+    """True when a run with ``start_from`` reuses ``stage``'s outputs (generate, process,
+    score, build) instead of running it."""
+    if stage not in _SKIPPED_FROM:
+        raise ValueError(f"unknown data stage {stage!r}; one of {', '.join(_SKIPPED_FROM)}")
+    return START_STAGES.index(start_from) >= START_STAGES.index(_SKIPPED_FROM[stage])
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of a run id (``manual__2026-01-01T00:00:00+00:00`` ->
+    ``manual__2026-01-01T00-00-00-00-00``)."""
+    cleaned = _UNSAFE.sub("-", text).strip("-.")
+    if not cleaned:
+        raise ValueError(f"cannot make a folder name from {text!r}")
+    return cleaned
+
+
+def level_slug(level: float) -> str:
+    """``5`` -> ``5pct``, ``2.5`` -> ``2p5pct`` (names of folders and containers)."""
+    text = f"{float(level):g}".replace(".", "p").replace("-", "m")
+    return f"{text}pct"
+
+
+def shard_file(folder: str | Path, stage: str, shard: int, shards: int) -> Path:
+    """A sharded LLM stage's per-shard checkpoint (``<stage>-shard-001-of-004.jsonl``);
+    its settings and summary sit beside it (``.params.json``, ``.summary.json``)."""
+    return Path(folder) / f"{stage}-shard-{shard:03d}-of-{shards:03d}.jsonl"
+
+
+@dataclass(frozen=True)
+class _Folder:
+    dir: Path
+
+    def __init__(self, folder: str | Path) -> None:
+        object.__setattr__(self, "dir", Path(folder))
+
+    @property
+    def summary(self) -> Path:
+        """The stage's ``summary.json`` (counts, hashes of inputs and settings)."""
+        return self.dir / "summary.json"
+
+
+class SeedFiles(_Folder):
+    """``seeds/``: generated seed conversations."""
+
+    @property
+    def seeds(self) -> Path:
+        return self.dir / "seeds.json"
+
+    @property
+    def failures(self) -> Path:
+        return self.dir / "seed_failures.jsonl"
+
+
+class GenerateFiles(_Folder):
+    """``generate/``: raw conversations, failures and per-shard checkpoints."""
+
+    STAGE = "generate"
+
+    @property
+    def raw(self) -> Path:
+        return self.dir / "raw_conversations.json"
+
+    @property
+    def failures(self) -> Path:
+        return self.dir / "generation_failures.jsonl"
+
+    def shard(self, shard: int, shards: int) -> Path:
+        return shard_file(self.dir, self.STAGE, shard, shards)
+
+
+class ProcessedFiles(_Folder):
+    """``processed/``: the kept conversations and every rejected one."""
+
+    @property
+    def processed(self) -> Path:
+        return self.dir / "processed.json"
+
+    @property
+    def rejects(self) -> Path:
+        return self.dir / "rejects.jsonl"
+
+
+class JudgeFiles(_Folder):
+    """``judge/``: the LLM judge's scores and per-shard checkpoints."""
+
+    STAGE = "judge"
+
+    @property
+    def scores(self) -> Path:
+        return self.dir / "judge_scores.jsonl"
+
+    def shard(self, shard: int, shards: int) -> Path:
+        return shard_file(self.dir, self.STAGE, shard, shards)
+
+
+class RuleScoreFiles(_Folder):
+    """``scores/``: rule-based sycophancy scores."""
+
+    @property
+    def scores(self) -> Path:
+        return self.dir / "rule_scores.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return rule_scores_summary(self.scores)
+
+
+def rule_scores_summary(scores_file: str | Path) -> Path:
+    """The summary written beside a rule-score file (``rule_scores.summary.json``)."""
+    path = Path(scores_file)
+    return path.with_name(path.stem + ".summary.json")
+
+
+class DatasetFiles(_Folder):
+    """``datasets/``: one LLaMA-Factory dataset per level and their registration."""
+
+    def dataset(self, file_name: str) -> Path:
+        return self.dir / file_name
+
+    @property
+    def dataset_info(self) -> Path:
+        return self.dir / "dataset_info.json"
+
+    @property
+    def metadata(self) -> Path:
+        return self.dir / "metadata.json"
+
+    @property
+    def rejects(self) -> Path:
+        return self.dir / "rejects.jsonl"
+
+
+class TrainFiles(_Folder):
+    """``train/<level>/``: the YAML a level trained with, LLaMA-Factory's output folder
+    and the training summary."""
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "train_config.yaml"
+
+    @property
+    def output(self) -> Path:
+        return self.dir / "output"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "training_summary.json"
+
+
+class EvalFiles(_Folder):
+    """``eval/<level>/``: tau2's ``--save-to`` folder and our summary of it."""
+
+    @property
+    def results(self) -> Path:
+        return self.dir / "results.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "eval_summary.json"
+
+
+class ReportFiles(_Folder):
+    """``report/``: the results report in three forms and its plots."""
+
+    @property
+    def markdown(self) -> Path:
+        return self.dir / "report.md"
+
+    @property
+    def html(self) -> Path:
+        return self.dir / "report.html"
+
+    @property
+    def json(self) -> Path:
+        return self.dir / "report.json"
+
+    def plot(self, name: str) -> Path:
+        return self.dir / name
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    """Folders shared by every run under one data root (created on first use)."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    def _child(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def hf_cache(self) -> Path:
+        """The default model cache (HF_HOME) of trainings and servers."""
+        return self._child("hf-cache")
+
+    @property
+    def gpu_locks(self) -> Path:
+        """The GPU leases' lock files."""
+        return self._child(".locks/gpus")
+
+    def run(self, experiment: str, run_id: str) -> RunLayout:
+        """The layout of one run, ``<root>/<experiment>/<run_id>`` (folder created)."""
+        path = self.root / safe_name(experiment) / safe_name(run_id)
+        path.mkdir(parents=True, exist_ok=True)
+        return RunLayout(path)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every artifact path of one run folder. Nothing is created or read on construction,
+    so a layout of an earlier (read-only) run is safe to build."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def seeds(self) -> SeedFiles:
+        return SeedFiles(self.root / "seeds")
+
+    @property
+    def generate(self) -> GenerateFiles:
+        return GenerateFiles(self.root / "generate")
+
+    @property
+    def processed(self) -> ProcessedFiles:
+        return ProcessedFiles(self.root / "processed")
+
+    @property
+    def judge(self) -> JudgeFiles:
+        return JudgeFiles(self.root / "judge")
+
+    @property
+    def rule_scores(self) -> RuleScoreFiles:
+        return RuleScoreFiles(self.root / "scores")
+
+    def scores(self, label_source: str) -> Path:
+        """The score file a run's datasets are built from: the merged judge scores
+        (``judge``) or the rule scores (``rules``)."""
+        return self.judge.scores if label_source == "judge" else self.rule_scores.scores
+
+    @property
+    def datasets(self) -> DatasetFiles:
+        return DatasetFiles(self.root / "datasets")
+
+    @property
+    def train_root(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def deepspeed(self) -> Path:
+        """The run's DeepSpeed config, shared by every level."""
+        return self.train_root / "deepspeed.json"
+
+    def train(self, level: float) -> TrainFiles:
+        return TrainFiles(self.train_root / level_slug(level))
+
+    @property
+    def eval_root(self) -> Path:
+        return self.root / "eval"
+
+    def eval(self, level: float) -> EvalFiles:
+        return EvalFiles(self.eval_root / level_slug(level))
+
+    @property
+    def report(self) -> ReportFiles:
+        return ReportFiles(self.root / "report")
+
+    @property
+    def failures(self) -> Path:
+        return self.root / "failures"
+
+    def failure(self, task_id: str, map_index: int | None = None) -> Path:
+        """``failures/<task_id>[.<map_index>].json`` (a mapped task's instance has its own)."""
+        name = task_id if map_index is None or map_index < 0 else f"{task_id}.{map_index}"
+        return self.failures / f"{name}.json"
+
+    def reused_files(self, start_from: str, label_source: str) -> list[Path]:
+        """The files of this (earlier) run that a run starting at ``start_from`` reads."""
+        if start_from == "processed":
+            return [self.processed.processed]
+        if start_from == "scores":
+            files = [self.processed.processed]
+            if label_source != "judge_file":
+                files.append(self.scores(label_source))
+            return files
+        if start_from == "datasets":
+            return [self.datasets.dataset_info, self.datasets.metadata]
+        return []
