@@ -14,15 +14,9 @@ from typing import Any
 def llm_settings(params: dict[str, Any]):
     """:class:`simia.llm.client.LLMSettings` from the DAG's Params."""
     from simia.llm.client import LLMSettings
+    from simia.run_config import build
 
-    fields: dict[str, Any] = {"backend": params["llm_backend"],
-                              "concurrency": params["llm_concurrency"],
-                              "timeout_s": params["llm_timeout_s"]}
-    if params.get("model_id"):
-        fields["model_id"] = params["model_id"]
-    if params.get("openai_base_url"):
-        fields["base_url"] = params["openai_base_url"]
-    return LLMSettings(**fields)
+    return build(LLMSettings, params)
 
 
 def llm_client(params: dict[str, Any]):

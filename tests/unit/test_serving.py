@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from simia.errors import InputError
 from simia.evaluation.evaluator import EvalSettings, evaluator_spec, finished_results, write_eval_summary
-from simia.containers.serving import (ServerSettings, network_name, server_container_name, server_spec,
-                           trained_model)
+from simia.containers.serving import (DEFAULT_VLLM_IMAGE, ServerSettings, network_name,
+                                     server_container_name, server_spec, trained_model)
 
 
 def _trained(tmp_path: Path, finetuning: str = "full") -> Path:
@@ -29,6 +29,8 @@ def _trained(tmp_path: Path, finetuning: str = "full") -> Path:
 
 
 def _settings(tmp_path, **kw) -> ServerSettings:
+    # the production server (the model's default follows the host: none here has a GPU)
+    kw = {"backend": "vllm", "image": DEFAULT_VLLM_IMAGE, **kw}
     return ServerSettings(model_cache_dir=str(tmp_path / "cache"), **kw)
 
 

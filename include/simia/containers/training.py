@@ -27,10 +27,11 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from simia.config import SettingsModel, env_default, from_setting, gpu_count, has_gpus, setting
 from simia.errors import ConfigError, InputError
 from simia.io import read_json, write_bytes, write_json
 from simia.layout import level_slug
@@ -78,7 +79,7 @@ SUMMARY_FILE = "training_summary.json"
 CONFIG_FILE = "train_config.yaml"
 
 
-class TrainingConfig(BaseModel):
+class TrainingConfig(SettingsModel):
     """Hyperparameters shared by every level of a run (defaults: the reference recipe).
 
     ``extra`` adds further LLaMA-Factory keys (e.g. ``warmup_ratio``, ``use_cpu``,
@@ -87,30 +88,55 @@ class TrainingConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    section: ClassVar[str] = "Training"
 
-    model: str = Field("Qwen/Qwen2.5-7B-Instruct", min_length=1,
-                       description="hub id or a local model directory")
-    template: str = Field("qwen", min_length=1)
-    finetuning_type: Literal["full", "lora"] = "full"
+    model: str = setting("Qwen/Qwen2.5-7B-Instruct", param="base_model", cli="model",
+                         min_length=1, title="Base model",
+                         description="Hub id, or a local folder the workers and Docker can see.")
+    template: str = setting("qwen", min_length=1, title="Chat template",
+                            description="LLaMA-Factory template (qwen renders what vLLM "
+                                        "serves).")
+    finetuning_type: Literal["full", "lora"] = setting(
+        "full", title="Fine-tuning", description="full (the reference) or lora (rank 8, all "
+                                                 "linear layers).")
     lora_rank: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
     lora_target: str = "all"
-    num_train_epochs: float = Field(2.0, gt=0)
-    max_steps: int = Field(0, ge=0)
-    learning_rate: float = Field(5e-6, gt=0)
-    per_device_train_batch_size: int = Field(1, ge=1)
-    gradient_accumulation_steps: int = Field(2, ge=1)
-    cutoff_len: int = Field(12000, ge=16)
-    neat_packing: bool = True
-    flash_attn: Literal["fa2", "sdpa", "auto", "disabled"] = "fa2"
-    bf16: bool = True
-    deepspeed: DeepSpeedMode = "zero3"
+    num_train_epochs: float = setting(2.0, param="epochs", gt=0, title="Epochs",
+                                      description="Passes over each level's dataset.")
+    max_steps: int = setting(0, ge=0, title="Max steps",
+                             description="0: by epochs. A cap for smoke runs.")
+    learning_rate: float = setting(5e-6, gt=0, title="Learning rate",
+                                   description="Peak, cosine schedule.")
+    per_device_train_batch_size: int = setting(
+        1, param="batch_size", ge=1, title="Batch size per device",
+        description="Packed sequences per GPU and step.")
+    gradient_accumulation_steps: int = setting(
+        2, param="grad_accum", ge=1, title="Gradient accumulation",
+        description="Steps accumulated per optimizer update.")
+    cutoff_len: int = setting(12000, ge=16, title="Cutoff length",
+                              description="Tokens per packed sequence.")
+    neat_packing: bool = setting(True, title="Neat packing",
+                                 description="Pack conversations without cross-attention "
+                                             "between them.")
+    flash_attn: Literal["fa2", "sdpa", "auto", "disabled"] = setting(
+        "fa2", title="Attention kernel", description="fa2 falls back to SDPA where flash-attn "
+                                                     "is absent.")
+    bf16: bool = setting(True, title="bf16",
+                         description="Off on CPUs (or set use_cpu in extra keys).")
+    deepspeed: DeepSpeedMode = setting(
+        "zero3", title="DeepSpeed", description="zero3_offload: ZeRO-3 with CPU offload "
+                                                "(8x40 GB); zero2 for 80 GB GPUs.")
     lr_scheduler_type: str = "cosine"
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1)
-    preprocessing_num_workers: int = Field(32, ge=1)
-    seed: int = 42
-    extra: dict[str, Any] = Field(default_factory=dict)
+    preprocessing_num_workers: int = setting(
+        32, param="preprocessing_workers", ge=1, title="Preprocessing workers",
+        description="Tokenization processes.")
+    seed: int = from_setting("seed", 42)
+    extra: dict[str, Any] = setting(
+        default_factory=dict, param="train_extra", title="Extra LLaMA-Factory keys",
+        description='e.g. {"warmup_ratio": 0.1}. May not redefine the settings above.')
 
     @field_validator("extra")
     @classmethod
@@ -406,20 +432,47 @@ def default_user() -> str:
     return f"{os.getuid()}:{os.getgid()}"
 
 
-class ContainerSettings(BaseModel):
+def default_trainer_image() -> str:
+    """``SIMIA_TRAINER_IMAGE``, else the CUDA image on a host with GPUs, the CPU one
+    without."""
+    return env_default("SIMIA_TRAINER_IMAGE",
+                       "simia/trainer:cuda" if has_gpus() else "simia/trainer:cpu")()
+
+
+class ContainerSettings(SettingsModel):
     """How the trainer container runs (not hyperparameters: they may differ by host).
 
     ``model_cache_dir`` is the Hugging Face cache (``HF_HOME``) on the host, bind-mounted
-    at the same path; ``hub_offline`` sets ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``.
+    at the same path (a run without one uses ``<data_root>/hf-cache``); ``hub_offline``
+    sets ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    section: ClassVar[str] = "Training"
 
-    image: str = Field("simia/trainer:cuda", min_length=1)
-    gpus_per_training: int = Field(0, ge=0)
-    model_cache_dir: str = Field(..., min_length=1)
-    hub_offline: bool = False
-    shm_size_gb: float = Field(16.0, gt=0)
+    image: str = setting(default_factory=default_trainer_image, param="trainer_image",
+                         min_length=1, title="Trainer image",
+                         description="simia/trainer:cuda (docker/trainer/Dockerfile) or "
+                                     "simia/trainer:cpu for machines without a GPU.")
+    gpus_per_training: int = setting(
+        default_factory=gpu_count, ge=0, title="GPUs per training",
+        description="Each level trains on this many leased GPUs; with 8 GPUs and 2 per "
+                    "training, 4 levels train at once. 0: CPU.")
+    model_cache_dir: str | None = setting(
+        default_factory=env_default("SIMIA_HF_CACHE"), title="Model cache (HF_HOME)",
+        description="Host folder for hub downloads, mounted at the same path. Empty: "
+                    "$SIMIA_HF_CACHE, else <data_root>/hf-cache.")
+    hub_offline: bool = setting(False, title="Hub offline",
+                                description="HF_HUB_OFFLINE=1: only the cache or local paths.")
+    shm_size_gb: float = setting(16.0, gt=0, title="Shared memory (GB)",
+                                 description="/dev/shm of the trainer container.")
+
+    @field_validator("model_cache_dir")
+    @classmethod
+    def _cache_given(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        return value
 
 
 def container_spec(cfg: TrainingConfig, plan: TrainingPlan, run_dir: str | Path,
@@ -431,6 +484,9 @@ def container_spec(cfg: TrainingConfig, plan: TrainingPlan, run_dir: str | Path,
     local model directory (both read-only). Returned as plain data (JSON-able, for XCom
     and ``expand_kwargs``); secrets are never part of it.
     """
+    if not settings.model_cache_dir:
+        raise ConfigError("model_cache_dir: the trainer container needs a model cache folder "
+                          "(HF_HOME) on the host")
     run_dir = Path(run_dir).resolve()
     cache = Path(settings.model_cache_dir).resolve()
     cache.mkdir(parents=True, exist_ok=True)

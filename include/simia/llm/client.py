@@ -34,10 +34,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
+from simia.config import SettingsModel, setting
 from simia.errors import SimiaError
 from simia.llm.accounting import PriceTable, Usage
 from simia.llm.pacing import RatePacer
@@ -63,26 +64,40 @@ class LLMCallError(Exception):
         self.attempts = attempts
 
 
-class LLMSettings(BaseModel):
+class LLMSettings(SettingsModel):
     """How to reach the model and how hard to try. Every field has a working default
     for Bedrock with Claude Sonnet 4."""
 
     model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = "LLM"
 
-    backend: Literal["bedrock", "openai"] = "bedrock"
-    model_id: str = Field(DEFAULT_MODEL, min_length=1)
+    backend: Literal["bedrock", "openai"] = setting(
+        "bedrock", param="llm_backend", cli="backend", title="LLM backend",
+        description="bedrock: Converse API through the AWS connection. openai: an "
+                    "OpenAI-compatible server (e.g. a local vLLM).")
+    #: always a model id once validated (empty: Claude Sonnet 4 on Bedrock)
+    model_id: str | None = setting(None, validate_default=True, title="Model",
+                                   description=f"Empty: {DEFAULT_MODEL}. For openai: the "
+                                               "served model's name.")
     #: Bedrock region; None: the connection's, else ``AWS_REGION``/``AWS_DEFAULT_REGION``,
     #: else us-east-1
     region: str | None = None
     #: Bedrock endpoint override (tests, VPC endpoints); None: the connection's/AWS default
     endpoint_url: str | None = None
-    #: OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (backend "openai")
-    base_url: str | None = None
+    base_url: str | None = setting(None, param="openai_base_url", cli="base_url",
+                                   title="OpenAI-compatible base URL",
+                                   description="e.g. http://127.0.0.1:8000/v1")
     #: environment variable holding the OpenAI-compatible server's API key, if it needs one
     api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = Field(8, ge=1, le=512)
-    #: seconds to wait for one reply (read timeout)
-    timeout_s: float = Field(300.0, gt=0)
+    concurrency: int = setting(8, param="llm_concurrency", cli="concurrency", ge=1, le=256,
+                               title="Calls in flight per shard",
+                               description="Concurrent LLM calls of one shard task (shards x "
+                                           "this = the run's total); throttling is retried "
+                                           "with backoff.")
+    timeout_s: float = setting(300.0, param="llm_timeout_s", cli="timeout", ge=1,
+                               title="Seconds per call",
+                               description="A call that takes longer is retried (long "
+                                           "generations need minutes).")
     connect_timeout_s: float = Field(10.0, gt=0)
     #: our attempts per call (each may include botocore's own quick retries)
     max_attempts: int = Field(6, ge=1, le=50)
@@ -113,6 +128,11 @@ class LLMSettings(BaseModel):
     #: log full prompts and replies (off: they can be large and may hold customer data)
     log_prompts: bool = False
     prices: PriceTable = PriceTable()
+
+    @field_validator("model_id")
+    @classmethod
+    def _default_model(cls, value: str | None) -> str:
+        return value or DEFAULT_MODEL
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,265 @@
+"""The experiment's tasks as the DAG runs them, one function per task, without Airflow.
+
+Each function takes the run's Params (``p``), its :class:`~simia.layout.RunLayout` and
+what the task receives from upstream, does the stage's work (or reuses an earlier run's
+artifacts when ``start_from`` says so: that decision is made here, in one place), and
+returns a :class:`Done`: the task's XCom value and what its Asset event records. A stage
+that has nothing to do raises :class:`Skipped` (the DAG turns it into a skipped task).
+LLM stages get a client *factory*, so a skipped stage never needs a connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from simia.errors import ConfigError, SimiaError
+from simia.layout import DataRoot, DatasetFiles, RunLayout, starts_after
+
+__all__ = ["Done", "Skipped", "build_datasets", "generate_seeds", "generate_shard",
+           "judge_shard", "merge_generation", "plan_generation", "plan_judging",
+           "plan_levels", "process", "report", "run_layout", "score", "validate"]
+
+Params = Mapping[str, Any]
+ClientFactory = Callable[[], Any]
+
+
+class Skipped(SimiaError):
+    """The stage has nothing to do in this run (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Done:
+    """A task's result: ``value`` for XCom, ``asset`` for its Asset event's ``extra``."""
+
+    value: Any
+    asset: dict[str, Any] = field(default_factory=dict)
+
+
+def run_layout(p: Params, dag_id: str, run_id: str) -> RunLayout:
+    """``<data_root>/<dag_id>/<run_id>`` (created), run ids made filesystem-safe."""
+    return DataRoot(p["data_root"]).run(dag_id, run_id)
+
+
+def _source(p: Params) -> RunLayout:
+    """The earlier run a ``start_from`` run reuses (only read, never written)."""
+    return RunLayout(p["source_run"])
+
+
+def _reusing(p: Params, stage: str) -> bool:
+    return starts_after(p.get("start_from", "beginning"), stage)
+
+
+# --------------------------------------------------------------------------- data half
+
+def validate(p: Params, run: RunLayout, *, dag_id: str, run_id: str, run_type: str = "",
+             logical_date: str = "") -> Done:
+    """Check the run's Params together and record them in ``run.json`` (kept when it
+    exists: a retried run keeps its first record)."""
+    from simia import __version__
+    from simia.io import write_json
+    from simia.run_config import check_run_params
+
+    problems = check_run_params(p)
+    if problems:
+        raise ConfigError("this run's settings cannot work; fix these Params and trigger "
+                          "again:\n- " + "\n- ".join(problems))
+    manifest = {"dag_id": dag_id, "run_id": run_id, "run_type": run_type,
+                "logical_date": logical_date, "simia_version": __version__,
+                "start_from": p["start_from"], "source_run": p["source_run"],
+                "params": dict(p)}
+    if not run.run_json.exists():
+        write_json(run.run_json, manifest, indent=True)
+    return Done({"run_dir": str(run.root), "start_from": p["start_from"]})
+
+
+def _generation_settings(p: Params):
+    from simia.llm.generation import GenerationSettings
+    from simia.run_config import build
+
+    return build(GenerationSettings, p)
+
+
+def generate_seeds(p: Params, run: RunLayout, client: ClientFactory) -> Done:
+    """Seed conversations from the tau2 policy (skipped with a seed or raw file)."""
+    from simia.llm.generation import SeedSettings, generate_seeds_stage
+    from simia.run_config import build
+
+    if _reusing(p, "generate"):
+        raise Skipped(f"start_from = {p['start_from']}: reusing {p['source_run']}")
+    if p["raw_conversations"] or p["seeds_file"]:
+        raise Skipped("a seed file or a raw-conversations file was given")
+    generate_seeds_stage(run.seeds.dir, build(SeedSettings, p), client(),
+                         tau2_data_dir=p["tau2_data_dir"] or None)
+    return Done(str(run.seeds.seeds))
+
+
+def plan_generation(p: Params, run: RunLayout, generated_seeds: str | None) -> Done:
+    """One entry per generation shard (none when a raw file is given or reused)."""
+    from simia.llm.generation import load_seeds
+
+    if p["raw_conversations"] or _reusing(p, "generate"):
+        return Done([])
+    seeds = p["seeds_file"] or generated_seeds
+    load_seeds(seeds)  # a bad seed file fails here, once, with file/record/field
+    return Done([{"shard": k, "seeds": seeds} for k in range(p["shards"])])
+
+
+def generate_shard(p: Params, run: RunLayout, plan: dict[str, Any],
+                   client: ClientFactory) -> Done:
+    """This shard's share of the target conversations, checkpointed per item."""
+    from simia.llm.generation import generate_shard as run_shard
+
+    s = run_shard(plan["seeds"], run.generate.dir, _generation_settings(p), client(),
+                  shard=plan["shard"], shards=p["shards"])
+    return Done({k: s[k] for k in ("shard", "target", "valid", "failed", "failed_by_error")})
+
+
+def merge_generation(p: Params, run: RunLayout) -> Done:
+    """All shards -> ``generate/raw_conversations.json`` (or the given or reused raw
+    file)."""
+    from simia.llm.generation import merge_generation as merge
+
+    if _reusing(p, "generate"):
+        path = str(_source(p).generate.raw)
+        print(f"start_from = {p['start_from']}: not generating; the earlier run is "
+              f"{p['source_run']}")
+    elif p["raw_conversations"]:
+        path = p["raw_conversations"]
+    else:
+        summary = merge(run.generate.dir, _generation_settings(p), shards=p["shards"])
+        path = summary["outputs"]["raw_conversations"]
+    return Done(path, {"path": path})
+
+
+def process(p: Params, run: RunLayout, raw: str) -> Done:
+    """Validate and convert the raw conversations; every drop is recorded."""
+    from simia.data.stages import process_stage
+    from simia.io import read_json
+
+    if _reusing(p, "process"):
+        files = _source(p).processed
+        print(f"start_from = {p['start_from']}: reusing {files.processed} (not processing "
+              "again)")
+        summary = read_json(files.summary, what="processing summary")
+        return Done({"processed": str(files.processed),
+                     "raw": summary.get("input_file") or raw,
+                     "kept": summary.get("kept"), "input": summary.get("input"),
+                     "rejected_by_reason": summary.get("rejected_by_reason", {})},
+                    {"path": str(files.processed), "reused": True})
+    files = run.processed
+    summary = process_stage(raw, files.dir, fmt=p["output_format"],
+                            tau2_data_dir=p["tau2_data_dir"] or None,
+                            skip_invalid_records=p["skip_invalid_records"])
+    return Done({"processed": str(files.processed), "raw": raw, "kept": summary["kept"],
+                 "input": summary["input"], "rejected_by_reason": summary["rejected_by_reason"]},
+                {"path": str(files.processed)})
+
+
+def plan_judging(p: Params, run: RunLayout) -> Done:
+    """Shard numbers for the LLM judge (none unless ``label_source = judge``)."""
+    if _reusing(p, "score") or p["label_source"] != "judge":
+        return Done([])
+    return Done(list(range(p["shards"])))
+
+
+def judge_shard(p: Params, run: RunLayout, shard: int, processed: dict[str, Any],
+                client: ClientFactory) -> Done:
+    """The LLM judge on one shard of the processed conversations."""
+    from simia.llm.judge import JudgeSettings, judge_shard as run_shard
+
+    s = run_shard(processed["processed"], run.judge.dir, JudgeSettings(), client(),
+                  shard=shard, shards=p["shards"])
+    return Done({k: s[k] for k in ("shard", "judged", "scored", "failed")})
+
+
+def score(p: Params, run: RunLayout, processed: dict[str, Any]) -> Done:
+    """Judge shards merged, rule scores of what is trained on, a validated judge-score
+    file, or the reused scores of an earlier run."""
+    from simia.data.stages import score_rules_stage, validate_scores_file
+    from simia.llm.judge import merge_judge
+
+    source = p["label_source"]
+    if _reusing(p, "score") and source != "judge_file":
+        path = str(_source(p).scores(source))
+        print(f"start_from = {p['start_from']}: reusing the scores {path}")
+        return Done({"scores": path, "source": source},
+                    {"path": path, "source": source, "reused": True})
+    if source == "judge_file":
+        path = p["judge_scores"]
+        summary = validate_scores_file(path)
+        counts = {"conversations": summary["conversations"], "flagged": summary["flagged"]}
+    elif source == "judge":
+        summary = merge_judge(run.judge.dir, shards=p["shards"], threshold=p["label_threshold"])
+        path = summary["outputs"]["scores"]
+        counts = {k: summary[k] for k in ("conversations", "scored", "failed", "sycophantic")}
+    else:
+        path = str(run.rule_scores.scores)
+        scored = processed["processed"] if p["output_format"] == "native" else processed["raw"]
+        summary = score_rules_stage(scored, path)
+        counts = {"conversations": summary["conversations"], "flagged": summary["flagged"]}
+    return Done({"scores": path, "source": source, **counts}, {"path": path, "source": source})
+
+
+def build_datasets(p: Params, run: RunLayout, processed: dict[str, Any],
+                   scores: dict[str, Any]) -> Done:
+    """One LLaMA-Factory dataset per sycophancy level (or the reused datasets)."""
+    from simia.data.datasets import DatasetDesign
+    from simia.data.stages import build_datasets_stage
+    from simia.io import read_json
+    from simia.run_config import build, datasets_dir
+
+    out = datasets_dir(p, run.root)  # the source run's with start_from = datasets
+    if _reusing(p, "build"):
+        meta = read_json(DatasetFiles(out).metadata, what="dataset metadata")
+        print(f"start_from = datasets: training on the datasets of {out}")
+        return Done({"dataset_dir": str(out), "datasets": meta.get("datasets", {})},
+                    {"path": str(out), "reused": True})
+    summary = build_datasets_stage(processed["processed"], scores["scores"], out,
+                                   build(DatasetDesign, p))
+    return Done({"dataset_dir": str(out), "datasets": summary["datasets"]}, {"path": str(out)})
+
+
+# --------------------------------------------------------------------------- models and report
+
+def plan_levels(p: Params, run: RunLayout, built: dict[str, Any], *, dag_id: str,
+                run_id: str) -> Done:
+    """Per level: its training YAML and containers (see
+    :func:`simia.run_config.level_plans`)."""
+    from simia.run_config import level_plans
+
+    return Done(level_plans(p, run_dir=run.root, run_id=run_id, dag_id=dag_id,
+                            dataset_dir=built["dataset_dir"]))
+
+
+def report(p: Params, run: RunLayout, *, validated: bool, datasets_built: bool) -> Done:
+    """Write the report, then fail (``SimiaError``) when a level that should have been
+    trained or evaluated was not: the report says what is missing either way."""
+    from simia.evaluation.evaluator import missing_evaluations, missing_trainings
+    from simia.report.build import write_report
+
+    if not validated:
+        raise ConfigError("no report: validate_params rejected this run's settings (its log "
+                          "lists each problem); fix the Params and trigger again")
+    written = write_report(run.root)
+    problems = []
+    if not datasets_built:
+        problems.append("the datasets were not built (see the failed data stage)")
+    if p["train_models"]:
+        untrained = missing_trainings(run.root, p["levels"])
+        if untrained:
+            problems.append(f"level(s) {', '.join(f'{m:g} %' for m in untrained)} were not "
+                            "trained (see train_model)")
+        if p["evaluate_models"]:
+            missing = [m for m in missing_evaluations(run.root, p["levels"], p["num_trials"])
+                       if m not in untrained]
+            if missing:
+                problems.append(f"level(s) {', '.join(f'{m:g} %' for m in missing)} have no "
+                                "complete evaluation results (see serve_model and "
+                                "evaluate_tau2)")
+    if problems:
+        raise SimiaError(f"the report is written ({run.report.markdown}), but "
+                         f"{'; '.join(problems)}. Fix the failed task of that level and clear "
+                         "it; then clear this task.")
+    return Done(written, {"path": written["report_dir"]})
