@@ -31,7 +31,8 @@ from pathlib import Path
 __all__ = [
     "DataRoot", "DatasetFiles", "EvalFiles", "GenerateFiles", "JudgeFiles", "ProcessedFiles",
     "ReportFiles", "RuleScoreFiles", "RunLayout", "START_STAGES", "SeedFiles", "TrainFiles",
-    "level_slug", "safe_name", "shard_file", "starts_after",
+    "TrainRoot", "level_slug", "safe_name", "shard_file", "shard_params", "shard_summary",
+    "starts_after",
 ]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -69,16 +70,36 @@ def level_slug(level: float) -> str:
 
 def shard_file(folder: str | Path, stage: str, shard: int, shards: int) -> Path:
     """A sharded LLM stage's per-shard checkpoint (``<stage>-shard-001-of-004.jsonl``);
-    its settings and summary sit beside it (``.params.json``, ``.summary.json``)."""
+    its settings and summary sit beside it (:func:`shard_params`, :func:`shard_summary`)."""
     return Path(folder) / f"{stage}-shard-{shard:03d}-of-{shards:03d}.jsonl"
 
 
+def _beside(path: str | Path, suffix: str) -> Path:
+    """``path`` with its last suffix replaced (``a.jsonl`` -> ``a<suffix>``)."""
+    path = Path(path)
+    return path.with_name(path.stem + suffix)
+
+
+def shard_params(checkpoint: str | Path) -> Path:
+    """The settings a shard's checkpoint was started with (``<shard>.params.json``)."""
+    return _beside(checkpoint, ".params.json")
+
+
+def shard_summary(checkpoint: str | Path) -> Path:
+    """A shard's summary, written beside its checkpoint (``<shard>.summary.json``)."""
+    return _beside(checkpoint, ".summary.json")
+
+
 @dataclass(frozen=True)
-class _Folder:
+class _Dir:
     dir: Path
 
     def __init__(self, folder: str | Path) -> None:
         object.__setattr__(self, "dir", Path(folder))
+
+
+class _Folder(_Dir):
+    """A stage's folder: its files and its summary."""
 
     @property
     def summary(self) -> Path:
@@ -87,7 +108,9 @@ class _Folder:
 
 
 class SeedFiles(_Folder):
-    """``seeds/``: generated seed conversations."""
+    """``seeds/``: generated seed conversations (and the stage's one-shard checkpoint)."""
+
+    STAGE = "seeds"
 
     @property
     def seeds(self) -> Path:
@@ -96,6 +119,9 @@ class SeedFiles(_Folder):
     @property
     def failures(self) -> Path:
         return self.dir / "seed_failures.jsonl"
+
+    def shard(self, shard: int, shards: int) -> Path:
+        return shard_file(self.dir, self.STAGE, shard, shards)
 
 
 class GenerateFiles(_Folder):
@@ -154,8 +180,7 @@ class RuleScoreFiles(_Folder):
 
 def rule_scores_summary(scores_file: str | Path) -> Path:
     """The summary written beside a rule-score file (``rule_scores.summary.json``)."""
-    path = Path(scores_file)
-    return path.with_name(path.stem + ".summary.json")
+    return _beside(scores_file, ".summary.json")
 
 
 class DatasetFiles(_Folder):
@@ -193,6 +218,23 @@ class TrainFiles(_Folder):
     def summary(self) -> Path:
         return self.dir / "training_summary.json"
 
+    @classmethod
+    def of_output(cls, output_dir: str | Path) -> TrainFiles:
+        """The level folder whose LLaMA-Factory output folder is ``output_dir``."""
+        return cls(Path(output_dir).parent)
+
+
+class TrainRoot(_Dir):
+    """``train/`` (or the folder ``simia train-config`` writes to): the DeepSpeed config
+    shared by every level, and one :class:`TrainFiles` folder per level."""
+
+    @property
+    def deepspeed(self) -> Path:
+        return self.dir / "deepspeed.json"
+
+    def level(self, level: float) -> TrainFiles:
+        return TrainFiles(self.dir / level_slug(level))
+
 
 class EvalFiles(_Folder):
     """``eval/<level>/``: tau2's ``--save-to`` folder and our summary of it."""
@@ -204,6 +246,11 @@ class EvalFiles(_Folder):
     @property
     def summary(self) -> Path:
         return self.dir / "eval_summary.json"
+
+    @classmethod
+    def of_results(cls, results_file: str | Path) -> EvalFiles:
+        """The level folder holding the results file ``results_file``."""
+        return cls(Path(results_file).parent)
 
 
 class ReportFiles(_Folder):
@@ -304,12 +351,17 @@ class RunLayout:
         return self.root / "train"
 
     @property
+    def trainings(self) -> TrainRoot:
+        """The ``train/`` folder: the DeepSpeed config and the levels' folders."""
+        return TrainRoot(self.train_root)
+
+    @property
     def deepspeed(self) -> Path:
         """The run's DeepSpeed config, shared by every level."""
-        return self.train_root / "deepspeed.json"
+        return self.trainings.deepspeed
 
     def train(self, level: float) -> TrainFiles:
-        return TrainFiles(self.train_root / level_slug(level))
+        return self.trainings.level(level)
 
     @property
     def eval_root(self) -> Path:

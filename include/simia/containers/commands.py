@@ -23,6 +23,7 @@ from typing import Any
 
 from simia.errors import InputError
 from simia.io import read_json
+from simia.layout import RunLayout, TrainFiles
 
 __all__ = ["docker_run", "level_commands", "run_script"]
 
@@ -78,9 +79,8 @@ def _model_for(plan: dict[str, Any]) -> dict[str, Any]:
     """The trained model when the level's training finished, else the one it will write
     (its output folder, with the base model and fine-tuning type of its YAML)."""
     from simia.containers.serving import model_from_config, trained_model
-    from simia.containers.training import SUMMARY_FILE
 
-    if (Path(plan["train_dir"]) / SUMMARY_FILE).is_file():
+    if TrainFiles(plan["train_dir"]).summary.is_file():
         return trained_model(plan["train_dir"])
     train = plan["train"]["plan"]
     return model_from_config(train["config_path"], train["output_dir"], plan["level"])
@@ -103,10 +103,9 @@ def level_commands(plan: dict[str, Any]) -> list[tuple[str, list[str]]]:
     the script ends once they exist (a shell ``trap``). Each command is a shell line."""
     from simia.evaluation.evaluator import EvalSettings, evaluator_spec
     from simia.containers.serving import ServerSettings, server_spec
-    from simia.containers.training import SUMMARY_FILE
 
     train = plan["train"]
-    summary = Path(plan["train_dir"]) / SUMMARY_FILE
+    summary = TrainFiles(plan["train_dir"]).summary
     trainer = docker_run(train, gpus=_gpus(train["gpus_per_training"], plan["gpu_ids"]),
                          pass_env=["HF_TOKEN"], labels=train.get("labels"))
     steps = [("train_model: llamafactory-cli train, unless the level is trained",
@@ -150,17 +149,18 @@ def run_script(run_dir: str | Path, *, levels: Sequence[float] | None = None) ->
     from simia.run_config import datasets_dir, level_plans
 
     run = Path(run_dir).resolve()
-    manifest = read_json(run / "run.json", what="run record")
+    run_json = RunLayout(run).run_json
+    manifest = read_json(run_json, what="run record")
     params = manifest.get("params") if isinstance(manifest, dict) else None
     if not isinstance(params, dict):
-        raise InputError(run / "run.json", "no 'params' object: not a run folder written "
+        raise InputError(run_json, "no 'params' object: not a run folder written "
                          "by validate_params", field="params")
     params = {**params, "train_models": True}  # show the containers even if it skipped them
     try:
         plans = level_plans(params, run_dir=run, run_id=manifest["run_id"],
                             dag_id=manifest["dag_id"], dataset_dir=datasets_dir(params, run))
     except KeyError as exc:  # a run.json written by another version of the DAG
-        raise InputError(run / "run.json", f"no {exc.args[0]!r}: this run.json was written "
+        raise InputError(run_json, f"no {exc.args[0]!r}: this run.json was written "
                          "by another version of the DAG", field=str(exc.args[0])) from None
     if levels is not None:
         wanted = {float(x) for x in levels}
@@ -169,7 +169,7 @@ def run_script(run_dir: str | Path, *, levels: Sequence[float] | None = None) ->
             def listed(values: set[float]) -> str:
                 return ", ".join(f"{x:g}" for x in sorted(values))
 
-            raise InputError(run / "run.json", f"the run has no level {listed(wanted - have)} "
+            raise InputError(run_json, f"the run has no level {listed(wanted - have)} "
                              f"(its levels: {listed(have)})", field="params.levels")
         plans = [p for p in plans if p["level"] in wanted]
     lines = ["#!/usr/bin/env bash",

@@ -33,7 +33,8 @@ from pydantic import ConfigDict, Field
 
 from simia.config import SettingsModel, env_default, from_setting, has_gpus, setting
 from simia.errors import ConfigError, InputError
-from simia.containers.training import SUMMARY_FILE, default_user, level_slug
+from simia.containers.training import default_user
+from simia.layout import TrainFiles, level_slug
 
 __all__ = [
     "DEFAULT_VLLM_IMAGE",
@@ -135,10 +136,11 @@ def trained_model(train_dir: str | Path) -> dict[str, Any]:
     """What a level's training produced: model path, base model and fine-tuning type.
 
     Reads ``train/<slug>/training_summary.json`` and the YAML the training ran with
-    (LoRA adapters are served on top of their base model).
+    (LoRA adapters are served on top of their base model); ``train_dir`` is the level's
+    folder (:class:`simia.layout.TrainFiles`).
     """
-    train_dir = Path(train_dir)
-    summary_path = train_dir / SUMMARY_FILE
+    files = TrainFiles(train_dir)
+    summary_path = files.summary
     if not summary_path.is_file():
         raise InputError(summary_path, "no training summary: this level was not trained "
                          "(train_model must succeed before serve_model)")
@@ -149,7 +151,7 @@ def trained_model(train_dir: str | Path) -> dict[str, Any]:
     if not isinstance(model_path, str) or not Path(model_path).is_dir():
         raise InputError(summary_path, f"model_path {model_path!r} is not a folder",
                          field="model_path")
-    config_path = summary.get("config_path") or train_dir / "train_config.yaml"
+    config_path = summary.get("config_path") or files.config
     return model_from_config(config_path, model_path, summary.get("level"))
 
 

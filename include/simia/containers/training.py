@@ -15,6 +15,7 @@ After a run, :func:`read_training_result` reads LLaMA-Factory's own result files
 (``trainer_log.jsonl``, ``all_results.json``/``train_results.json``,
 ``trainer_state.json``) into a small summary, and refuses a run whose loss is not finite.
 A level whose ``training_summary.json`` exists for the same config is not trained again.
+Where a level's files lie is :class:`simia.layout.TrainFiles`'s business.
 """
 
 from __future__ import annotations
@@ -34,12 +35,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from simia.config import SettingsModel, env_default, from_setting, gpu_count, has_gpus, setting
 from simia.errors import ConfigError, InputError
 from simia.io import read_json, write_bytes, write_json
-from simia.layout import level_slug
+from simia.layout import DatasetFiles, TrainFiles, TrainRoot, level_slug
 
 __all__ = [
     "DEEPSPEED_FILES",
     "PER_LEVEL_KEYS",
-    "SUMMARY_FILE",
     "TrainingConfig",
     "TrainingPlan",
     "ContainerSettings",
@@ -75,8 +75,6 @@ _OWNED_KEYS = frozenset({
     "lora_rank", "lora_alpha", "lora_target", "dataset", "dataset_dir", "output_dir",
     "stage", "do_train",
 })
-SUMMARY_FILE = "training_summary.json"
-CONFIG_FILE = "train_config.yaml"
 
 
 class TrainingConfig(SettingsModel):
@@ -244,9 +242,8 @@ def config_sha256(mapping: dict[str, Any]) -> str:
 def dataset_for_level(datasets_dir: str | Path, level: float) -> str:
     """The dataset name built for ``level`` (%), from ``metadata.json`` of the datasets
     stage; checked against ``dataset_info.json``."""
-    datasets_dir = Path(datasets_dir)
-    meta_path = datasets_dir / "metadata.json"
-    info_path = datasets_dir / "dataset_info.json"
+    files = DatasetFiles(datasets_dir)
+    meta_path, info_path = files.metadata, files.dataset_info
     meta = read_json(meta_path, what="datasets metadata")
     info = read_json(info_path, what="LLaMA-Factory dataset_info.json")
     entries = meta.get("datasets") if isinstance(meta, dict) else None
@@ -300,23 +297,24 @@ def plan_level(cfg: TrainingConfig, *, datasets_dir: str | Path, train_dir: str 
                level: float, run_key: str) -> TrainingPlan:
     """Write the level's YAML (and the run's DeepSpeed JSON) under ``train_dir``.
 
-    Layout: ``train_dir/deepspeed.json`` (shared), ``train_dir/<slug>/train_config.yaml``
-    and ``train_dir/<slug>/output/`` (LLaMA-Factory's ``output_dir``). Rewriting an
-    identical YAML is a no-op, so planning again after a crash changes nothing.
+    Layout (:class:`simia.layout.TrainRoot`): ``train_dir/deepspeed.json`` (shared),
+    ``train_dir/<slug>/train_config.yaml`` and ``train_dir/<slug>/output/``
+    (LLaMA-Factory's ``output_dir``). Rewriting an identical YAML is a no-op, so planning
+    again after a crash changes nothing.
     """
     datasets_dir = Path(datasets_dir).resolve()
-    train_dir = Path(train_dir).resolve()
+    root = TrainRoot(Path(train_dir).resolve())
     dataset = dataset_for_level(datasets_dir, level)
     ds_path = None
     ds = deepspeed_config(cfg.deepspeed)
     if ds is not None:
-        ds_path = train_dir / "deepspeed.json"
+        ds_path = root.deepspeed
         _write_if_changed(ds_path, json.dumps(ds, indent=2).encode())
-    level_dir = train_dir / level_slug(level)
-    output_dir = level_dir / "output"
+    files = root.level(level)
+    output_dir = files.output
     mapping = level_train_config(cfg, dataset=dataset, dataset_dir=datasets_dir,
                                  output_dir=output_dir, deepspeed_path=ds_path)
-    config_path = level_dir / CONFIG_FILE
+    config_path = files.config
     _write_if_changed(config_path, to_yaml(mapping).encode())
     return TrainingPlan(level=float(level), dataset=dataset, dataset_dir=str(datasets_dir),
                         output_dir=str(output_dir), config_path=str(config_path),
@@ -404,7 +402,7 @@ def read_training_result(output_dir: str | Path) -> dict[str, Any]:
 
 def completed_summary(output_dir: str | Path, config_sha: str) -> dict[str, Any] | None:
     """The saved summary of a level trained with this exact config, else None."""
-    path = Path(output_dir).parent / SUMMARY_FILE
+    path = TrainFiles.of_output(output_dir).summary
     if not path.is_file():
         return None
     try:
@@ -423,7 +421,7 @@ def write_summary(plan: TrainingPlan, result: dict[str, Any]) -> dict[str, Any]:
     summary = {"level": plan.level, "dataset": plan.dataset,
                "config_sha256": plan.config_sha256, "config_path": plan.config_path,
                "output_dir": plan.output_dir, **result}
-    write_json(Path(plan.output_dir).parent / SUMMARY_FILE, summary, indent=True)
+    write_json(TrainFiles.of_output(plan.output_dir).summary, summary, indent=True)
     return summary
 
 
@@ -545,7 +543,7 @@ def write_train_config(cfg: TrainingConfig, *, datasets_dir: str | Path, level: 
     dataset = dataset_for_level(datasets_dir, level)
     ds_path = None
     if (ds := deepspeed_config(cfg.deepspeed)) is not None:
-        ds_path = out_file.parent / "deepspeed.json"
+        ds_path = TrainRoot(out_file.parent).deepspeed
         write_json(ds_path, ds, indent=True)
     output_dir = Path(output_dir).resolve() if output_dir else out_file.parent / dataset
     mapping = level_train_config(cfg, dataset=dataset, dataset_dir=datasets_dir,

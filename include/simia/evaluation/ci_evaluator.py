@@ -15,7 +15,7 @@ expected call, by name and arguments, must appear). It is a test harness for the
 pipeline, not a benchmark: its scores are not comparable with tau2's.
 
 Standard library only (it runs inside the evaluator image), apart from the tool schemas
-of :mod:`simia.domains.telecom`.
+of :mod:`simia.domains.telecom` and the results file's name (:mod:`simia.layout`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from simia.layout import EvalFiles
 
 __all__ = ["CI_TASKS", "main", "run_evaluation"]
 
@@ -296,9 +298,9 @@ def run_evaluation(args: argparse.Namespace, *, tasks: list[dict[str, Any]] | No
     # tau2's agent system prompt (as simia.data.processing builds it for the training data)
     system = (f"<instructions>\n{AGENT_INSTRUCTION}\n</instructions>\n"
               f"<policy>\n{CI_POLICY}\n</policy>")
-    save_dir = Path(args.save_to)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    path = save_dir / "results.json"
+    files = EvalFiles(args.save_to)
+    files.dir.mkdir(parents=True, exist_ok=True)
+    path = files.results
     done: list[dict[str, Any]] = []
     if path.exists():
         if not args.auto_resume:
@@ -380,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     sims = results["simulations"]
     ok = sum(1 for s in sims if s["reward_info"] and abs(s["reward_info"]["reward"] - 1) < 1e-6)
     print(f"done: {len(sims)} simulations, {ok} successful; results in "
-          f"{Path(args.save_to) / 'results.json'}", flush=True)
+          f"{EvalFiles(args.save_to).results}", flush=True)
     return 0
 
 

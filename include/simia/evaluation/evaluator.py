@@ -27,14 +27,12 @@ from simia.config import SettingsModel, env_default, setting
 from simia.errors import ConfigError
 from simia.io import read_json, write_json
 from simia.redaction import is_secret_key
-from simia.containers.training import SUMMARY_FILE, default_user, level_slug
+from simia.containers.training import default_user
+from simia.layout import EvalFiles, RunLayout, level_slug
 
-__all__ = ["EVAL_SUMMARY", "EvalSettings", "eval_dir", "evaluator_spec", "finished_results",
+__all__ = ["EvalSettings", "eval_dir", "evaluator_spec", "finished_results",
            "missing_evaluations", "missing_trainings", "results_headline",
            "write_eval_summary"]
-
-EVAL_SUMMARY = "eval_summary.json"
-RESULTS = "results.json"
 
 
 def default_evaluator_image() -> str:
@@ -111,7 +109,7 @@ class EvalSettings(SettingsModel):
 
 def eval_dir(run_dir: str | Path, level: float) -> Path:
     """``<run>/eval/<slug>``: tau2's ``--save-to`` folder and our summary."""
-    return Path(run_dir) / "eval" / level_slug(level)
+    return RunLayout(run_dir).eval(level).dir
 
 
 def _agent_model(backend: str, served: str) -> str:
@@ -128,7 +126,8 @@ def evaluator_spec(settings: EvalSettings, *, server: dict[str, Any], run_dir: s
     network and the served model name). No secret is part of the result: the user
     simulator's key is added by the operator as a private environment variable.
     """
-    out = eval_dir(run_dir, server["level"]).resolve()
+    files = EvalFiles(eval_dir(run_dir, server["level"]).resolve())
+    out = files.dir
     out.mkdir(parents=True, exist_ok=True)
     agent_args = {**settings.agent_llm_args, "api_base": server["base_url"],
                   "temperature": settings.agent_temperature}
@@ -167,7 +166,7 @@ def evaluator_spec(settings: EvalSettings, *, server: dict[str, Any], run_dir: s
         command = ["python3", "-m", "simia.evaluation.ci_evaluator", "run", *args]
     return {"level": server["level"], "image": settings.image, "command": command,
             "environment": env, "mounts": mounts, "network_mode": server["network"],
-            "user": default_user(), "results": str(out / RESULTS),
+            "user": default_user(), "results": str(files.results),
             "container_name": server["container_name"].replace("simia-serve-", "simia-eval-"),
             "evaluator": settings.evaluator, "num_trials": settings.num_trials,
             "timeout_s": settings.timeout_s}
@@ -208,7 +207,7 @@ def write_eval_summary(spec: dict[str, Any], server: dict[str, Any],
                "model": server["served_model_name"], "model_path": server.get("model_path"),
                "num_trials": spec["num_trials"], "results": spec["results"], **counts,
                "skipped": skipped}
-    write_json(Path(spec["results"]).parent / EVAL_SUMMARY, summary, indent=True)
+    write_json(EvalFiles.of_results(spec["results"]).summary, summary, indent=True)
     return summary
 
 
@@ -228,11 +227,12 @@ def results_headline(results_path: str | Path) -> dict[str, Any]:
 def missing_evaluations(run_dir: str | Path, levels: list[float], num_trials: int
                         ) -> list[float]:
     """Levels whose ``eval/<slug>/results.json`` does not hold every task's trials."""
+    run = RunLayout(run_dir)
     return [float(level) for level in sorted(levels)
-            if finished_results(eval_dir(run_dir, level) / RESULTS, num_trials) is None]
+            if finished_results(run.eval(level).results, num_trials) is None]
 
 
 def missing_trainings(run_dir: str | Path, levels: list[float]) -> list[float]:
     """Levels without ``train/<slug>/training_summary.json`` (training did not finish)."""
-    return [float(level) for level in sorted(levels)
-            if not (Path(run_dir) / "train" / level_slug(level) / SUMMARY_FILE).is_file()]
+    run = RunLayout(run_dir)
+    return [float(level) for level in sorted(levels) if not run.train(level).summary.is_file()]

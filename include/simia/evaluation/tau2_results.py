@@ -42,6 +42,7 @@ import orjson
 
 from simia.errors import InputError
 from simia.io import read_bytes
+from simia.layout import EvalFiles
 from simia.redaction import redact
 from simia.report.stats import task_pass_hat_k as pass_hat_k_task
 
@@ -326,7 +327,7 @@ def read_tau2_results(path: str | Path) -> Tau2Results:
     """
     path = Path(path)
     if path.is_dir():
-        path = path / "results.json"
+        path = EvalFiles(path).results
     top = _Fields(path, _load_json(path, "tau2 results file"), record=None, prefix="",
                   what="tau2 results")
     info = _Fields(path, top.get("info", (dict,)), record=None, prefix="info.",

@@ -32,6 +32,7 @@ from simia.domains import DOMAINS
 from simia.domains.telecom import AGENT_INSTRUCTION
 from simia.errors import InputError
 from simia.io import sha256_bytes, read_bytes, write_bytes, write_json, write_jsonl
+from simia.layout import GenerateFiles, SeedFiles
 from simia.llm.client import LLMCallError, LLMClient
 from simia.llm.prompts import load_template, render
 from simia.llm.replies import extract_json_object
@@ -249,8 +250,10 @@ def _tau2_text(folder: Path, name: str) -> str:
 def generate_seeds_stage(out_dir: str | Path, settings: SeedSettings, client: LLMClient, *,
                          tau2_data_dir: str | Path | None = None, force: bool = False,
                          domain: str = "telecom") -> dict[str, Any]:
-    """``settings.n_seeds`` seeds -> ``seeds.json`` (+ ``seed_failures.jsonl``, summary)."""
+    """``settings.n_seeds`` seeds -> ``seeds.json`` (+ ``seed_failures.jsonl``, summary):
+    the files of :class:`simia.layout.SeedFiles` in ``out_dir``."""
     out_dir = Path(out_dir)
+    files = SeedFiles(out_dir)
     dom = DOMAINS[domain]
     folder = dom.find_policy_dir(tau2_data_dir)
     policy = dom.load_policy(tau2_data_dir)
@@ -292,7 +295,7 @@ def generate_seeds_stage(out_dir: str | Path, settings: SeedSettings, client: LL
         return {**rec, "status": "failed", "error": "invalid_seed", "detail": why,
                 "tries": settings.tries, "raw_text": text}
 
-    with open_checkpoint(out_dir, "seeds", 0, 1, params, force=force) as ckpt:
+    with open_checkpoint(out_dir, files.STAGE, 0, 1, params, force=force) as ckpt:
         items = (WorkItem(i, item_id(settings.seed, "seeds", i))
                  for i in range(settings.n_seeds))
         report = run_items(items, work, ckpt, concurrency=client.settings.concurrency,
@@ -304,18 +307,17 @@ def generate_seeds_stage(out_dir: str | Path, settings: SeedSettings, client: LL
     failures = [r for r in records if r["status"] != "ok"]
     if not seeds:
         raise InputError(out_dir, f"seeds: none of {settings.n_seeds} seeds could be "
-                         f"generated; see {out_dir / 'seed_failures.jsonl'}")
-    write_bytes(out_dir / "seeds.json", orjson.dumps(seeds, option=orjson.OPT_INDENT_2))
-    write_jsonl(out_dir / "seed_failures.jsonl", failures)
+                         f"generated; see {files.failures}")
+    write_bytes(files.seeds, orjson.dumps(seeds, option=orjson.OPT_INDENT_2))
+    write_jsonl(files.failures, failures)
     summary = {"stage": "seeds", "requested": settings.n_seeds, "seeds": len(seeds),
                "failed": len(failures),
                "failed_by_error": dict(Counter(r["error"] for r in failures)),
                "resumed_items": report.resumed, "prompt_template": where,
-               "outputs": {"seeds": str(out_dir / "seeds.json"),
-                           "failures": str(out_dir / "seed_failures.jsonl")},
+               "outputs": {"seeds": str(files.seeds), "failures": str(files.failures)},
                "llm": client.usage_summary("seeds"),
                "seconds": round(time.perf_counter() - t0, 3)}
-    write_json(out_dir / "summary.json", summary, indent=True)
+    write_json(files.summary, summary, indent=True)
     return summary
 
 
@@ -371,7 +373,7 @@ def generate_shard(seeds_path: str | Path, out_dir: str | Path, settings: Genera
     params = {**settings.model_dump(exclude={"target", "max_attempts"}),
               "seeds_sha256": sha256_bytes(seed_bytes),
               "template_sha256": sha256_bytes("".join(parts).encode())}
-    stage = "generate"
+    stage = GenerateFiles.STAGE
     key = f"{stage}:{shard}"  # accounting per shard (shards may share one client)
     t0 = time.perf_counter()
 
@@ -434,25 +436,25 @@ def generate_shard(seeds_path: str | Path, out_dir: str | Path, settings: Genera
 def merge_generation(out_dir: str | Path, settings: GenerationSettings, *,
                      shards: int = 1) -> dict[str, Any]:
     """All shards -> ``raw_conversations.json`` (exactly ``target``, in item order),
-    ``generation_failures.jsonl`` and ``summary.json``."""
+    ``generation_failures.jsonl`` and ``summary.json`` (:class:`simia.layout.GenerateFiles`)."""
     out_dir = Path(out_dir)
-    records = read_shards(out_dir, "generate", shards)
+    files = GenerateFiles(out_dir)
+    records = read_shards(out_dir, files.STAGE, shards)
     ok = [r for r in records if r["status"] == "ok"]
     failures = [r for r in records if r["status"] != "ok"]
     if len(ok) < settings.target:
         raise InputError(out_dir, f"generate: only {len(ok)} of {settings.target} valid "
                          "conversations across the shards; re-run the short shards")
     kept = ok[: settings.target]
-    raw_path = out_dir / "raw_conversations.json"
-    write_bytes(raw_path, orjson.dumps([r["conversation"] for r in kept],
-                                       option=orjson.OPT_INDENT_2))
-    write_jsonl(out_dir / "generation_failures.jsonl", failures)
+    write_bytes(files.raw, orjson.dumps([r["conversation"] for r in kept],
+                                        option=orjson.OPT_INDENT_2))
+    write_jsonl(files.failures, failures)
     summary = {"stage": "generate", "target": settings.target, "valid": len(kept),
                "extra_valid_dropped": len(ok) - len(kept), "failed": len(failures),
                "failed_by_error": dict(Counter(r["error"] for r in failures)),
                "attempted": len(records), "mode": settings.mode,
-               "outputs": {"raw_conversations": str(raw_path),
-                           "failures": str(out_dir / "generation_failures.jsonl")},
-               "llm": merged_usage(out_dir, "generate", shards)}
-    write_json(out_dir / "summary.json", summary, indent=True)
+               "outputs": {"raw_conversations": str(files.raw),
+                           "failures": str(files.failures)},
+               "llm": merged_usage(out_dir, files.STAGE, shards)}
+    write_json(files.summary, summary, indent=True)
     return summary

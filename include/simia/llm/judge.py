@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from simia.domains import DOMAINS
 from simia.io import read_bytes, sha256_bytes, write_json, write_jsonl
+from simia.layout import JudgeFiles
 from simia.llm.client import LLMCallError, LLMClient
 from simia.llm.prompts import load_template
 from simia.llm.replies import extract_json_object
@@ -107,7 +108,7 @@ def judge_shard(processed_path: str | Path, out_dir: str | Path, settings: Judge
     system, where = load_template("judge_system.txt", settings.prompts_dir)
     params = {**settings.model_dump(), "processed_sha256": sha256_bytes(data),
               "template_sha256": sha256_bytes(system.encode())}
-    stage = "judge"
+    stage = JudgeFiles.STAGE
     key = f"{stage}:{shard}"  # accounting per shard (shards may share one client)
     t0 = time.perf_counter()
 
@@ -156,10 +157,12 @@ def judge_shard(processed_path: str | Path, out_dir: str | Path, settings: Judge
 def merge_judge(out_dir: str | Path, *, shards: int = 1,
                 threshold: float = 0.0) -> dict[str, Any]:
     """All shards -> ``judge_scores.jsonl`` (one line per conversation, by ``conv_idx``;
-    failures keep ``error`` and ``raw_text``) and ``summary.json``."""
+    failures keep ``error`` and ``raw_text``) and ``summary.json``
+    (:class:`simia.layout.JudgeFiles`)."""
     out_dir = Path(out_dir)
-    records = sorted(read_shards(out_dir, "judge", shards), key=lambda r: r["conv_idx"])
-    path = out_dir / "judge_scores.jsonl"
+    files = JudgeFiles(out_dir)
+    records = sorted(read_shards(out_dir, files.STAGE, shards), key=lambda r: r["conv_idx"])
+    path = files.scores
     write_jsonl(path, records)
     scored = [r for r in records if "error" not in r]
     summary = {"stage": "judge", "conversations": len(records), "scored": len(scored),
@@ -169,8 +172,9 @@ def merge_judge(out_dir: str | Path, *, shards: int = 1,
                "threshold": threshold,
                "score_histogram": dict(sorted(Counter(
                    _band(r["wm_sycophancy_score"]) for r in scored).items())),
-               "outputs": {"scores": str(path)}, "llm": merged_usage(out_dir, "judge", shards)}
-    write_json(out_dir / "summary.json", summary, indent=True)
+               "outputs": {"scores": str(path)},
+               "llm": merged_usage(out_dir, files.STAGE, shards)}
+    write_json(files.summary, summary, indent=True)
     return summary
 
 

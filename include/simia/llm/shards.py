@@ -2,9 +2,10 @@
 
 Item ``i`` of a stage belongs to shard ``i % shards``, so every shard is a fixed, small
 part of the work that an orchestrator can run (and retry) on its own. A shard's
-checkpoint sits next to a ``.params.json`` holding the settings it was started with; a
-re-run with other settings would mix incompatible items, so it is refused unless forced
-(which discards the old checkpoint).
+checkpoint (:func:`simia.layout.shard_file`) sits next to a ``.params.json`` holding the
+settings it was started with (:func:`simia.layout.shard_params`); a re-run with other
+settings would mix incompatible items, so it is refused unless forced (which discards
+the old checkpoint).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import orjson
 
 from simia.errors import ConfigError, InputError
 from simia.io import read_json, sha256_bytes, write_json
+from simia.layout import shard_file, shard_params, shard_summary
 from simia.llm.accounting import sum_usage
 from simia.llm.runner import Checkpoint
 
@@ -38,16 +40,12 @@ def check_shard(shard: int, shards: int) -> None:
                           f"shards={shards}")
 
 
-def checkpoint_path(out_dir: Path, stage: str, shard: int, shards: int) -> Path:
-    return out_dir / f"{stage}-shard-{shard:03d}-of-{shards:03d}.jsonl"
-
-
 def open_checkpoint(out_dir: Path, stage: str, shard: int, shards: int,
                     params: dict[str, Any], *, force: bool = False) -> Checkpoint:
     """The shard's checkpoint, after checking it was made with the same ``params``."""
     check_shard(shard, shards)
-    path = checkpoint_path(out_dir, stage, shard, shards)
-    meta = path.with_suffix(".params.json")
+    path = shard_file(out_dir, stage, shard, shards)
+    meta = shard_params(path)
     sig = sha256_bytes(orjson.dumps(params, option=orjson.OPT_SORT_KEYS))
     if meta.is_file():
         try:
@@ -72,7 +70,7 @@ def read_shards(out_dir: Path, stage: str, shards: int) -> list[dict[str, Any]]:
     """Every shard's finished records (a missing shard is an error: merge too early)."""
     records: list[dict[str, Any]] = []
     for shard in range(shards):
-        path = checkpoint_path(out_dir, stage, shard, shards)
+        path = shard_file(out_dir, stage, shard, shards)
         if not path.is_file():
             raise InputError(path, f"{stage}: shard {shard} of {shards} has not run (no "
                              "checkpoint); run every shard before merging")
@@ -86,7 +84,8 @@ def read_shards(out_dir: Path, stage: str, shards: int) -> list[dict[str, Any]]:
 
 
 def summary_path(out_dir: Path, stage: str, shard: int, shards: int) -> Path:
-    return checkpoint_path(out_dir, stage, shard, shards).with_suffix(".summary.json")
+    """A shard's summary file (beside its checkpoint)."""
+    return shard_summary(shard_file(out_dir, stage, shard, shards))
 
 
 def write_shard_summary(out_dir: Path, stage: str, shard: int, shards: int,
