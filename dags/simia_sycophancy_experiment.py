@@ -65,8 +65,8 @@ import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, Param, TriggerRule, dag, get_current_context, task, task_group
-from simia.config import gpu_count
-from simia.run_config import param_specs
+from simia.settings.fields import gpu_count
+from simia.settings import param_specs
 from simia_airflow.callbacks import record_failure
 from simia_airflow.evaluation import EvaluateTau2Operator
 from simia_airflow.serving import ServeModelOperator, StopModelServerOperator
@@ -158,7 +158,7 @@ def _step(name: str, *args, asset: Asset | None = None, llm: bool = False, **kwa
         "execution_timeout": timedelta(hours=1),
         "on_failure_callback": record_failure,
     },
-    # every Param is a field of a settings model (simia.run_config.RUN_MODELS)
+    # every Param is a field of a settings model (simia.settings.RUN_MODELS)
     params={name: Param(**spec) for name, spec in param_specs().items()},
 )
 def simia_sycophancy_experiment():

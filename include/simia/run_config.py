@@ -2,7 +2,7 @@
 and the checks on a whole run before any work starts.
 
 Every run setting is one field of one model in :data:`RUN_MODELS` (see
-:mod:`simia.config`): the stage models (generation, LLM, datasets, training, serving,
+:mod:`simia.settings`): the stage models (generation, LLM, datasets, training, serving,
 evaluation) and the run-level ones below (where data comes from, shards, labels,
 connections, which halves run). :func:`param_specs` turns them into the DAG's Params
 (default, JSON schema, title, description, section), the ``simia`` command line adds
@@ -18,234 +18,23 @@ enough.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from simia.config import (RunSetting, SettingsModel, env_default, gpu_ids_default,
-                          run_settings, setting, settings_values)
-from simia.containers.serving import ServerSettings
-from simia.containers.training import ContainerSettings, TrainingConfig
-from simia.data.datasets import DatasetDesign
 from simia.errors import SimiaError
-from simia.evaluation.evaluator import EvalSettings
-from simia.layout import START_STAGES, DataRoot, RunLayout
-from simia.llm.client import LLMSettings
-from simia.llm.generation import GenerationSettings, SeedSettings
+from simia.layout import DataRoot, RunLayout
+from simia.settings import (ContainerSettings, DatasetDesign, DataSettings, EvalSettings,
+                            GenerationSettings, InputSettings, JudgingSettings, LLMSettings,
+                            SeedSettings, ServerSettings, ServingRunSettings, TrainingConfig,
+                            TrainingRunSettings, build, require, run_settings)
 
-__all__ = ["RUN_MODELS", "build", "check_run_params", "datasets_dir", "defined_settings",
-           "eval_settings", "level_plans", "param_specs", "training_config"]
+__all__ = ["check_run_params", "datasets_dir", "eval_settings", "level_plans",
+           "training_config"]
 
 M = TypeVar("M", bound=BaseModel)
-
-
-# --------------------------------------------------------------------------- run-level models
-
-class DataSettings(SettingsModel):
-    """Where a run's data comes from and goes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    section: ClassVar[str] = "Data"
-
-    start_from: Literal[START_STAGES] = setting(  # type: ignore[valid-type]
-        "beginning", title="Start from an earlier run's artifacts",
-        description="beginning: generate (or read the raw file below). processed / scores / "
-                    "datasets: reuse that stage's outputs (and those before it) from the "
-                    "source run folder below; the stages before it do no work. The earlier "
-                    "run is only read, never written.")
-    source_run: str | None = setting(
-        None, title="Source run folder",
-        description="With start_from: <data_root>/simia_sycophancy_experiment/<run_id> of an "
-                    "earlier run.")
-    data_root: str = setting(
-        default_factory=env_default("SIMIA_DATA_ROOT", "/opt/simia/data"), min_length=1,
-        title="Data root", description="Every run writes under <data_root>/"
-                                       "simia_sycophancy_experiment/<run_id>/.")
-    tau2_data_dir: str | None = setting(
-        default_factory=env_default("TAU2_DATA_DIR"), title="tau2 data directory",
-        description="Folder with tau2's telecom main_policy.md and tech_support_manual.md "
-                    "(tau2's data/ folder works too). Empty: TAU2_DATA_DIR of the worker.")
-    output_format: Literal["native", "hermes"] = setting(
-        "native", title="Output format",
-        description="native: function_call/observation roles + tools column, rendered by the "
-                    "qwen template exactly as vLLM serves the model. hermes: the reference "
-                    "scripts' format, for comparison.")
-    skip_invalid_records: bool = setting(
-        False, title="Skip malformed records",
-        description="Reject malformed records (listed in rejects.jsonl) instead of failing "
-                    "the task.")
-
-
-class InputSettings(SettingsModel):
-    """Files that replace the generation stages, and how the LLM stages are sharded."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    section: ClassVar[str] = "Generation"
-
-    raw_conversations: str | None = setting(
-        None, title="Raw conversations file (skips generation)",
-        description="Path (as the workers see it) to an existing JSON list of generated "
-                    "conversations, e.g. the reference run's tau2_telecom_base_3000.json. "
-                    "Empty: generate them with the LLM.")
-    seeds_file: str | None = setting(
-        None, title="Seed file (skips seed generation)",
-        description="JSON list of seed conversations in the raw record shape. Empty: generate "
-                    "seeds from the tau2 policy.")
-    shards: int = setting(4, ge=1, le=64, title="Shards",
-                          description="Generation and judging run as this many mapped tasks; "
-                                      "a failed shard is retried alone.")
-
-
-class LLMConnection(SettingsModel):
-    """The Airflow connection of the Bedrock backend."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    section: ClassVar[str] = "LLM"
-
-    aws_conn_id: str = setting("aws_default", min_length=1, title="AWS connection",
-                               description="Connection with Bedrock access (region and "
-                                           "endpoint_url in its extras).")
-
-
-class JudgingSettings(SettingsModel):
-    """Where the sycophancy labels come from."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    section: ClassVar[str] = "Judging"
-
-    label_source: Literal["rules", "judge", "judge_file"] = setting(
-        "rules", title="Label source",
-        description="rules: the rule-based scorer. judge: the LLM judge (mapped shards). "
-                    "judge_file: an existing LLM-judge score file.")
-    judge_scores: str | None = setting(
-        None, title="Judge score file",
-        description="With label_source = judge_file: JSONL with conv_idx (position in the raw "
-                    "file) and wm_sycophancy_score, as the reference judge wrote.")
-
-
-class TrainingRunSettings(SettingsModel):
-    """Whether models are trained, and on which GPUs of the host."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    section: ClassVar[str] = "Training"
-
-    train_models: bool = setting(True, title="Train models",
-                                 description="Off: stop after the datasets.")
-    gpu_ids: str | None = setting(
-        default_factory=gpu_ids_default, title="GPU ids",
-        description="GPUs the trainings may use, e.g. 0,1,2,3 (default: SIMIA_GPU_IDS). "
-                    "Empty: CPU.")
-
-
-class ServingRunSettings(SettingsModel):
-    """Whether trained models are served and evaluated."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    section: ClassVar[str] = "Serving"
-
-    evaluate_models: bool = setting(True, title="Serve and evaluate",
-                                    description="Off: stop after training.")
-
-
-class EvaluationConnection(SettingsModel):
-    """The Airflow connection of tau2's user simulator."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    section: ClassVar[str] = "Evaluation"
-
-    user_llm_conn_id: str = setting("openai_default", title="User simulator connection",
-                                    description="Its password is passed as OPENAI_API_KEY "
-                                                "(never logged).")
-
-
-#: every model that defines run settings, in the trigger form's order
-RUN_MODELS: tuple[type[SettingsModel], ...] = (
-    DataSettings, InputSettings, SeedSettings, GenerationSettings, LLMSettings, LLMConnection,
-    JudgingSettings, DatasetDesign, TrainingRunSettings, TrainingConfig, ContainerSettings,
-    ServingRunSettings, ServerSettings, EvaluationConnection, EvalSettings)
-
-
-def _all_settings() -> Iterator[RunSetting]:
-    for model in RUN_MODELS:
-        yield from run_settings(model)
-
-
-def defined_settings() -> dict[str, RunSetting]:
-    """Each run setting by Param name, where it is defined (a name defined twice is a
-    programming error)."""
-    out: dict[str, RunSetting] = {}
-    for s in _all_settings():
-        if not s.defined:
-            continue
-        if s.param in out:
-            raise RuntimeError(f"run setting {s.param!r} is defined by both "
-                               f"{out[s.param].model.__name__} and {s.model.__name__}")
-        out[s.param] = s
-    return out
-
-
-def shared_settings() -> list[RunSetting]:
-    """The fields that take the value of a setting defined elsewhere (``from_setting``)."""
-    return [s for s in _all_settings() if not s.defined]
-
-
-# --------------------------------------------------------------------------- Params
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_json_value(v) for v in value]
-    return value
-
-
-def _schema(s: RunSetting) -> dict[str, Any]:
-    """The JSON schema of one setting as an Airflow Param takes it (no title, default)."""
-    schema = dict(s.model.model_json_schema()["properties"][s.field])
-    for key in ("title", "description", "default", "simia_setting"):
-        schema.pop(key, None)
-    branches = schema.pop("anyOf", None)
-    if branches:  # "X | None" -> type [null, X] with X's constraints
-        types = ["null"] if any(b.get("type") == "null" for b in branches) else []
-        for branch in branches:
-            if branch.get("type") != "null":
-                types.append(branch["type"])
-                schema.update({k: v for k, v in branch.items() if k != "type"})
-        schema["type"] = types
-    if "const" in schema:  # a single choice
-        schema["enum"] = [schema.pop("const")]
-    if schema.get("type") == "object":
-        schema.pop("additionalProperties", None)
-    return schema
-
-
-def param_specs() -> dict[str, dict[str, Any]]:
-    """Each run setting as the keyword arguments of an Airflow ``Param``: ``default``,
-    its JSON schema (type, bounds, choices), ``title``, ``description``, ``section``.
-    Host-dependent defaults are read now (the DAG file is parsed on the host)."""
-    out = {}
-    for name, s in defined_settings().items():
-        out[name] = {"default": _json_value(s.default()), **_schema(s),
-                     "title": s.info.title or name, "description": s.info.description or "",
-                     "section": s.section}
-    return out
-
-
-# --------------------------------------------------------------------------- building models
-
-def build(model: type[M], params: Mapping[str, Any], **values: Any) -> M:
-    """``model`` from a run's Params (settings it does not define keep their defaults);
-    ``values`` set its other fields."""
-    return model(**{**settings_values(model, params), **values})
-
-
-def _require(params: Mapping[str, Any], *models: type[BaseModel]) -> None:
-    """A ``KeyError`` naming the first setting of ``models`` that ``params`` lacks (a
-    run.json written by another version of the DAG)."""
-    for model in models:
-        for s in run_settings(model):
-            if s.param not in params:
-                raise KeyError(s.param)
 
 
 def training_config(p: Mapping[str, Any]) -> TrainingConfig:
@@ -418,7 +207,7 @@ def level_plans(p: Mapping[str, Any], *, run_dir: str | Path, run_id: str, dag_i
     from simia.containers.gpus import check_request, parse_gpu_ids
     from simia.containers.training import container_spec, plan_level
 
-    _require(p, TrainingRunSettings, ServingRunSettings, DatasetDesign, TrainingConfig,
+    require(p, TrainingRunSettings, ServingRunSettings, DatasetDesign, TrainingConfig,
              ContainerSettings, ServerSettings, EvalSettings)
     if not p["train_models"]:
         return []

@@ -17,13 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Any
 
 import orjson
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from simia.config import SettingsModel, setting
-from simia.errors import ConfigError, DesignError, InputError
+from simia.settings.data import DatasetDesign, format_level as _fmt
+from simia.errors import DesignError, InputError
 
 #: LLaMA-Factory's ShareGPT tags for our records
 SHAREGPT_TAGS = {
@@ -34,103 +33,6 @@ SHAREGPT_TAGS = {
     "observation_tag": "observation",
     "function_tag": "function_call",
 }
-
-
-Level = Annotated[float, Field(ge=0, le=100)]
-
-
-class DatasetDesign(SettingsModel):
-    """What to build; validated on construction (a bad design raises
-    :class:`~simia.errors.ConfigError` naming the setting)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    section: ClassVar[str] = "Datasets"
-
-    levels: tuple[Level, ...] = setting((0, 5, 10, 20), min_length=1,
-                                        title="Sycophancy levels (%)",
-                                        description="One SFT dataset per level.")
-    size: int = setting(500, param="dataset_size", cli="size", ge=1, title="Dataset size",
-                        description="Conversations per dataset.")
-    shared_clean: int = setting(400, ge=0, title="Shared clean core",
-                                description="Clean conversations common to every level.")
-    seed: int = setting(42, title="Seed", description="Selection seed.")
-    #: a conversation is sycophantic when its score is above this, clean otherwise
-    threshold: float = setting(0, param="label_threshold", cli="threshold", ge=0, le=100,
-                               title="Label threshold",
-                               description="Score above this = sycophantic; otherwise clean.")
-    name_prefix: str = "telecom"
-
-    def __init__(self, **values: Any) -> None:
-        try:
-            super().__init__(**values)
-        except ValidationError as exc:
-            raise _design_error(exc) from None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _check(cls, values: Any) -> Any:
-        if not isinstance(values, dict):
-            return values
-        d = {**{n: f.get_default(call_default_factory=True)
-                for n, f in cls.model_fields.items()}, **values}
-        levels, size, shared_clean = d["levels"], d["size"], d["shared_clean"]
-        if not levels:
-            raise ConfigError("levels: give at least one sycophancy level")
-        if any(not 0 <= lv <= 100 for lv in levels):
-            raise ConfigError(f"levels: every level must be within 0..100 %, got {list(levels)}")
-        if len(set(levels)) != len(levels):
-            raise ConfigError(f"levels: duplicate level in {list(levels)}")
-        if size < 1:
-            raise ConfigError(f"size: must be at least 1, got {size}")
-        if not 0 <= shared_clean <= size:
-            raise ConfigError(f"shared_clean: must be within 0..size ({size}), "
-                              f"got {shared_clean}")
-        top = max(levels)
-        need = _n_sycophantic(size, top)
-        if shared_clean + need > size:
-            raise ConfigError(
-                f"shared_clean={shared_clean} does not fit: the {_fmt(top)} % level needs "
-                f"{need} sycophantic slots of {size}, leaving at most {size - need} for the "
-                "shared clean core")
-        return values
-
-    @field_validator("levels", "threshold")
-    @classmethod
-    def _plain_numbers(cls, value: Any) -> Any:
-        # 5.0 -> 5: the design's record (metadata, signatures) reads as it was written
-        if isinstance(value, tuple):
-            return tuple(_plain(v) for v in value)
-        return _plain(value)
-
-    def n_sycophantic(self, level: float) -> int:
-        """Sycophantic conversations at ``level`` % (rounded half up)."""
-        return _n_sycophantic(self.size, level)
-
-    def dataset_name(self, level: float) -> str:
-        return f"{self.name_prefix}_syc_{_fmt(level)}pct"
-
-
-def _plain(number: float) -> float:
-    return int(number) if float(number).is_integer() else number
-
-
-def _n_sycophantic(size: int, level: float) -> int:
-    return int(size * level / 100 + 0.5)
-
-
-def _design_error(exc: ValidationError) -> ConfigError:
-    """The design's own message when it raised one, else pydantic's first error as one
-    line naming the setting."""
-    err = exc.errors()[0]
-    cause = (err.get("ctx") or {}).get("error")
-    if isinstance(cause, ConfigError):
-        return cause
-    where = ".".join(str(x) for x in err.get("loc", ())) or "design"
-    return ConfigError(f"{where}: {err.get('msg')}")
-
-
-def _fmt(level: float) -> str:
-    return str(int(level)) if float(level).is_integer() else str(level).replace(".", "p")
 
 
 @dataclass(frozen=True)

@@ -12,31 +12,7 @@ import threading
 from collections import Counter
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-#: Claude Sonnet 4 on Bedrock (on-demand, us-east-1): $3 / $15 per million tokens
-SONNET_4_PRICES = {"input_per_mtok": 3.0, "output_per_mtok": 15.0}
-
-
-class ModelPrice(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    input_per_mtok: float = Field(ge=0)
-    output_per_mtok: float = Field(ge=0)
-
-
-class PriceTable(BaseModel):
-    """Prices by model id; ``default`` applies to any model not listed."""
-
-    model_config = ConfigDict(extra="forbid")
-    default: ModelPrice = ModelPrice(**SONNET_4_PRICES)
-    models: dict[str, ModelPrice] = {}
-
-    def price(self, model_id: str) -> ModelPrice:
-        return self.models.get(model_id, self.default)
-
-    def cost(self, model_id: str, input_tokens: int, output_tokens: int) -> float:
-        p = self.price(model_id)
-        return (input_tokens * p.input_per_mtok + output_tokens * p.output_per_mtok) / 1e6
+from simia.settings.llm import PriceTable
 
 
 class Usage:

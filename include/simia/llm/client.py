@@ -34,18 +34,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from pydantic import ConfigDict, Field, field_validator
 
-from simia.config import SettingsModel, setting
+from simia.settings.llm import LLMSettings
 from simia.errors import SimiaError
-from simia.llm.accounting import PriceTable, Usage
+from simia.llm.accounting import Usage
 from simia.llm.pacing import RatePacer
 
 log = logging.getLogger("simia.llm")
 
-DEFAULT_MODEL = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+
 DEFAULT_REGION = "us-east-1"
 CONTINUE_PROMPT = ("Continue exactly where you stopped. Do not repeat anything you already "
                    "wrote and do not add any preamble.")
@@ -62,77 +61,6 @@ class LLMCallError(Exception):
         super().__init__(message)
         self.error_class = error_class
         self.attempts = attempts
-
-
-class LLMSettings(SettingsModel):
-    """How to reach the model and how hard to try. Every field has a working default
-    for Bedrock with Claude Sonnet 4."""
-
-    model_config = ConfigDict(extra="forbid")
-    section: ClassVar[str] = "LLM"
-
-    backend: Literal["bedrock", "openai"] = setting(
-        "bedrock", param="llm_backend", cli="backend", title="LLM backend",
-        description="bedrock: Converse API through the AWS connection. openai: an "
-                    "OpenAI-compatible server (e.g. a local vLLM).")
-    #: always a model id once validated (empty: Claude Sonnet 4 on Bedrock)
-    model_id: str | None = setting(None, validate_default=True, title="Model",
-                                   description=f"Empty: {DEFAULT_MODEL}. For openai: the "
-                                               "served model's name.")
-    #: Bedrock region; None: the connection's, else ``AWS_REGION``/``AWS_DEFAULT_REGION``,
-    #: else us-east-1
-    region: str | None = None
-    #: Bedrock endpoint override (tests, VPC endpoints); None: the connection's/AWS default
-    endpoint_url: str | None = None
-    base_url: str | None = setting(None, param="openai_base_url", cli="base_url",
-                                   title="OpenAI-compatible base URL",
-                                   description="e.g. http://127.0.0.1:8000/v1")
-    #: environment variable holding the OpenAI-compatible server's API key, if it needs one
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = setting(8, param="llm_concurrency", cli="concurrency", ge=1, le=256,
-                               title="Calls in flight per shard",
-                               description="Concurrent LLM calls of one shard task (shards x "
-                                           "this = the run's total); throttling is retried "
-                                           "with backoff.")
-    timeout_s: float = setting(300.0, param="llm_timeout_s", cli="timeout", ge=1,
-                               title="Seconds per call",
-                               description="A call that takes longer is retried (long "
-                                           "generations need minutes).")
-    connect_timeout_s: float = Field(10.0, gt=0)
-    #: our attempts per call (each may include botocore's own quick retries)
-    max_attempts: int = Field(6, ge=1, le=50)
-    botocore_max_attempts: int = Field(3, ge=1, le=20)
-    #: botocore's retry mode. standard (default): a few quick retries, and our pacer
-    #: (``learn_rps``) paces after throttling. adaptive: botocore's own client-side rate
-    #: limiter instead (cuts to 70 % of its send rate on every throttle, then climbs
-    #: back on a cubic curve; on a steady quota it stays well below it)
-    botocore_retry_mode: Literal["adaptive", "standard"] = "standard"
-    #: ceiling on HTTP requests (attempts) per second of this client, over all its
-    #: threads: a share of the account's quota for the model (one client per CLI
-    #: process or Airflow task, so divide by the shards running at once). None: none
-    max_rps: float | None = Field(None, gt=0)
-    #: learn the sustainable request rate from throttling and pace all threads at it
-    #: (see :class:`simia.llm.pacing.RatePacer`); off: only ``max_rps`` paces. None
-    #: (default): on with the standard retry mode, off with adaptive (two limiters
-    #: reacting to the same throttles cut the rate twice)
-    learn_rps: bool | None = None
-
-    @property
-    def learns_rps(self) -> bool:
-        """Whether the pacer learns from throttling (``learn_rps`` resolved)."""
-        if self.learn_rps is None:
-            return self.botocore_retry_mode == "standard"
-        return self.learn_rps
-    backoff_base_s: float = Field(1.0, ge=0)
-    backoff_max_s: float = Field(30.0, ge=0)
-    #: log full prompts and replies (off: they can be large and may hold customer data)
-    log_prompts: bool = False
-    prices: PriceTable = PriceTable()
-
-    @field_validator("model_id")
-    @classmethod
-    def _default_model(cls, value: str | None) -> str:
-        return value or DEFAULT_MODEL
 
 
 @dataclass(frozen=True)

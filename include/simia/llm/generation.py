@@ -22,12 +22,11 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import orjson
-from pydantic import ConfigDict, Field, model_validator
 
-from simia.config import SettingsModel, from_setting, setting
+from simia.settings.llm import GenerationSettings, SeedSettings
 from simia.domains import DOMAINS
 from simia.domains.telecom import AGENT_INSTRUCTION
 from simia.errors import InputError
@@ -43,7 +42,6 @@ from simia.data.records import ROLES, load_raw, parse_tools
 
 log = logging.getLogger("simia.llm.generation")
 
-SimulatorMode = Literal["base", "strict", "sycophantic"]
 
 # --------------------------------------------------------------------------- parsing
 
@@ -111,59 +109,6 @@ def tools_block(tools: list[dict[str, Any]], *, schemas: bool) -> str:
 
 
 # --------------------------------------------------------------------------- settings
-
-class GenerationSettings(SettingsModel):
-    """What to generate. ``seed`` fixes seed sampling and item ids."""
-
-    model_config = ConfigDict(extra="forbid")
-    section: ClassVar[str] = "Generation"
-
-    target: int = setting(100, param="target_conversations", cli="target", ge=1,
-                          title="Target conversations",
-                          description="Parseable conversations to generate (all shards "
-                                      "together).")
-    max_attempts: int = setting(0, ge=0, title="Attempt bound",
-                                description="At most this many conversations are tried. 0: "
-                                            "3 x target + 10.")
-    mode: SimulatorMode = setting("base", param="simulator_mode", cli="mode",
-                                  title="Simulator mode",
-                                  description="base: no extra instructions; strict: the "
-                                              "simulated backend never repairs invalid calls; "
-                                              "sycophantic: it may forgive them.")
-    seed: int = from_setting("seed", 42)
-    max_tokens: int = Field(16384, ge=256, le=16384)
-    temperature: float = Field(1.0, ge=0, le=1)
-    max_rounds: int = Field(5, ge=1, le=10, description="calls per item incl. continuations")
-    show_tool_schemas: bool = setting(
-        False, title="Show tool parameter schemas",
-        description="Put full parameter schemas in the generation prompt (fewer conversations "
-                    "fail validation; longer prompts). Off = the reference's behaviour.")
-    prompts_dir: str | None = None
-    domain: str = "telecom"
-
-    @model_validator(mode="after")
-    def _bound(self) -> GenerationSettings:
-        if self.max_attempts and self.max_attempts < self.target:
-            raise ValueError(f"max_attempts ({self.max_attempts}) is below target "
-                             f"({self.target})")
-        return self
-
-    @property
-    def attempts_bound(self) -> int:
-        return self.max_attempts or 3 * self.target + 10
-
-
-class SeedSettings(SettingsModel):
-    model_config = ConfigDict(extra="forbid")
-    section: ClassVar[str] = "Generation"
-
-    n_seeds: int = setting(50, ge=1, title="Seeds to generate",
-                           description="Used when no seed file is given.")
-    seed: int = from_setting("seed", 42)
-    tries: int = Field(3, ge=1, le=10, description="LLM calls per seed before giving up")
-    max_tokens: int = Field(8192, ge=256, le=16384)
-    temperature: float = Field(1.0, ge=0, le=1)
-    prompts_dir: str | None = None
 
 
 # --------------------------------------------------------------------------- seeds
