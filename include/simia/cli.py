@@ -13,20 +13,18 @@ import sys
 from collections.abc import Sequence
 
 from simia import __version__
-from simia.data.datasets import DatasetDesign
+from pydantic import BaseModel, ValidationError
+
 from simia.errors import SimiaError
 from simia.io import dumps
-from pydantic import ValidationError
+from simia.settings import (DatasetDesign, GenerationSettings, LLMSettings, PriceTable,
+                            SeedSettings, TrainingConfig)
+from simia.settings.cli import add_options, add_setting, options_model
 
 
-def _levels(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"levels must be comma-separated percentages like 0,5,10,20, got {text!r}"
-        ) from None
-    return tuple(int(v) if v.is_integer() else v for v in values)
+def _default(model: type[BaseModel], field: str):
+    """An internal field's default (settings' options come from :func:`add_options`)."""
+    return model.model_fields[field].get_default(call_default_factory=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,24 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     bd.add_argument("--scores", required=True,
                     help="rule scores (simia score-rules) or LLM judge scores (JSONL)")
     bd.add_argument("-o", "--out-dir", required=True)
-    d = DatasetDesign()
-    bd.add_argument("--levels", type=_levels, default=d.levels,
-                    help="sycophancy levels in %% (default 0,5,10,20)")
-    bd.add_argument("--size", type=int, default=d.size, help="conversations per dataset")
-    bd.add_argument("--shared-clean", type=int, default=d.shared_clean,
-                    help="clean conversations shared by every level")
-    bd.add_argument("--seed", type=int, default=d.seed)
-    bd.add_argument("--threshold", type=float, default=d.threshold,
-                    help="score above this = sycophantic (default 0)")
-    bd.add_argument("--name-prefix", default=d.name_prefix)
+    add_options(bd.add_argument_group("dataset design"), DatasetDesign)
+    bd.add_argument("--name-prefix", default=_default(DatasetDesign, "name_prefix"))
     bd.add_argument("--force", action="store_true")
 
     gs = sub.add_parser("generate-seeds", help="telecom seed conversations from the tau2 "
                                                "policy over a scenario taxonomy (LLM)")
     gs.add_argument("-o", "--out-dir", required=True, help="writes seeds.json here")
-    gs.add_argument("--n-seeds", type=int, default=50)
-    gs.add_argument("--seed", type=int, default=42, help="run seed (taxonomy order, ids)")
-    gs.add_argument("--tries", type=int, default=3, help="calls per seed until it is valid")
+    add_options(gs, SeedSettings)
+    gs.add_argument("--tries", type=int, default=_default(SeedSettings, "tries"),
+                    help="calls per seed until it is valid")
     gs.add_argument("--tau2-data-dir", default=None,
                     help="tau2's telecom data folder (default: $TAU2_DATA_DIR)")
     gs.add_argument("--prompts-dir", default=None,
@@ -95,16 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     ge.add_argument("--seeds", required=True, help="seed conversations (JSON list)")
     ge.add_argument("-o", "--out-dir", required=True,
                     help="writes raw_conversations.json (after all shards) here")
-    ge.add_argument("--target", type=int, default=100, help="valid conversations wanted")
-    ge.add_argument("--max-attempts", type=int, default=None,
-                    help="bound on conversations tried (default 3 x target + 10)")
-    ge.add_argument("--mode", choices=["base", "strict", "sycophantic"], default="base",
-                    help="simulator mode")
-    ge.add_argument("--seed", type=int, default=42, help="run seed (seed sampling, item ids)")
-    ge.add_argument("--max-tokens", type=int, default=16384)
-    ge.add_argument("--show-tool-schemas", action="store_true",
-                    help="put full parameter schemas in the prompt (default: names and "
-                         "descriptions only, as the reference did)")
+    add_options(ge, GenerationSettings)
+    ge.add_argument("--max-tokens", type=int, default=_default(GenerationSettings, "max_tokens"))
     _shard_args(ge)
     _llm_args(ge)
 
@@ -112,8 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     ju.add_argument("conversations", help="processed.json")
     ju.add_argument("-o", "--out-dir", required=True,
                     help="writes judge_scores.jsonl (after all shards) here")
-    ju.add_argument("--threshold", type=float, default=0.0,
-                    help="score above this counts as sycophantic in the summary")
+    add_setting(ju, "label_threshold")
     ju.add_argument("--tries", type=int, default=3, help="calls per conversation until the "
                                                          "reply parses")
     ju.add_argument("--retry-failed", action="store_true",
@@ -178,43 +159,11 @@ def _key_value(text: str) -> tuple[str, object]:
 
 
 def _training_args(p: argparse.ArgumentParser) -> None:
-    from simia.containers.training import TrainingConfig
-
-    d = TrainingConfig()
     g = p.add_argument_group("hyperparameters (defaults: the reference recipe)")
-    g.add_argument("--model", default=d.model, help="hub id or local model folder")
-    g.add_argument("--template", default=d.template)
-    g.add_argument("--finetuning-type", choices=["full", "lora"], default=d.finetuning_type)
-    g.add_argument("--epochs", type=float, default=d.num_train_epochs)
-    g.add_argument("--max-steps", type=int, default=d.max_steps, help="0 = by epochs")
-    g.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    g.add_argument("--batch-size", type=int, default=d.per_device_train_batch_size)
-    g.add_argument("--grad-accum", type=int, default=d.gradient_accumulation_steps)
-    g.add_argument("--cutoff-len", type=int, default=d.cutoff_len)
-    g.add_argument("--no-neat-packing", dest="neat_packing", action="store_false")
-    g.add_argument("--flash-attn", choices=["fa2", "sdpa", "auto", "disabled"],
-                   default=d.flash_attn)
-    g.add_argument("--no-bf16", dest="bf16", action="store_false")
-    g.add_argument("--deepspeed", choices=["none", "zero2", "zero3", "zero3_offload"],
-                   default=d.deepspeed)
-    g.add_argument("--preprocessing-workers", type=int, default=d.preprocessing_num_workers)
-    g.add_argument("--seed", type=int, default=d.seed)
+    add_options(g, TrainingConfig, exclude=("extra",))
     g.add_argument("--set", dest="extra", type=_key_value, action="append", default=[],
                    metavar="KEY=VALUE",
                    help="another LLaMA-Factory key (value parsed as JSON, else text)")
-
-
-def _training_config(args: argparse.Namespace):
-    from simia.containers.training import TrainingConfig
-
-    return TrainingConfig(
-        model=args.model, template=args.template, finetuning_type=args.finetuning_type,
-        num_train_epochs=args.epochs, max_steps=args.max_steps,
-        learning_rate=args.learning_rate, per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum, cutoff_len=args.cutoff_len,
-        neat_packing=args.neat_packing, flash_attn=args.flash_attn, bf16=args.bf16,
-        deepspeed=args.deepspeed, preprocessing_num_workers=args.preprocessing_workers,
-        seed=args.seed, extra=dict(args.extra))
 
 
 def _shard_args(p: argparse.ArgumentParser) -> None:
@@ -230,17 +179,11 @@ def _shard_args(p: argparse.ArgumentParser) -> None:
 
 def _llm_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("LLM backend")
-    g.add_argument("--backend", choices=["bedrock", "openai"], default="bedrock")
-    g.add_argument("--model-id", default=None, help="Bedrock model id or OpenAI-compatible "
-                                                    "model name (default: Claude Sonnet 4)")
+    add_options(g, LLMSettings)
     g.add_argument("--region", default=None, help="Bedrock region (default: $AWS_REGION or "
                                                   "us-east-1)")
     g.add_argument("--endpoint-url", default=None, help="Bedrock endpoint override")
-    g.add_argument("--base-url", default=None,
-                   help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-    g.add_argument("--concurrency", type=int, default=8, help="calls in flight")
-    g.add_argument("--timeout", type=float, default=300.0, help="seconds per call")
-    g.add_argument("--call-attempts", type=int, default=6,
+    g.add_argument("--call-attempts", type=int, default=_default(LLMSettings, "max_attempts"),
                    help="attempts per call on throttling, timeouts and 5xx")
     g.add_argument("--prices", default=None,
                    help="JSON price table {default: {input_per_mtok, output_per_mtok}, "
@@ -250,18 +193,13 @@ def _llm_args(p: argparse.ArgumentParser) -> None:
 
 def _llm_client(args: argparse.Namespace):
     from simia.io import read_json
-    from simia.llm.accounting import PriceTable
-    from simia.llm.client import LLMSettings, make_client
+    from simia.llm.client import make_client
 
-    fields = {"backend": args.backend, "region": args.region,
-              "endpoint_url": args.endpoint_url, "base_url": args.base_url,
-              "concurrency": args.concurrency, "timeout_s": args.timeout,
+    fields = {"region": args.region, "endpoint_url": args.endpoint_url,
               "max_attempts": args.call_attempts, "log_prompts": args.log_prompts}
-    if args.model_id:
-        fields["model_id"] = args.model_id
     if args.prices:
         fields["prices"] = PriceTable.model_validate(read_json(args.prices))
-    return make_client(LLMSettings(**fields))
+    return make_client(options_model(LLMSettings, args, **fields))
 
 
 def _run_sharded(args: argparse.Namespace, run_shard, merge) -> dict:
@@ -277,16 +215,14 @@ def _llm_command(args: argparse.Namespace) -> dict:
 
     client = _llm_client(args)
     if args.command == "generate-seeds":
-        settings = generation.SeedSettings(n_seeds=args.n_seeds, seed=args.seed,
-                                           tries=args.tries, prompts_dir=args.prompts_dir)
+        settings = options_model(SeedSettings, args, tries=args.tries,
+                                 prompts_dir=args.prompts_dir)
         return generation.generate_seeds_stage(args.out_dir, settings, client,
                                                tau2_data_dir=args.tau2_data_dir,
                                                force=args.force)
     if args.command == "generate":
-        gen = generation.GenerationSettings(
-            target=args.target, max_attempts=args.max_attempts, mode=args.mode, seed=args.seed,
-            max_tokens=args.max_tokens, show_tool_schemas=args.show_tool_schemas,
-            prompts_dir=args.prompts_dir)
+        gen = options_model(GenerationSettings, args, max_tokens=args.max_tokens,
+                            prompts_dir=args.prompts_dir)
         return _run_sharded(
             args, lambda k: generation.generate_shard(args.seeds, args.out_dir, gen, client,
                                                       shard=k, shards=args.shards,
@@ -297,7 +233,7 @@ def _llm_command(args: argparse.Namespace) -> dict:
         args, lambda k: judge.judge_shard(args.conversations, args.out_dir, jset, client,
                                           shard=k, shards=args.shards, force=args.force,
                                           retry_failed=args.retry_failed),
-        lambda: judge.merge_judge(args.out_dir, shards=args.shards, threshold=args.threshold))
+        lambda: judge.merge_judge(args.out_dir, shards=args.shards, threshold=args.label_threshold))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "train-config":
             from simia.containers.training import write_train_config
 
-            result = write_train_config(_training_config(args), datasets_dir=args.datasets,
+            result = write_train_config(options_model(TrainingConfig, args, extra=dict(args.extra)),
+                                        datasets_dir=args.datasets,
                                         level=args.level, out_file=args.out,
                                         output_dir=args.output_dir)
         elif args.command == "train-summary":
@@ -354,9 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = write_report(args.run_dir, args.out_dir, resamples=args.resamples,
                                   seed=args.seed)
         else:
-            design = DatasetDesign(levels=args.levels, size=args.size,
-                                   shared_clean=args.shared_clean, seed=args.seed,
-                                   threshold=args.threshold, name_prefix=args.name_prefix)
+            design = options_model(DatasetDesign, args, name_prefix=args.name_prefix)
             result = stages.build_datasets_stage(args.conversations, args.scores, args.out_dir,
                                                  design, force=args.force)
     except (SimiaError, ValidationError) as exc:

@@ -70,7 +70,7 @@ class LLMSettings(SettingsModel):
                                description="Concurrent LLM calls of one shard task (shards x "
                                            "this = the run's total); throttling is retried "
                                            "with backoff.")
-    timeout_s: float = setting(300.0, param="llm_timeout_s", cli="timeout", ge=1,
+    timeout_s: float = setting(300.0, param="llm_timeout_s", cli="timeout", gt=0,
                                title="Seconds per call",
                                description="A call that takes longer is retried (long "
                                            "generations need minutes).")
