@@ -70,3 +70,22 @@ def test_every_setting_of_a_cli_model_is_an_option():
         for s in defined.values():
             if s.model is model and s.field != "extra":
                 assert f"--{s.cli}" in help_text, s.param
+
+
+def test_a_new_training_field_reaches_the_yaml_and_extra_may_not_set_it(tmp_path):
+    from pydantic import ValidationError
+
+    from simia.containers.training import level_train_config
+
+    class WithWarmup(TrainingConfig):
+        warmup_ratio: float = setting(0.1, ge=0, le=1, title="Warm-up ratio",
+                                      description="Share of steps warming up.")
+
+    yaml = level_train_config(WithWarmup(deepspeed="none"), dataset="d", dataset_dir=tmp_path,
+                              output_dir=tmp_path / "out", deepspeed_path=None)
+    assert yaml["warmup_ratio"] == 0.1
+    assert "warmup_ratio" not in level_train_config(
+        TrainingConfig(deepspeed="none"), dataset="d", dataset_dir=tmp_path,
+        output_dir=tmp_path / "out", deepspeed_path=None)
+    with pytest.raises(ValidationError, match="may not set warmup_ratio"):
+        WithWarmup(extra={"warmup_ratio": 0.2})

@@ -122,6 +122,11 @@ def level_train_config(cfg: TrainingConfig, *, dataset: str, dataset_dir: str | 
     )
     if cfg.max_steps:
         out["max_steps"] = cfg.max_steps
+    # a field added to TrainingConfig is a LLaMA-Factory key of the same name
+    written = {"model", "finetuning_type", "lora_rank", "lora_alpha", "lora_target", "deepspeed",
+               "max_steps", "extra", *out}
+    out.update({name: getattr(cfg, name) for name in type(cfg).model_fields
+                if name not in written})
     out.update(cfg.extra)
     return out
 

@@ -17,15 +17,10 @@ __all__ = ["ContainerSettings", "DeepSpeedMode", "TrainingConfig", "TrainingRunS
 DeepSpeedMode = Literal["none", "zero2", "zero3", "zero3_offload"]
 
 
-# keys the typed fields (or the per-level plan) own; `extra` may not set them
-_OWNED_KEYS = frozenset({
-    "model_name_or_path", "template", "finetuning_type", "num_train_epochs", "max_steps",
-    "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "cutoff_len", "neat_packing", "packing", "flash_attn", "bf16", "deepspeed",
-    "lr_scheduler_type", "logging_steps", "save_steps", "preprocessing_num_workers", "seed",
-    "lora_rank", "lora_alpha", "lora_target", "dataset", "dataset_dir", "output_dir",
-    "stage", "do_train",
-})
+# LLaMA-Factory keys that the typed fields (under other names) or the per-level plan own;
+# a field's own name is owned too. `extra` may not set them
+_OWNED_KEYS = frozenset({"model_name_or_path", "packing", "dataset", "dataset_dir",
+                         "output_dir", "stage", "do_train"})
 
 
 class TrainingConfig(SettingsModel):
@@ -90,7 +85,7 @@ class TrainingConfig(SettingsModel):
     @field_validator("extra")
     @classmethod
     def _extra_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        clash = sorted(set(value) & _OWNED_KEYS)
+        clash = sorted(set(value) & (_OWNED_KEYS | set(cls.model_fields) - {"extra", "model"}))
         if clash:
             raise ValueError(
                 f"extra LLaMA-Factory keys may not set {', '.join(clash)}: use the typed "
