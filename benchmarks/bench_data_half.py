@@ -48,9 +48,10 @@ from typing import Any
 import orjson
 import pydantic
 
-from simia.data.datasets import DatasetDesign
-from simia.errors import ConfigError
-from simia.data.stages import build_datasets_stage, process_stage, score_rules_stage
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test support
+from simia.data.datasets import DatasetDesign  # noqa: E402
+from simia.errors import ConfigError  # noqa: E402
+from simia.data.stages import build_datasets_stage, process_stage, score_rules_stage  # noqa: E402,E501
 
 MB = 1_000_000
 STAGES = ("process", "score_rules", "build_datasets")
@@ -205,9 +206,9 @@ def prepare_input(args: argparse.Namespace, work: Path) -> tuple[Path, int, str]
         desc = (f"real: {n} conversations cycling the {len(source)} of "
                 f"{' + '.join(f.name for f in files)} (from SIMIA_REFERENCE_DATA={ref})")
     else:
-        from simia.synthetic import generate_raw
+        from support.synthetic import generate_raw
         raw = generate_raw(n, seed=args.seed)
-        desc = f"synthetic: simia.synthetic.generate_raw({n}, seed={args.seed})"
+        desc = f"synthetic: support.synthetic.generate_raw({n}, seed={args.seed})"
     path = work / "raw.json"
     # the generator's layout (a list, indent 2), as the real raw files are written
     path.write_bytes(orjson.dumps(raw, option=orjson.OPT_INDENT_2))
@@ -220,7 +221,7 @@ def prepare_tau2(work: Path) -> tuple[Path, str]:
     env = os.environ.get("TAU2_DATA_DIR")
     if env:
         return Path(env), f"TAU2_DATA_DIR={env}"
-    from simia.synthetic import synthetic_policy
+    from support.synthetic import synthetic_policy
     text = synthetic_policy()
     lines = text.split("\n")
     heads = [i for i, line in enumerate(lines) if line.startswith("## ")]
@@ -230,7 +231,7 @@ def prepare_tau2(work: Path) -> tuple[Path, str]:
     (folder / POLICY_FILES[0]).write_text("\n".join(lines[:cut]) + "\n", encoding="utf-8")
     (folder / POLICY_FILES[1]).write_text("# Technical Support Manual\n\n"
                                           + "\n".join(lines[cut:]) + "\n", encoding="utf-8")
-    return folder, (f"synthetic (simia.synthetic.synthetic_policy(), {len(text)} chars, split "
+    return folder, (f"synthetic (support.synthetic.synthetic_policy(), {len(text)} chars, split "
                     f"over {' + '.join(POLICY_FILES)}; set TAU2_DATA_DIR for tau2's own)")
 
 

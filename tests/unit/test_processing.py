@@ -254,7 +254,7 @@ def test_pipeline_records_every_drop_and_keeps_metadata():
 
 
 def test_pipeline_output_alternates_on_synthetic_data():
-    from simia.synthetic import generate_raw
+    from support.synthetic import generate_raw
 
     raw = generate_raw(200, seed=11)
     for fmt in (NATIVE, HERMES):
@@ -269,7 +269,7 @@ def test_pipeline_output_alternates_on_synthetic_data():
 
 
 def test_synthetic_turns_are_generate_raws_first_conversation():
-    from simia.synthetic import generate_raw, synthetic_turns
+    from support.synthetic import generate_raw, synthetic_turns
 
     for seed in (0, 7, 123456789):
         for mode in ("base", "strict", "sycophantic"):
@@ -282,7 +282,7 @@ def test_synthetic_turns_are_generate_raws_first_conversation():
 def test_process_run_yields_the_kept_rows_as_it_goes_and_then_the_result():
     from simia.domains import DOMAINS
     from simia.data.processing import ProcessRun, process_conversations
-    from simia.synthetic import generate_raw, synthetic_policy
+    from support.synthetic import generate_raw, synthetic_policy
     raw = generate_raw(30, seed=3)
     domain, policy = DOMAINS["telecom"], synthetic_policy()
     run = ProcessRun(raw, domain, policy)
