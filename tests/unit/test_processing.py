@@ -292,3 +292,26 @@ def test_process_run_yields_the_kept_rows_as_it_goes_and_then_the_result():
     whole = process_conversations(raw, domain, policy)
     assert rows == whole.kept == run.result.kept
     assert run.result.summary() == whole.summary()
+
+
+@pytest.mark.parametrize("value,expected,items,strict,lenient", [
+    ("x", "string", None, True, True),
+    (3, "integer", None, True, True),
+    (True, "integer", None, False, True),  # the validation step let a bool pass
+    (False, "number", None, False, True),
+    (2.5, "number", None, True, True),
+    (2.5, "integer", None, False, False),
+    (True, "boolean", None, True, True),
+    ([1, "a"], "array", None, True, True),
+    ([1, "a"], "array", "integer", False, False),  # item types: the validation step only
+    ([1, True], "array", "integer", False, True),
+    ({}, "object", None, True, True),
+    ([], "object", None, False, False),
+    (None, "anything-else", None, True, True),
+    (None, None, None, True, True),
+])
+def test_one_type_table_with_the_two_reference_behaviours(value, expected, items, strict,
+                                                          lenient):
+    from simia.data.schema import json_type_ok
+    assert json_type_ok(value, expected, items) is strict
+    assert json_type_ok(value, expected, items, bool_is_number=True) is lenient

@@ -38,6 +38,7 @@ import orjson
 from simia.domains.telecom import AGENT_INSTRUCTION, HERMES_INSTRUCTION, Domain
 from simia.io import Part, dumps_records, iter_dumps_records
 from simia.data.records import ROLES, SHARED_KEYS
+from simia.data.schema import json_type_ok
 
 TurnList = list[dict[str, Any]]
 
@@ -268,28 +269,8 @@ def to_hermes(turns: TurnList, stats: Stats | None = None) -> TurnList:
 _HERMES_CALL = re.compile(r"<tool_call>\s*({.*?})\s*</tool_call>", re.DOTALL)
 
 
-def _type_ok(value: Any, expected: Any, spec: dict[str, Any]) -> bool:
-    """The reference's type check (note: ``bool`` passes as integer/number there too)."""
-    if expected == "string":
-        return isinstance(value, str)
-    if expected == "array":
-        if not isinstance(value, list):
-            return False
-        item_type = (spec.get("items") or {}).get("type")
-        return all(_type_ok(v, item_type, {}) for v in value) if item_type else True
-    if expected == "object":
-        return isinstance(value, dict)
-    if expected == "number":
-        return isinstance(value, (int, float))
-    if expected == "integer":
-        return isinstance(value, int)
-    if expected == "boolean":
-        return isinstance(value, bool)
-    return True
-
-
 #: id(domain) -> (domain, {tool name: (required, properties, {argument: (expected type,
-#: items spec, id format or None)})}): each tool's schema read once
+#: array item type, id format or None)})}): each tool's schema read once
 _SCHEMAS: dict[int, tuple[Domain, dict[str, Any]]] = {}
 
 
@@ -301,7 +282,8 @@ def _schemas(domain: Domain) -> dict[str, Any]:
             params = tool.get("parameters", {})
             props = params.get("properties", {})
             compiled[name] = (params.get("required", []), props,
-                              {key: (spec.get("type"), spec, domain.id_formats.get(key))
+                              {key: (spec.get("type"), (spec.get("items") or {}).get("type"),
+                                     domain.id_formats.get(key))
                                for key, spec in props.items()})
         entry = _SCHEMAS[id(domain)] = (domain, compiled)
     return entry[1]
@@ -333,9 +315,9 @@ def check_call(name: Any, arguments: Any, domain: Domain, where: str | int,
                        f"{_where(where)}: {name} has no parameter {key!r}")
     fixed: dict[str, Any] = {}
     for key, value in arguments.items():
-        expected, spec, id_format = checks[key]
-        if not (isinstance(value, str) if expected == "string" else
-                _type_ok(value, expected, spec)):
+        expected, items, id_format = checks[key]
+        # the reference's check: a bool passes as an integer or number here
+        if not json_type_ok(value, expected, items, bool_is_number=True):
             raise Drop("argument_type_mismatch", f"{_where(where)}: {name}.{key} should be "
                        f"{expected}, got {type(value).__name__}")
         if id_format and isinstance(value, str):
