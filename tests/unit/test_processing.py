@@ -279,20 +279,6 @@ def test_synthetic_turns_are_generate_raws_first_conversation():
         synthetic_turns(mode="lenient")
 
 
-def test_process_run_yields_the_kept_rows_as_it_goes_and_then_the_result():
-    from simia.domains import DOMAINS
-    from simia.data.processing import ProcessRun, process_conversations
-    from support.synthetic import generate_raw, synthetic_policy
-    raw = generate_raw(30, seed=3)
-    domain, policy = DOMAINS["telecom"], synthetic_policy()
-    run = ProcessRun(raw, domain, policy)
-    with pytest.raises(RuntimeError, match="iterate"):
-        run.result  # noqa: B018
-    rows = list(run)
-    whole = process_conversations(raw, domain, policy)
-    assert rows == whole.kept == run.result.kept
-    assert run.result.summary() == whole.summary()
-
 
 @pytest.mark.parametrize("value,expected,items,strict,lenient", [
     ("x", "string", None, True, True),
