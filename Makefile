@@ -13,6 +13,11 @@ endif
 ifneq ($(wildcard $(CURDIR)/../shared/data),)
 export SIMIA_REFERENCE_DATA ?= $(CURDIR)/../shared/data
 endif
+# a checkout of the reference scripts (zerowsw/Simia-WM-Exp) beside the project: make bench
+# runs their 5-step pipeline on the same bytes as the data half
+ifneq ($(wildcard $(CURDIR)/../Simia-WM-Exp/Simia_SFT/Tau2/process_data_pipeline.sh),)
+export SIMIA_REFERENCE_SCRIPTS ?= $(CURDIR)/../Simia-WM-Exp
+endif
 
 .PHONY: run test venv lf-env bench clean
 

@@ -1,21 +1,21 @@
 #!/usr/bin/env python
-"""Benchmark of the pipeline's data half, measured against the JSON round-trip floor.
+"""Benchmark of the pipeline's data half against the reference 5-step pipeline.
 
 The data half is what the DAG runs before training, through the same file-level stage
 functions (``simia.data.stages``)::
 
-    process_stage(raw.json -> processed/processed.json, rejects.jsonl, summary.json)
-    score_rules_stage(processed.json -> scores/rule_scores.jsonl)  (native: labels describe
-                                                                    what is trained on)
-    build_datasets_stage(processed.json + rule_scores.jsonl -> datasets/*.json)
+    process_stage(raw.json -> processed/)            (native format)
+    score_rules_stage(processed.json -> scores/rule_scores.jsonl)
+    build_datasets_stage(processed.json + rule_scores.jsonl -> datasets/)
 
-The floor is what the standard library needs just to read the same raw file and
-write it back (``json.load`` + ``json.dump``), measured in the same run on the same
-bytes. The target is a data half no slower than that floor (ratio <= 1.0x) and a peak
-memory below 4x the input size.
+Floor: the data half at least 6x faster than the reference scripts' 5-step
+post-processing (``process_data_pipeline.sh`` of zerowsw/Simia-WM-Exp, run as is on the
+same bytes in the same run when ``SIMIA_REFERENCE_SCRIPTS`` points at a checkout of that
+repository; otherwise against the figure recorded in benchmarks/README.md), and a peak
+memory under 3x the input size.
 
 Run:  .venv/bin/python benchmarks/bench_data_half.py [--n 3000] [--repeat 3]
-      [--input RAW.json | --real] [--json figures.json] [--profile]
+      [--input RAW.json | --real | --synthetic] [--json figures.json] [--profile]
 (or ``make bench``). This is a benchmark, not a test: it prints figures and never
 fails on them. See benchmarks/README.md for how to read the output.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import functools
 import gc
 import io
 import itertools
@@ -32,7 +31,6 @@ import json
 import os
 import platform
 import pstats
-import re
 import resource
 import shutil
 import statistics
@@ -40,28 +38,43 @@ import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pydantic
 
-from simia.data.datasets import DatasetDesign
-from simia.errors import ConfigError
-from simia.data.stages import build_datasets_stage, process_stage, score_rules_stage
+ROOT = Path(__file__).resolve().parents[1]
+# this checkout's package (whatever the venv has installed) and its test support
+sys.path[:0] = [str(ROOT / "include"), str(ROOT / "tests")]
+
+from simia.data.datasets import DatasetDesign  # noqa: E402
+from simia.data.stages import (  # noqa: E402
+    build_datasets_stage,
+    process_stage,
+    score_rules_stage,
+)
+from simia.errors import ConfigError  # noqa: E402
+from simia.layout import DatasetFiles, ProcessedFiles, RuleScoreFiles  # noqa: E402
 
 MB = 1_000_000
 STAGES = ("process", "score_rules", "build_datasets")
-STAGE_LABELS = {
-    "process": "process_stage",
-    "score_rules": "score_rules_stage",
-    "build_datasets": "build_datasets_stage",
-}
+STAGE_LABELS = {"process": "process_stage", "score_rules": "score_rules_stage",
+                "build_datasets": "build_datasets_stage"}
 REAL_FILES = ("simia-wm-exp/tau2_telecom_strict_200.json",
               "simia-wm-exp/tau2_telecom_sycophantic_200.json")
 POLICY_FILES = ("main_policy.md", "tech_support_manual.md")
+
+#: the floor: the data half this many times faster than the reference pipeline
+SPEED_UP_FLOOR = 6.0
+#: and a peak memory below this multiple of the input size
+MEMORY_CEILING_X = 3.0
+#: the reference pipeline's time when it cannot be run here (benchmarks/README.md): 3000
+#: conversations cycled from the 400 real ones (59.1 MB), 2-core development VM
+RECORDED_REFERENCE = {"seconds": 5.23, "input": "3000 real conversations, 59.1 MB",
+                      "measured": "2026-12-05, 2-core VM, best of 5"}
+#: where process_data_pipeline.sh sits in a checkout of zerowsw/Simia-WM-Exp
+REFERENCE_SCRIPT = Path("Simia_SFT/Tau2/process_data_pipeline.sh")
 
 # Designs tried in order; the first one the pools can fill is used. The reference
 # experiment's design comes first, then a smaller one rule-scored synthetic data fits.
@@ -70,9 +83,10 @@ PREFERRED_DESIGNS = (
     {"levels": (0, 2, 5, 10), "size": 600, "shared_clean": 500},
 )
 FALLBACK_LEVELS = ((0, 2, 5, 10), (0, 2, 5), (0, 1, 2), (0,))
+MIN_FALLBACK_SIZE = 100
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- the data half
 
 def _now() -> float:
     return time.perf_counter()
@@ -84,39 +98,18 @@ def _maxrss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
-def _proc_status(field: str) -> int | None:
-    """A ``VmRSS``/``VmHWM`` figure from /proc/self/status, in bytes (Linux only)."""
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    m = re.search(rf"^{field}:\s+(\d+)\s+kB", text, re.M)
-    return int(m.group(1)) * 1024 if m else None
-
-
-def _reset_hwm() -> bool:
-    """Reset the kernel's RSS high-water mark (VmHWM) so a stage's own peak can be read."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def data_half(raw: Path, out: Path, tau2_dir: Path,
               design: DatasetDesign) -> list[tuple[str, Callable[[], Any]]]:
     """The data half as the DAG runs it: (stage name, call) in DAG order."""
-    processed = out / "processed"
-    scores = out / "scores" / "rule_scores.jsonl"
+    processed = ProcessedFiles(out / "processed")
+    scores = RuleScoreFiles(out / "scores").scores
     return [
-        ("process", lambda: process_stage(raw, processed, fmt="native",
+        ("process", lambda: process_stage(raw, processed.dir, fmt="native",
                                           tau2_data_dir=tau2_dir, force=True)),
-        ("score_rules", lambda: score_rules_stage(processed / "processed.json", scores,
-                                                  force=True)),
-        ("build_datasets", lambda: build_datasets_stage(processed / "processed.json", scores,
-                                                        out / "datasets", design,
-                                                        force=True)),
+        ("score_rules", lambda: score_rules_stage(processed.processed, scores, force=True)),
+        ("build_datasets", lambda: build_datasets_stage(processed.processed, scores,
+                                                        DatasetFiles(out / "datasets").dir,
+                                                        design, force=True)),
     ]
 
 
@@ -136,9 +129,6 @@ def _fits(levels: tuple[float, ...], size: int, shared: int, clean: int, syco: i
     if any(lv > 0 and k == 0 for lv, k in zip(levels, n, strict=True)):
         return False
     return max(n) <= syco and size - min(n) <= clean
-
-
-MIN_FALLBACK_SIZE = 100
 
 
 def fit_design(clean: int, syco: int) -> tuple[dict[str, Any], str]:
@@ -163,10 +153,10 @@ def fit_design(clean: int, syco: int) -> tuple[dict[str, Any], str]:
 
 def pools(out: Path) -> tuple[int, int, int]:
     """(processed, clean, sycophantic) among the processed conversations, rule-labelled."""
-    rows = orjson.loads((out / "processed" / "processed.json").read_bytes())
+    rows = orjson.loads(ProcessedFiles(out / "processed").processed.read_bytes())
     kept = {r["source_index"] for r in rows}
     syco = clean = 0
-    for line in (out / "scores" / "rule_scores.jsonl").read_bytes().splitlines():
+    for line in RuleScoreFiles(out / "scores").scores.read_bytes().splitlines():
         if line.strip():
             rec = orjson.loads(line)
             if rec.get("source_index", rec["index"]) in kept:
@@ -179,8 +169,15 @@ def pools(out: Path) -> tuple[int, int, int]:
 
 # --------------------------------------------------------------------------- inputs
 
+def _real_files() -> list[Path] | None:
+    ref = os.environ.get("SIMIA_REFERENCE_DATA")
+    files = [Path(ref) / f for f in REAL_FILES] if ref else []
+    return files if files and all(f.is_file() for f in files) else None
+
+
 def prepare_input(args: argparse.Namespace, work: Path) -> tuple[Path, int, str]:
-    """Write (or point at) the raw file; returns (path, conversation count, description)."""
+    """Write (or point at) the raw file; returns (path, conversation count, description).
+    Default: the real conversations when SIMIA_REFERENCE_DATA has them, else synthetic."""
     if args.input:
         path = Path(args.input).resolve()
         data = orjson.loads(path.read_bytes())
@@ -189,25 +186,21 @@ def prepare_input(args: argparse.Namespace, work: Path) -> tuple[Path, int, str]
         note = " (--n ignored with --input)" if args.n is not None else ""
         return path, len(data), f"file {path}{note}"
     n = args.n if args.n is not None else 3000
-    if args.real:
-        ref = os.environ.get("SIMIA_REFERENCE_DATA")
-        if not ref:
-            raise SystemExit("--real needs SIMIA_REFERENCE_DATA pointing at the reference data "
-                             f"folder (holding {' and '.join(REAL_FILES)})")
-        files = [Path(ref) / f for f in REAL_FILES]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise SystemExit(f"--real: missing {', '.join(missing)}")
+    files = None if args.synthetic else _real_files()
+    if args.real and files is None:
+        raise SystemExit("--real needs SIMIA_REFERENCE_DATA pointing at the reference data "
+                         f"folder (holding {' and '.join(REAL_FILES)})")
+    if files is not None:
         source: list[Any] = []
         for f in files:
             source += json.loads(f.read_text(encoding="utf-8"))
         raw = list(itertools.islice(itertools.cycle(source), n))
         desc = (f"real: {n} conversations cycling the {len(source)} of "
-                f"{' + '.join(f.name for f in files)} (from SIMIA_REFERENCE_DATA={ref})")
+                f"{' + '.join(f.name for f in files)} (SIMIA_REFERENCE_DATA)")
     else:
-        from simia.synthetic import generate_raw
+        from support.synthetic import generate_raw
         raw = generate_raw(n, seed=args.seed)
-        desc = f"synthetic: simia.synthetic.generate_raw({n}, seed={args.seed})"
+        desc = f"synthetic: support.synthetic.generate_raw({n}, seed={args.seed})"
     path = work / "raw.json"
     # the generator's layout (a list, indent 2), as the real raw files are written
     path.write_bytes(orjson.dumps(raw, option=orjson.OPT_INDENT_2))
@@ -220,7 +213,7 @@ def prepare_tau2(work: Path) -> tuple[Path, str]:
     env = os.environ.get("TAU2_DATA_DIR")
     if env:
         return Path(env), f"TAU2_DATA_DIR={env}"
-    from simia.synthetic import synthetic_policy
+    from support.synthetic import synthetic_policy
     text = synthetic_policy()
     lines = text.split("\n")
     heads = [i for i, line in enumerate(lines) if line.startswith("## ")]
@@ -230,96 +223,58 @@ def prepare_tau2(work: Path) -> tuple[Path, str]:
     (folder / POLICY_FILES[0]).write_text("\n".join(lines[:cut]) + "\n", encoding="utf-8")
     (folder / POLICY_FILES[1]).write_text("# Technical Support Manual\n\n"
                                           + "\n".join(lines[cut:]) + "\n", encoding="utf-8")
-    return folder, (f"synthetic (simia.synthetic.synthetic_policy(), {len(text)} chars, split "
-                    f"over {' + '.join(POLICY_FILES)}; set TAU2_DATA_DIR for tau2's own)")
+    return folder, (f"synthetic (support.synthetic.synthetic_policy(), {len(text)} chars; "
+                    "set TAU2_DATA_DIR for tau2's own)")
 
 
-# --------------------------------------------------------------------------- floors
+# --------------------------------------------------------------------------- the reference
 
-def floor_stdlib(raw: Path, dst: Path, *, c_encoder: bool = False) -> tuple[float, float]:
-    """Standard library round trip: json.load from the file, then json.dump to a file
-    (or, with ``c_encoder``, json.dumps (the C encoder) and one write)."""
+def reference_script() -> tuple[Path | None, str]:
+    """(process_data_pipeline.sh of the checkout SIMIA_REFERENCE_SCRIPTS names, or None;
+    why not)."""
+    value = os.environ.get("SIMIA_REFERENCE_SCRIPTS")
+    if not value:
+        return None, ("not run: set SIMIA_REFERENCE_SCRIPTS to a checkout of "
+                      "zerowsw/Simia-WM-Exp (beside the project, never inside it)")
+    root = Path(value).resolve()
+    for script in (root / REFERENCE_SCRIPT, root / REFERENCE_SCRIPT.name):
+        if script.is_file():
+            return script, f"{script} (SIMIA_REFERENCE_SCRIPTS)"
+    return None, f"not run: no {REFERENCE_SCRIPT} under SIMIA_REFERENCE_SCRIPTS={root}"
+
+
+def run_reference(script: Path, raw: Path, out: Path) -> tuple[float, int]:
+    """Run the reference 5-step pipeline as is on ``raw`` (it writes its intermediate
+    files beside the input and deletes them); returns (seconds, conversations kept).
+    Its ``python3`` is this interpreter's (the scripts need only the standard library)."""
+    env = {k: v for k, v in os.environ.items() if k != "CONFIG_FILE"}  # its tool-spec knob
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     t0 = _now()
-    with open(raw, encoding="utf-8") as fh:
-        obj = json.load(fh)
-    t1 = _now()
-    with open(dst, "w", encoding="utf-8") as fh:
-        if c_encoder:
-            fh.write(json.dumps(obj))
-        else:
-            json.dump(obj, fh)
-    t2 = _now()
-    del obj
-    return t1 - t0, t2 - t1
+    proc = subprocess.run(["bash", str(script), str(raw), str(out)], env=env,
+                          capture_output=True, text=True, check=False)
+    seconds = _now() - t0
+    if proc.returncode != 0 or not out.is_file():
+        raise RuntimeError(f"reference pipeline failed (rc {proc.returncode}):\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return seconds, len(orjson.loads(out.read_bytes()))
 
 
-def floor_orjson(raw: Path, dst: Path) -> tuple[float, float]:
-    t0 = _now()
-    obj = orjson.loads(raw.read_bytes())
-    t1 = _now()
-    dst.write_bytes(orjson.dumps(obj))
-    t2 = _now()
-    del obj
-    return t1 - t0, t2 - t1
+# --------------------------------------------------------------------------- memory child
 
-
-# --------------------------------------------------------------------------- child
-
-def child_main(mode: str, spec: dict[str, Any]) -> None:
-    """Run the data half once in this fresh process and print its memory figures as JSON.
-
-    ``rss``: ru_maxrss after the work minus ru_maxrss right before it (imports done,
-    nothing else touched). ``stages``: each stage's own RSS high-water mark (VmHWM reset
-    before each stage; that reset also lowers ru_maxrss, hence a separate process).
-    ``tracemalloc``: peak of Python allocations, overall and per stage.
-    """
-    design = design_from_dict(spec["design"])
-    stages = data_half(Path(spec["raw"]), Path(spec["out"]), Path(spec["tau2"]), design)
+def child_main(spec: dict[str, Any]) -> None:
+    """Run the data half once in this fresh process and print its peak memory as JSON:
+    ru_maxrss after each stage minus ru_maxrss right before the first (imports done)."""
+    stages = data_half(Path(spec["raw"]), Path(spec["out"]), Path(spec["tau2"]),
+                       design_from_dict(spec["design"]))
     gc.collect()
-    result: dict[str, Any] = {"mode": mode, "stages": {}}
-    if mode == "rss":
-        base = _maxrss_bytes()
-        result["baseline_maxrss_bytes"] = base
-        result["baseline_rss_bytes"] = _proc_status("VmRSS")
-        t_all = _now()
-        for name, run in stages:
-            t0 = _now()
-            run()
-            result["stages"][name] = {"seconds": _now() - t0,
-                                      "maxrss_above_baseline_bytes": _maxrss_bytes() - base}
-        result["seconds"] = _now() - t_all
-        result["peak_above_baseline_bytes"] = _maxrss_bytes() - base
-        # sanity: right after imports the high-water mark should be close to the RSS
-        now = result["baseline_rss_bytes"]
-        result["baseline_suspect"] = now is not None and base > 1.5 * now + 20 * MB
-    elif mode == "stages":
-        base = _proc_status("VmRSS")
-        result["baseline_rss_bytes"] = base
-        result["available"] = base is not None and _reset_hwm()
-        for name, run in stages:
-            ok = result["available"] and _reset_hwm()
-            start = _proc_status("VmRSS")
-            run()
-            hwm = _proc_status("VmHWM") if ok else None
-            result["stages"][name] = {
-                "rss_at_start_above_baseline_bytes": None if start is None or base is None
-                else start - base,
-                "hwm_above_baseline_bytes": None if hwm is None or base is None
-                else hwm - base,
-            }
-    else:
-        tracemalloc.start()
-        overall = 0
-        for name, run in stages:
-            tracemalloc.reset_peak()
-            before, _ = tracemalloc.get_traced_memory()
-            run()
-            after, peak = tracemalloc.get_traced_memory()
-            overall = max(overall, peak)
-            result["stages"][name] = {"peak_bytes": peak, "held_before_bytes": before,
-                                      "held_after_bytes": after}
-        tracemalloc.stop()
-        result["peak_bytes"] = overall
+    base = _maxrss_bytes()
+    result: dict[str, Any] = {"baseline_maxrss_bytes": base, "stages": {}}
+    t_all = _now()
+    for name, run in stages:
+        run()
+        result["stages"][name] = _maxrss_bytes() - base
+    result["seconds"] = _now() - t_all
+    result["peak_above_baseline_bytes"] = _maxrss_bytes() - base
     print("CHILD-RESULT " + json.dumps(result))
 
 
@@ -329,42 +284,43 @@ def child_main(mode: str, spec: dict[str, Any]) -> None:
 _TRAMPOLINE = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
 
 
-def run_child(mode: str, spec: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, "-c", _TRAMPOLINE,
-           sys.executable, str(Path(__file__).resolve()), "--child", mode,
+def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    cmd = [sys.executable, "-c", _TRAMPOLINE, sys.executable, str(Path(__file__).resolve()),
            "--child-spec", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("CHILD-RESULT "):
             return json.loads(line[len("CHILD-RESULT "):])
-    raise SystemExit(f"memory child ({mode}) failed (rc {proc.returncode}):\n"
+    raise SystemExit(f"memory child failed (rc {proc.returncode}):\n"
                      f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
 
 
 # --------------------------------------------------------------------------- report
 
-def _mb(b: float | None) -> str:
-    return "n/a" if b is None else f"{b / MB:,.1f} MB"
+def _mb(b: float) -> str:
+    return f"{b / MB:,.1f} MB"
+
+
+def _verdict(ok: bool) -> str:
+    return "OK" if ok else "NOT MET"
 
 
 def print_report(f: dict[str, Any]) -> None:
-    inp, t, mem = f["input"], f["timings"], f.get("memory")
-    size_mb = inp["bytes"] / MB
-    w = 44
+    inp, t, ref = f["input"], f["timings"], f["reference"]
+    w = 40
     print()
     print("simia data-half benchmark")
     print(f"  input        {inp['description']}")
-    print(f"               {inp['path']}")
-    print(f"  size         {size_mb:.1f} MB, {inp['conversations']} conversations")
+    print(f"  size         {inp['bytes'] / MB:.1f} MB, {inp['conversations']} conversations")
     print(f"  tau2 policy  {f['tau2_policy']}")
     d, p = f["design"], f["pools"]
     print(f"  design       levels {','.join(str(x) for x in d['levels'])} size {d['size']} "
           f"shared_clean {d['shared_clean']} seed {d.get('seed', 42)}  ({f['design_reason']})")
     print(f"  pools        processed {p['processed']} of {inp['conversations']}, clean "
           f"{p['clean']}, sycophantic {p['sycophantic']} (rule scores, score > 0)")
-    print(f"  machine      Python {f['env']['python']}, orjson {f['env']['orjson']}, pydantic "
-          f"{f['env']['pydantic']}, {f['env']['cpus']} CPUs, load average "
-          f"{f['env']['loadavg_1min']} at start (other work on the machine adds noise)")
+    print(f"  reference    {ref['source']}")
+    print(f"  machine      Python {f['env']['python']}, orjson {f['env']['orjson']}, "
+          f"{f['env']['cpus']} CPUs, load average {f['env']['loadavg_1min']} at start")
     print(f"  timing       best of {f['repeat']} repetitions after 1 untimed warm-up "
           "(median in brackets)")
     print()
@@ -375,47 +331,32 @@ def print_report(f: dict[str, Any]) -> None:
     tot = t["total"]
     print(f"  {'data half total':{w}}{tot['best']:9.3f}  ({tot['median']:7.3f})"
           f"   {f['conversations_per_second']:,.0f} conversations/s")
-    fl = t["floor_stdlib"]
-    print(f"  {'floor: stdlib json.load + json.dump':{w}}{fl['best']:9.3f}  ({fl['median']:7.3f})"
-          f"   load {fl['load_best']:.3f} + dump {fl['dump_best']:.3f}")
-    print(f"  {'ratio data half / floor':{w}}{f['ratio_total_to_floor']:8.2f}x"
-          f"              target <= 1.0x")
-    for key, label in (("ref_stdlib_dumps", "ref: stdlib json.load + json.dumps (C enc.)"),
-                       ("ref_orjson", "ref: orjson loads + dumps")):
-        r = t[key]
-        print(f"  {label:{w}}{r['best']:9.3f}  ({r['median']:7.3f})"
-              f"   load {r['load_best']:.3f} + dump {r['dump_best']:.3f}")
+    if "measured" in ref:
+        m = ref["measured"]
+        print(f"  {'reference 5-step pipeline (same bytes)':{w}}{m['best']:9.3f}  "
+              f"({m['median']:7.3f})   kept {ref['kept']} (hermes; the data half kept "
+              f"{p['processed']}, native)")
+        basis = "measured in this run"
+    else:
+        print(f"  {'reference 5-step pipeline':{w}}{ref['seconds']:9.3f}  {'':9}   "
+              f"recorded ({RECORDED_REFERENCE['input']}, {RECORDED_REFERENCE['measured']})")
+        basis = "recorded figure: compare only on the same input and machine"
+    floor = ref["seconds"] / SPEED_UP_FLOOR
+    print(f"  {'floor: reference / ' + format(SPEED_UP_FLOOR, 'g'):{w}}{floor:9.3f}"
+          f"              data half {_verdict(tot['best'] <= floor)} ({basis})")
+    print(f"  {'speed-up data half vs reference':{w}}{f['speed_up']:8.1f}x"
+          f"              floor >= {SPEED_UP_FLOOR:g}x")
+    mem = f.get("memory")
     if mem:
-        rss = mem["rss"]
-        peak = rss["peak_above_baseline_bytes"]
+        peak, ratio = mem["peak_above_baseline_bytes"], mem["peak_x_input"]
         print()
-        print("  peak memory of the data half (one run in a fresh process, input file "
-              "written beforehand)")
-        print(f"  {'RSS: ru_maxrss - baseline after imports':{w}}{_mb(peak):>12}"
-              f"   = {peak / inp['bytes']:.2f}x input   target < 4x")
-        print(f"  {'    (baseline RSS after imports)':{w}}{_mb(rss['baseline_rss_bytes']):>12}"
-              f"   cold single run {rss['seconds']:.3f} s")
-        if rss.get("baseline_suspect"):
-            print(f"  WARNING: ru_maxrss was already {_mb(rss['baseline_maxrss_bytes'])} before "
-                  "the work started (inherited?): the RSS peak above is understated")
-        ps = mem.get("rss_per_stage") or {}
-        if ps.get("available"):
-            print(f"  {'  per stage, own VmHWM - baseline (other process)':{w}}")
-            for name in STAGES:
-                s = ps["stages"][name]
-                print(f"  {'    ' + STAGE_LABELS[name]:{w}}"
-                      f"{_mb(s['hwm_above_baseline_bytes']):>12}"
-                      f"   = {s['hwm_above_baseline_bytes'] / inp['bytes']:.2f}x input"
-                      f"   (held at start {_mb(s['rss_at_start_above_baseline_bytes'])})")
-        tm = mem["tracemalloc"]
-        print(f"  {'tracemalloc peak (Python allocations)':{w}}{_mb(tm['peak_bytes']):>12}"
-              f"   = {tm['peak_bytes'] / inp['bytes']:.2f}x input")
+        print("  peak memory (one run in a fresh process: ru_maxrss - baseline after imports)")
+        print(f"  {'data half':{w}}{_mb(peak):>12}   = {ratio:.2f}x input   ceiling "
+              f"< {MEMORY_CEILING_X:g}x: {_verdict(ratio < MEMORY_CEILING_X)}")
         for name in STAGES:
-            s = tm["stages"][name]
-            print(f"  {'    ' + STAGE_LABELS[name]:{w}}{_mb(s['peak_bytes']):>12}")
-        print("  (RSS counts everything the process holds: Python objects, orjson/pydantic "
-              "buffers,\n   file bytes, allocator slack; tracemalloc counts only memory "
-              "allocated through Python's allocator)")
+            print(f"  {'  peak so far after ' + STAGE_LABELS[name]:{w}}"
+                  f"{_mb(mem['stages'][name]):>12}")
+        print(f"  {'  cold single run':{w}}{mem['seconds']:9.3f} s")
     print()
 
 
@@ -440,36 +381,37 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group()
-    src.add_argument("--input", metavar="FILE", help="a real raw conversations file to use "
-                     "as is (default: synthetic conversations)")
+    src.add_argument("--input", metavar="FILE", help="a raw conversations file to use as is")
     src.add_argument("--real", action="store_true", help="cycle the 400 real conversations "
-                     "under $SIMIA_REFERENCE_DATA/simia-wm-exp up to --n")
+                     "under $SIMIA_REFERENCE_DATA/simia-wm-exp up to --n (the default when "
+                     "they are there)")
+    src.add_argument("--synthetic", action="store_true", help="synthetic conversations even "
+                     "when the real ones are there")
     ap.add_argument("--n", type=int, default=None, help="conversations (default 3000)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions (best is "
                     "reported; default 3)")
+    ap.add_argument("--no-reference", action="store_true", help="do not run the reference "
+                    "pipeline even when SIMIA_REFERENCE_SCRIPTS is set")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON here")
     ap.add_argument("--profile", action="store_true", help="then run the data half once "
                     "under cProfile and print the top 25 functions by cumulative time")
     ap.add_argument("--no-memory", action="store_true", help="skip the fresh-process "
-                    "memory measurements")
+                    "memory measurement")
     ap.add_argument("--tmpdir", help="where to create the temporary work folder")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work folder")
-    ap.add_argument("--child", choices=("rss", "stages", "tracemalloc"),
-                    help=argparse.SUPPRESS)
     ap.add_argument("--child-spec", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
-    if args.child:
-        child_main(args.child, json.loads(args.child_spec))
+    if args.child_spec:
+        child_main(json.loads(args.child_spec))
         return 0
-    if args.real and not os.environ.get("SIMIA_REFERENCE_DATA"):
-        ap.error("--real needs SIMIA_REFERENCE_DATA (a folder holding "
-                 f"{' and '.join(REAL_FILES)})")
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
 
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    script, ref_source = (None, "not run (--no-reference)") if args.no_reference \
+        else reference_script()
     work = Path(tempfile.mkdtemp(prefix="simia-bench-", dir=args.tmpdir))
     try:
         print(f"work folder {work}", file=sys.stderr)
@@ -485,22 +427,22 @@ def main(argv: list[str] | None = None) -> int:
         n_proc, n_clean, n_syco = pools(out)
         design_d, why = fit_design(n_clean, n_syco)
         design_d["seed"] = 42
-        design = design_from_dict(design_d)
-        stages = data_half(raw, out, tau2, design)
+        stages = data_half(raw, out, tau2, design_from_dict(design_d))
         stages[2][1]()
 
         times: dict[str, list[float]] = {k: [] for k in STAGES}
         totals: list[float] = []
-        floors: dict[str, list[tuple[float, float]]] = {
-            "floor_stdlib": [], "ref_stdlib_dumps": [], "ref_orjson": []}
-        floor_fns = {"floor_stdlib": floor_stdlib,
-                     "ref_stdlib_dumps": functools.partial(floor_stdlib, c_encoder=True),
-                     "ref_orjson": floor_orjson}
+        ref_times: list[float] = []
+        ref_kept = None
         for rep in range(args.repeat):
             print(f"repetition {rep + 1}/{args.repeat} ...", file=sys.stderr)
-            for key, fn in floor_fns.items():
-                gc.collect()
-                floors[key].append(fn(raw, work / f"roundtrip_{key}.json"))
+            if script is not None:
+                try:
+                    seconds, ref_kept = run_reference(script, raw, work / "reference.json")
+                    ref_times.append(seconds)
+                except RuntimeError as exc:
+                    print(exc, file=sys.stderr)
+                    script, ref_source = None, f"{ref_source}: FAILED (see stderr)"
             gc.collect()
             total = 0.0
             for name, run in stages:
@@ -513,10 +455,11 @@ def main(argv: list[str] | None = None) -> int:
 
         timings: dict[str, Any] = {"stages": {k: _summ(v) for k, v in times.items()},
                                    "total": _summ(totals)}
-        for key, pairs in floors.items():
-            sums = [a + b for a, b in pairs]
-            timings[key] = {**_summ(sums), "load_best": min(a for a, _ in pairs),
-                            "dump_best": min(b for _, b in pairs)}
+        reference: dict[str, Any] = {"source": ref_source}
+        if ref_times:
+            reference.update(measured=_summ(ref_times), seconds=min(ref_times), kept=ref_kept)
+        else:
+            reference.update(seconds=RECORDED_REFERENCE["seconds"], recorded=RECORDED_REFERENCE)
         size = raw.stat().st_size
         figures: dict[str, Any] = {
             "input": {"description": desc, "path": str(raw), "bytes": size,
@@ -526,30 +469,20 @@ def main(argv: list[str] | None = None) -> int:
             "pools": {"processed": n_proc, "clean": n_clean, "sycophantic": n_syco},
             "repeat": args.repeat,
             "env": {"python": platform.python_version(), "orjson": orjson.__version__,
-                    "pydantic": pydantic.VERSION, "cpus": os.cpu_count(),
-                    "loadavg_1min": round(load_at_start, 2)},
+                    "cpus": os.cpu_count(), "loadavg_1min": round(load_at_start, 2)},
             "timings": timings,
+            "reference": reference,
             "conversations_per_second": count / timings["total"]["best"],
-            "ratio_total_to_floor": timings["total"]["best"] / timings["floor_stdlib"]["best"],
-            "ratio_total_to_orjson_roundtrip":
-                timings["total"]["best"] / timings["ref_orjson"]["best"],
+            "speed_up": reference["seconds"] / timings["total"]["best"],
+            "floor": {"speed_up": SPEED_UP_FLOOR, "memory_x_input": MEMORY_CEILING_X},
         }
 
         if not args.no_memory:
-            print("memory: fresh-process runs (RSS, per-stage RSS, tracemalloc) ...",
-                  file=sys.stderr)
-            spec = {"raw": str(raw), "out": str(work / "out-child"), "tau2": str(tau2),
-                    "design": design_d}
-            rss = run_child("rss", spec)
-            per_stage = run_child("stages", spec)
-            tm = run_child("tracemalloc", spec)
-            figures["memory"] = {
-                "rss": rss, "rss_per_stage": per_stage, "tracemalloc": tm,
-                "peak_rss_mb": rss["peak_above_baseline_bytes"] / MB,
-                "peak_rss_x_input": rss["peak_above_baseline_bytes"] / size,
-                "tracemalloc_peak_mb": tm["peak_bytes"] / MB,
-                "tracemalloc_peak_x_input": tm["peak_bytes"] / size,
-            }
+            print("memory: a fresh-process run ...", file=sys.stderr)
+            mem = run_child({"raw": str(raw), "out": str(work / "out-child"),
+                             "tau2": str(tau2), "design": design_d})
+            mem["peak_x_input"] = mem["peak_above_baseline_bytes"] / size
+            figures["memory"] = mem
 
         print_report(figures)
 

@@ -37,6 +37,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # test support (synthetic conversations)
 
 
 def _server(latency: float, rps: float | None) -> tuple[subprocess.Popen, str]:
@@ -185,7 +186,7 @@ def main() -> int:
 
     logging.disable(logging.INFO)  # one log line per call would dominate the timing
 
-    from simia.synthetic import generate_raw
+    from support.synthetic import generate_raw
 
     figures: dict = {"latency": [], "rate_limited": []}
     with tempfile.TemporaryDirectory(prefix="simia-bench-llm-") as tmp:

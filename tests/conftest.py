@@ -44,7 +44,7 @@ def reference_data() -> Path:
 @pytest.fixture(scope="session")
 def tau2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tau2-like data folder with a synthetic telecom policy (not tau2's text)."""
-    from simia.synthetic import synthetic_policy
+    from support.synthetic import synthetic_policy
 
     folder = tmp_path_factory.mktemp("tau2") / "tau2" / "domains" / "telecom"
     folder.mkdir(parents=True)
@@ -60,7 +60,7 @@ def tau2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def raw_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """300 synthetic raw conversations (sycophantic mode)."""
-    from simia.synthetic import generate_raw
+    from support.synthetic import generate_raw
 
     path = tmp_path_factory.mktemp("raw") / "raw.json"
     path.write_text(json.dumps(generate_raw(300, seed=7)))

@@ -64,7 +64,7 @@ import orjson
 
 from simia.domains.telecom import TELECOM_TOOLS
 from simia.data.rules import WEIGHTS, Flag, call_object, score_conversation
-from simia.synthetic import synthetic_turns
+from support.synthetic import synthetic_turns
 
 FAULT_KINDS: tuple[str, ...] = (
     "throttle", "error500", "error503", "slow", "unparseable", "truncated")

@@ -23,10 +23,12 @@ def lf_venv() -> Path:
 
 
 def lf_env() -> dict[str, str]:
-    """Environment for LF-venv subprocesses: repo package importable, no network."""
+    """Environment for LF-venv subprocesses: the repo's package (``include/``) and the test
+    support (``tests/``, for ``python -m support.<module>``) importable, no network."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO / "include"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        [str(REPO / "include"), str(REPO / "tests"),
+         *filter(None, [os.environ.get("PYTHONPATH")])]
     )
     env.update(
         HF_HUB_OFFLINE="1",
@@ -57,14 +59,14 @@ def require_lf_python() -> Path:
 
 
 def build_tiny_model(lf_python: Path, out: Path) -> Path:
-    """A tiny Qwen2 model + tokenizer (``simia.tiny_model``) built in the LF venv."""
+    """A tiny Qwen2 model + tokenizer (``support.tiny_model``) built in the LF venv."""
     proc = subprocess.run(
-        [str(lf_python), "-m", "simia.tiny_model", str(out)],
+        [str(lf_python), "-m", "support.tiny_model", str(out)],
         env=lf_env(),
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
         check=False,
     )
-    assert proc.returncode == 0, f"simia.tiny_model failed:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, f"support.tiny_model failed:\n{proc.stdout}\n{proc.stderr}"
     return out

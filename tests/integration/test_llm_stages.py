@@ -19,7 +19,7 @@ from simia.llm.generation import (GenerationSettings, SeedSettings, generate_see
 from simia.llm.judge import JudgeSettings, judge_shard, merge_judge
 from simia.llm.client import LLMSettings, make_client
 from simia.data.stages import process_stage
-from simia.synthetic import generate_raw
+from support.synthetic import generate_raw
 
 ROOT = Path(__file__).resolve().parents[2]
 

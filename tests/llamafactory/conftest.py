@@ -27,14 +27,14 @@ def lf_python() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(lf_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Qwen2 model + tokenizer, built once per session with ``simia.tiny_model``."""
+    """A tiny Qwen2 model + tokenizer, built once per session with ``support.tiny_model``."""
     return build_tiny_model(lf_python, tmp_path_factory.mktemp("tiny_qwen2") / "model")
 
 
 def run_lf_verify(lf_python: Path, dataset_dir: Path, tokenizer_dir: Path) -> dict[str, Any]:
-    """Run ``python -m simia.lf_verify`` in the LF venv and return its JSON report.
+    """Run ``python -m support.lf_verify`` in the LF venv and return its JSON report.
 
-    The report (see ``simia.lf_verify.verify_datasets``) gets two extra keys:
+    The report (see ``support.lf_verify.verify_datasets``) gets two extra keys:
     ``exit_code`` (0 when every row survived) and ``output`` (the CLI's summary lines
     plus the tail of stderr, for assertion messages).
     """
@@ -44,7 +44,7 @@ def run_lf_verify(lf_python: Path, dataset_dir: Path, tokenizer_dir: Path) -> di
             [
                 str(lf_python),
                 "-m",
-                "simia.lf_verify",
+                "support.lf_verify",
                 "--dataset-dir",
                 str(dataset_dir),
                 "--tokenizer",
@@ -61,7 +61,7 @@ def run_lf_verify(lf_python: Path, dataset_dir: Path, tokenizer_dir: Path) -> di
         summary = [line for line in proc.stdout.splitlines() if line.startswith("lf_verify:")]
         output = "\n".join([*summary, "--- stderr (tail) ---", proc.stderr[-8_000:]])
         assert report_path.is_file(), (
-            f"simia.lf_verify wrote no report (rc={proc.returncode}):\n{output}"
+            f"support.lf_verify wrote no report (rc={proc.returncode}):\n{output}"
         )
         report: dict[str, Any] = json.loads(report_path.read_text(encoding="utf-8"))
     report["exit_code"] = proc.returncode

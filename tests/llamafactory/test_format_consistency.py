@@ -32,7 +32,7 @@ def _datasets(raw: Path, tmp: Path, fmt: str, tau2_dir: Path, size: int) -> Path
 
 def _check(lf_python: Path, dataset_dir: Path, model_dir: Path, tmp: Path) -> dict:
     report = tmp / "format_check.json"
-    proc = subprocess.run([str(lf_python), "-m", "simia.format_check", "--dataset-dir",
+    proc = subprocess.run([str(lf_python), "-m", "support.format_check", "--dataset-dir",
                            str(dataset_dir), "--tokenizer", str(model_dir), "--json-out",
                            str(report)], env=lf_env(), capture_output=True, text=True,
                           timeout=TIMEOUT_S, check=False)

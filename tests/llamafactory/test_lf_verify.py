@@ -1,6 +1,6 @@
 """SFT datasets go through LLaMA-Factory's own pipeline without losing a row.
 
-Runs ``simia.tiny_model`` and ``simia.lf_verify`` in the LLaMA-Factory venv.
+Runs ``support.tiny_model`` and ``support.lf_verify`` in the LLaMA-Factory venv.
 """
 
 from __future__ import annotations

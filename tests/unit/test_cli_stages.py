@@ -125,7 +125,7 @@ def test_score_rules_on_native_processed_keeps_source_index(tmp_path, pipeline):
 
 
 def test_skip_invalid_records_lists_them(tmp_path, tau2_dir):
-    from simia.synthetic import generate_raw
+    from support.synthetic import generate_raw
 
     raw = generate_raw(5, seed=2)
     raw[3] = {"conversations": "oops"}

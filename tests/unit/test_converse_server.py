@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError, ReadTimeoutError
 from converse_server import ConverseServer, ServerConfig
 from simia.domains.telecom import TELECOM_TOOLS
 from simia.data.rules import score_conversation
-from simia.synthetic import generate_raw
+from support.synthetic import generate_raw
 
 MODEL = "us.anthropic.claude-sonnet-4-20250514-v1:0"
 MARKERS = ("HUMAN:", "ASSISTANT:", "FUNCTION_CALL:", "OBSERVATION:")

@@ -254,7 +254,7 @@ def test_pipeline_records_every_drop_and_keeps_metadata():
 
 
 def test_pipeline_output_alternates_on_synthetic_data():
-    from simia.synthetic import generate_raw
+    from support.synthetic import generate_raw
 
     raw = generate_raw(200, seed=11)
     for fmt in (NATIVE, HERMES):
@@ -269,7 +269,7 @@ def test_pipeline_output_alternates_on_synthetic_data():
 
 
 def test_synthetic_turns_are_generate_raws_first_conversation():
-    from simia.synthetic import generate_raw, synthetic_turns
+    from support.synthetic import generate_raw, synthetic_turns
 
     for seed in (0, 7, 123456789):
         for mode in ("base", "strict", "sycophantic"):
@@ -279,16 +279,25 @@ def test_synthetic_turns_are_generate_raws_first_conversation():
         synthetic_turns(mode="lenient")
 
 
-def test_process_run_yields_the_kept_rows_as_it_goes_and_then_the_result():
-    from simia.domains import DOMAINS
-    from simia.data.processing import ProcessRun, process_conversations
-    from simia.synthetic import generate_raw, synthetic_policy
-    raw = generate_raw(30, seed=3)
-    domain, policy = DOMAINS["telecom"], synthetic_policy()
-    run = ProcessRun(raw, domain, policy)
-    with pytest.raises(RuntimeError, match="iterate"):
-        run.result  # noqa: B018
-    rows = list(run)
-    whole = process_conversations(raw, domain, policy)
-    assert rows == whole.kept == run.result.kept
-    assert run.result.summary() == whole.summary()
+
+@pytest.mark.parametrize("value,expected,items,strict,lenient", [
+    ("x", "string", None, True, True),
+    (3, "integer", None, True, True),
+    (True, "integer", None, False, True),  # the validation step let a bool pass
+    (False, "number", None, False, True),
+    (2.5, "number", None, True, True),
+    (2.5, "integer", None, False, False),
+    (True, "boolean", None, True, True),
+    ([1, "a"], "array", None, True, True),
+    ([1, "a"], "array", "integer", False, False),  # item types: the validation step only
+    ([1, True], "array", "integer", False, True),
+    ({}, "object", None, True, True),
+    ([], "object", None, False, False),
+    (None, "anything-else", None, True, True),
+    (None, None, None, True, True),
+])
+def test_one_type_table_with_the_two_reference_behaviours(value, expected, items, strict,
+                                                          lenient):
+    from simia.data.schema import json_type_ok
+    assert json_type_ok(value, expected, items) is strict
+    assert json_type_ok(value, expected, items, bool_is_number=True) is lenient

@@ -125,193 +125,77 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
-def test_write_files_writes_each_file_and_leaves_nothing_on_failure(tmp_path):
-    from simia.io import write_files
-    write_json(tmp_path / "a.json", {"old": 1})
-    write_files((tmp_path / name, name.encode() * 1000) for name in ("a.json", "b.json"))
-    assert (tmp_path / "a.json").read_bytes() == b"a.json" * 1000
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
-
-    def items():
-        yield tmp_path / "c.json", b"c"
-        raise RuntimeError("crash while building the next file")
-
-    with pytest.raises(RuntimeError):
-        write_files(items())
-    # the file finished before the crash is complete and in place; no temp file is left
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "c.json"]
-    assert (tmp_path / "c.json").read_bytes() == b"c"
+def test_outputs_have_one_mode_and_replace_the_old_file(tmp_path):
+    from simia.io import OUTPUT_MODE, write_bytes, write_jsonl
+    target = tmp_path / "deep" / "out.json"
+    write_bytes(target, b"old")
+    write_json(target, {"new": True}, indent=True)
+    assert target.read_bytes() == b'{\n  "new": true\n}\n'
+    assert write_jsonl(tmp_path / "rows.jsonl", [{"a": 1}, {"b": "\u00e9"}]) == 2
+    assert read_jsonl(tmp_path / "rows.jsonl") == [{"a": 1}, {"b": "\u00e9"}]
+    for path in (target, tmp_path / "rows.jsonl"):
+        assert path.stat().st_mode & 0o777 == OUTPUT_MODE
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep", "out.json", "rows.jsonl"]
 
 
-# --------------------------------------------------------------------------- shared strings
-
-LONG = "policy line with \"quotes\", \\backslashes\\ and\nnewlines é \u2028 " * 40
-TOOLS = json.dumps([{"name": "t", "parameters": {"type": "object"}}] * 30)
-
-
-def _rows(n: int, **extra: object) -> list[dict]:
-    return [{"conversations": [{"from": "human", "value": f"hi {i}"}], "system": LONG,
-             "tools": TOOLS, "source_index": i, **extra} for i in range(n)]
-
-
-@pytest.mark.parametrize("indent", [None, 2])
-def test_loads_records_equals_a_plain_parse_and_shares_the_repeats(indent):
-    from simia.io import loads_records
-    rows = _rows(5)
-    rows[3]["system"] = LONG + "x"  # a different value stays itself
-    data = json.dumps(rows, indent=indent, ensure_ascii=False).encode()
-    parsed = loads_records(data, ("system", "tools"))
-    assert parsed == rows
-    assert parsed[0]["system"] is parsed[4]["system"] and parsed[0]["tools"] is parsed[4]["tools"]
+def test_read_errors_name_the_file(tmp_path):
+    from simia.io import read_bytes, read_json
+    with pytest.raises(InputError, match="is empty"):
+        read_bytes(_write(tmp_path, b" \n\t  \n", "blank.json"))
+    with pytest.raises(InputError, match="scores file does not exist"):
+        read_jsonl(tmp_path / "missing.jsonl", what="scores file")
+    bad = _write(tmp_path, b'{"a": [1, 2}', "bad.json")
+    with pytest.raises(InputError) as exc:
+        read_json(bad)
+    # the file and the position of the error
+    assert str(bad) in str(exc.value) and "malformed JSON" in str(exc.value)
+    assert "char 11" in str(exc.value)
 
 
-@pytest.mark.parametrize("layout", ["adjacent", "apart", "reversed", "mixed"])
-def test_loads_records_shares_the_repeats_whatever_the_key_order(layout):
-    from simia.io import loads_records
-    rows = []
-    for i in range(6):
-        row = {"conversations": [{"from": "human", "value": f"hi {i}"}]}
-        if layout == "adjacent" or (layout == "mixed" and i % 2):
-            row.update(system=LONG, tools=TOOLS)
-        elif layout == "apart":
-            row.update(system=LONG, source_index=i, tools=TOOLS)
-        else:
-            row.update(tools=TOOLS, system=LONG)
-        rows.append(row)
-    for indent in (None, 2):
-        data = json.dumps(rows, indent=indent, ensure_ascii=False).encode()
-        parsed = loads_records(data, ("system", "tools"))
-        assert parsed == rows
-        assert len({id(r["system"]) for r in parsed}) == 1
-        assert len({id(r["tools"]) for r in parsed}) <= (2 if layout == "mixed" else 1)
+def test_malformed_raw_file_names_the_position(tmp_path):
+    path = _write(tmp_path, b'[{"conversations": [}]', "bad.json")
+    with pytest.raises(InputError) as exc:
+        load_raw(path)
+    assert str(path) in str(exc.value) and "malformed JSON" in str(exc.value)
+    assert "line 1 column 21 (char 20)" in str(exc.value)
 
 
-@pytest.mark.parametrize("records", [
-    # the same value under the same key, nested: not a top-level record's field
-    _rows(3, meta={"system": LONG}),
-    # the value's text inside another string
-    _rows(3, note=f'"system": {json.dumps(LONG)}'),
-    # a key ending in "system"
-    [{'x"system': LONG}, {"system": LONG}, {"system": LONG}],
-    # not a list
-    {"a": {"system": LONG}, "b": {"system": LONG}},
-    # the value once only, short values, non-string values
-    _rows(1), [{"system": "s", "tools": "[]"}] * 3, [{"system": [LONG]}] * 3,
+ROWS = [{"conversations": [{"from": "human", "value": "hi\n  },\n  {"}], "system": "s é"},
+        {"nested": {"a": [{"b": 1}, {"c": None}]}, "x": "  }"}, {}]
+
+
+@pytest.mark.parametrize("data", [
+    json.dumps(ROWS, indent=2, ensure_ascii=False).encode(),  # the reference's layout
+    json.dumps(ROWS, indent=2).encode() + b"\n\n",
+    b"\r\n " + json.dumps(ROWS, indent=2).encode(),
+    json.dumps(ROWS).encode(),  # compact: parsed whole
+    json.dumps(ROWS, indent=4).encode(),
+    json.dumps(ROWS[:1], indent=2).encode(),  # one element
+    b"[]", b"[\n  1,\n  2\n]", b'{"a": 1}', b"3",
+    # a nested object at the top level's indentation: not an element end
+    b'[\n  {"a": {\n  },\n  "b": 2}\n]',
+    b'[\n  {"a": [\n  {"b": 1\n  },\n  {"c": 2}\n]}\n]',
 ])
-def test_loads_records_falls_back_to_a_plain_parse(records):
-    from simia.io import loads_records
-    data = json.dumps(records).encode()
-    assert loads_records(data, ("system", "tools")) == json.loads(data)
-
-
-def test_loads_records_bad_json_raises_orjsons_error():
+def test_loads_list_equals_a_plain_parse(data):
     import orjson
-    from simia.io import loads_records
-    data = json.dumps(_rows(3)).encode()[:-5]
-    with pytest.raises(orjson.JSONDecodeError) as exc:
-        loads_records(data, ("system", "tools"))
+
+    from simia.io import loads_list
+    assert loads_list(data) == orjson.loads(data)
+
+
+@pytest.mark.parametrize("data", [
+    json.dumps(ROWS, indent=2).encode()[:-3],  # truncated
+    json.dumps(ROWS, indent=2).encode().replace(b'"x": "  }"', b'"x": }'),
+    json.dumps(ROWS, indent=2).encode().replace(b"\n  },\n  {}", b"\n  },\n  {},"),
+    json.dumps(ROWS, indent=2).encode() + b" x",
+    b"\x0c" + json.dumps(ROWS, indent=2).encode(),  # not JSON whitespace
+])
+def test_loads_list_errors_are_orjsons_own(data):
+    import orjson
+
+    from simia.io import loads_list
     with pytest.raises(orjson.JSONDecodeError) as plain:
         orjson.loads(data)
+    with pytest.raises(orjson.JSONDecodeError) as exc:
+        loads_list(data)
     assert str(exc.value) == str(plain.value)
-
-
-@pytest.mark.parametrize("indent", [False, True])
-def test_dumps_records_same_bytes_as_orjson(indent):
-    import orjson
-    from simia.io import dumps_records
-    rows = _rows(4)
-    rows[1]["system"] = "short"
-    rows[2]["tools"] = [{"name": "t"}]
-    option = orjson.OPT_INDENT_2 if indent else 0
-    assert dumps_records(rows, ("system", "tools"), indent=indent) == \
-        orjson.dumps(rows, option=option)
-    assert dumps_records([], ("system",), indent=indent) == orjson.dumps([], option=option)
-
-
-def _joined(parts) -> bytes:
-    return b"".join(b"".join(bytes(x) for x in p) if isinstance(p, list) else bytes(p)
-                    for p in parts)
-
-
-@pytest.mark.parametrize("indent", [False, True])
-@pytest.mark.parametrize("n,part_rows", [(0, 2), (1, 1), (5, 1), (5, 2), (7, 64)])
-def test_iter_dumps_records_parts_join_to_orjsons_bytes(indent, n, part_rows):
-    import orjson
-    from simia.io import iter_dumps_records
-    rows = _rows(n, note="a NUL \x00 in a value")
-    if n > 3:
-        rows[1]["system"] = "short"
-        rows[2] = {"tools": TOOLS + " ", "system": LONG + "\x00", "x": None}  # other order
-        rows[3]["tools"] = [{"name": "t"}]
-    option = orjson.OPT_INDENT_2 if indent else 0
-    parts = list(iter_dumps_records(rows, ("system", "tools"), indent=indent,
-                                    part_rows=part_rows))
-    assert _joined(parts) == orjson.dumps(rows, option=option)
-    # the long shared strings are not copied: every part refers to one encoding of each
-    shared = {id(x) for p in parts if isinstance(p, list) for x in p if len(x) > 1000}
-    assert len(shared) <= (4 if n > 3 else 2)
-
-
-def test_write_parts_writes_them_in_order_and_drops_a_file_whose_parts_fail(tmp_path):
-    from simia.io import BackgroundFlush
-    with BackgroundFlush() as flush:
-        flush.write_parts(tmp_path / "a.json", [b"[", [b"1", memoryview(b",2")], b"]"])
-        flush.write(tmp_path / "b.json", b"b")
-
-    def parts():
-        yield b"half"
-        raise RuntimeError("crash while serialising")
-
-    with pytest.raises(RuntimeError):
-        with BackgroundFlush() as flush:
-            flush.write(tmp_path / "c.json", b"c")
-            flush.write_parts(tmp_path / "d.json", parts())
-    assert (tmp_path / "a.json").read_bytes() == b"[1,2]"
-    # the file finished before the crash is in place; the half-written one is gone
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "c.json"]
-
-
-def test_background_flush_raises_a_write_error_and_leaves_no_temp_file(tmp_path, monkeypatch):
-    import os
-
-    from simia import io as sio
-    real_write = os.write
-
-    def failing_write(fd, data):
-        if bytes(data[:4]) == b"boom":
-            raise OSError(28, "No space left on device")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(sio.os, "write", failing_write)
-    with pytest.raises(OSError, match="No space"):
-        with sio.BackgroundFlush() as flush:
-            flush.write(tmp_path / "ok.json", b"fine")
-            flush.write(tmp_path / "bad.json", b"boom")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.json"]
-
-
-def test_read_input_maps_a_large_file_and_loads_it_like_its_bytes(tmp_path, monkeypatch):
-    import mmap
-
-    import orjson
-
-    from simia import io as sio
-    rows = _rows(5)
-    path = _write(tmp_path, json.dumps(rows, indent=2, ensure_ascii=False))
-    small = sio.read_input(path)
-    assert type(small) is bytes  # below MAP_MIN_BYTES: read as usual
-    monkeypatch.setattr(sio, "MAP_MIN_BYTES", 1)
-    mapped = sio.read_input(path)
-    assert isinstance(mapped, mmap.mmap)
-    assert sio.sha256_bytes(mapped) == sio.sha256_bytes(small)
-    assert sio.loads_records(mapped, ("system", "tools")) == rows
-    assert load_raw(path, data=mapped)[0] == rows
-    lines = _write(tmp_path, b"".join(orjson.dumps(r) + b"\n" for r in rows), "s.jsonl")
-    assert read_jsonl(lines, data=sio.read_input(lines)) == rows
-    # the same errors as read_bytes
-    with pytest.raises(InputError, match="is empty"):
-        sio.read_input(_write(tmp_path, b" \n\t  \n", "blank.json"))
-    with pytest.raises(InputError, match="does not exist"):
-        sio.read_input(tmp_path / "missing.json")
-    with pytest.raises(InputError, match="malformed JSON"):
-        load_raw(path, data=sio.read_input(_write(tmp_path, b'[{"a": ', "bad.json")))

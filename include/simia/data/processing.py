@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -36,8 +36,8 @@ from typing import Any
 import orjson
 
 from simia.domains.telecom import AGENT_INSTRUCTION, HERMES_INSTRUCTION, Domain
-from simia.io import Part, dumps_records, iter_dumps_records
-from simia.data.records import ROLES, SHARED_KEYS
+from simia.data.records import ROLES
+from simia.data.schema import json_type_ok
 
 TurnList = list[dict[str, Any]]
 
@@ -268,28 +268,8 @@ def to_hermes(turns: TurnList, stats: Stats | None = None) -> TurnList:
 _HERMES_CALL = re.compile(r"<tool_call>\s*({.*?})\s*</tool_call>", re.DOTALL)
 
 
-def _type_ok(value: Any, expected: Any, spec: dict[str, Any]) -> bool:
-    """The reference's type check (note: ``bool`` passes as integer/number there too)."""
-    if expected == "string":
-        return isinstance(value, str)
-    if expected == "array":
-        if not isinstance(value, list):
-            return False
-        item_type = (spec.get("items") or {}).get("type")
-        return all(_type_ok(v, item_type, {}) for v in value) if item_type else True
-    if expected == "object":
-        return isinstance(value, dict)
-    if expected == "number":
-        return isinstance(value, (int, float))
-    if expected == "integer":
-        return isinstance(value, int)
-    if expected == "boolean":
-        return isinstance(value, bool)
-    return True
-
-
 #: id(domain) -> (domain, {tool name: (required, properties, {argument: (expected type,
-#: items spec, id format or None)})}): each tool's schema read once
+#: array item type, id format or None)})}): each tool's schema read once
 _SCHEMAS: dict[int, tuple[Domain, dict[str, Any]]] = {}
 
 
@@ -301,7 +281,8 @@ def _schemas(domain: Domain) -> dict[str, Any]:
             params = tool.get("parameters", {})
             props = params.get("properties", {})
             compiled[name] = (params.get("required", []), props,
-                              {key: (spec.get("type"), spec, domain.id_formats.get(key))
+                              {key: (spec.get("type"), (spec.get("items") or {}).get("type"),
+                                     domain.id_formats.get(key))
                                for key, spec in props.items()})
         entry = _SCHEMAS[id(domain)] = (domain, compiled)
     return entry[1]
@@ -333,9 +314,9 @@ def check_call(name: Any, arguments: Any, domain: Domain, where: str | int,
                        f"{_where(where)}: {name} has no parameter {key!r}")
     fixed: dict[str, Any] = {}
     for key, value in arguments.items():
-        expected, spec, id_format = checks[key]
-        if not (isinstance(value, str) if expected == "string" else
-                _type_ok(value, expected, spec)):
+        expected, items, id_format = checks[key]
+        # the reference's check: a bool passes as an integer or number here
+        if not json_type_ok(value, expected, items, bool_is_number=True):
             raise Drop("argument_type_mismatch", f"{_where(where)}: {name}.{key} should be "
                        f"{expected}, got {type(value).__name__}")
         if id_format and isinstance(value, str):
@@ -680,41 +661,6 @@ def process_conversations(
     validated tool calls; the reference scripts did not, so hermes keeps their
     behaviour (and their kept set) unless asked otherwise.
     """
-    run = ProcessRun(raw, domain, policy, fmt, invalid, extract_embedded_calls)
-    for _ in run:
-        pass
-    return run.result
-
-
-class ProcessRun:
-    """:func:`process_conversations` as it goes: iterating gives each kept row as soon
-    as it is made (so a writer can write them while the rest are processed); once the
-    iteration is over, :attr:`result` is what :func:`process_conversations` returns."""
-
-    def __init__(self, raw: Sequence[dict[str, Any] | None], domain: Domain, policy: str,
-                 fmt: OutputFormat = OutputFormat.NATIVE, invalid: Sequence[Any] = (),
-                 extract_embedded_calls: bool | None = None) -> None:
-        self._rows = _process(raw, domain, policy, fmt, invalid, extract_embedded_calls)
-        self._result: ProcessResult | None = None
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        self._result = yield from self._rows
-
-    @property
-    def result(self) -> ProcessResult:
-        if self._result is None:
-            raise RuntimeError("ProcessRun.result: iterate over the run first")
-        return self._result
-
-
-def _process(
-    raw: Sequence[dict[str, Any] | None],
-    domain: Domain,
-    policy: str,
-    fmt: OutputFormat,
-    invalid: Sequence[Any],
-    extract_embedded_calls: bool | None,
-) -> Generator[dict[str, Any], None, ProcessResult]:
     fmt = OutputFormat(fmt)
     if extract_embedded_calls is None:
         extract_embedded_calls = fmt is OutputFormat.NATIVE
@@ -740,20 +686,8 @@ def _process(
             if key not in _META_SKIP and key not in row:
                 row[key] = value
         kept.append(row)
-        yield row
     rejects.sort(key=lambda r: r.index)
     # the cache holds the input's call strings: let them go with the input
     _CALLS.clear()
     return ProcessResult(kept, rejects, stats, len(raw), fmt, extract_embedded_calls)
 
-
-def dumps_processed(rows: list[dict[str, Any]]) -> bytes:
-    """``processed.json`` bytes (indented for humans; orjson keeps it fast). The system
-    prompt and tool list every row repeats are encoded once."""
-    return dumps_records(rows, SHARED_KEYS, indent=True)
-
-
-def iter_dumps_processed(rows: Iterable[dict[str, Any]]) -> Iterator[Part]:
-    """:func:`dumps_processed` in parts (see :func:`simia.io.iter_dumps_records`), for
-    :meth:`simia.io.BackgroundFlush.write_parts`; ``rows`` may be a :class:`ProcessRun`."""
-    return iter_dumps_records(rows, SHARED_KEYS, indent=True)

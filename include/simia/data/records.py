@@ -19,7 +19,7 @@ import orjson
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 
 from simia.errors import InputError
-from simia.io import Data, loads_records, read_bytes
+from simia.io import loads_list, read_bytes
 
 Role = Literal["human", "gpt", "function_call", "observation"]
 ROLES: tuple[str, ...] = ("human", "gpt", "function_call", "observation")
@@ -60,9 +60,6 @@ _PROCESSED_LIST = TypeAdapter(list[ProcessedConversation])
 _PROCESSED_ONE = TypeAdapter(ProcessedConversation)
 
 _MAX_LISTED = 10
-
-#: keys whose (long) value every record of a conversation file usually repeats
-SHARED_KEYS = ("system", "tools")
 
 _OPTIONAL_STR = ("system", "based_on_sample", "simulator_mode", "domain")
 
@@ -153,15 +150,16 @@ def _load(
     shape_ok: Callable[[list[Any]], bool],
     what: str,
     skip_invalid: bool,
-    data: Data | None = None,
+    data: bytes | None = None,
 ) -> tuple[list[dict[str, Any]], list[InvalidRecord]]:
     path = Path(path)
     if data is None:
         data = read_bytes(path, what=what)
     try:
-        parsed = loads_records(data, SHARED_KEYS)
+        parsed = loads_list(data)
     except orjson.JSONDecodeError as jexc:
         raise InputError(path, f"malformed JSON: {jexc}") from None
+    del data  # the parsed records are all that is needed from here on
     if not isinstance(parsed, list):
         raise InputError(path, "expected a JSON list of conversations, got "
                          f"{type(parsed).__name__}")
@@ -190,15 +188,15 @@ def _load(
 
 
 def load_raw(
-    path: str | Path, *, skip_invalid: bool = False, data: Data | None = None
+    path: str | Path, *, skip_invalid: bool = False, data: bytes | None = None
 ) -> tuple[list[dict[str, Any] | None], list[InvalidRecord]]:
     """Load raw generated conversations.
 
     Returns the records in file order and the invalid ones. With ``skip_invalid``
     an invalid record is returned as ``None`` at its position (so indices keep their
     meaning) and listed in the second value; otherwise the first problems raise
-    :class:`InputError` naming file, record and field. ``data``: the file's bytes (or
-    map, :func:`simia.io.read_input`) when the caller has already read them.
+    :class:`InputError` naming file, record and field. ``data``: the file's bytes when
+    the caller has already read them.
     """
     records, invalid = _load(path, _RAW_LIST, _RAW_ONE, _raw_ok, "raw conversations file",
                              skip_invalid, data)
@@ -207,15 +205,15 @@ def load_raw(
     return records, invalid
 
 
-def load_processed(path: str | Path, *, data: Data | None = None) -> list[dict[str, Any]]:
-    """Load ``processed.json`` (always strict: it is our own output)."""
+def load_processed(path: str | Path, *, data: bytes | None = None) -> list[dict[str, Any]]:
+    """Load a processed conversations file (always strict: it is our own output);
+    ``data``: its bytes when the caller has already read them."""
     records, _ = _load(path, _PROCESSED_LIST, _PROCESSED_ONE, _processed_ok,
                        "processed conversations file", False, data)
     if not records:
         raise InputError(path, "the list of processed conversations is empty")
     # every row repeats the same system prompt and tool list (~30 KB with tau2's policy):
-    # keep one copy of each instead of one per row (loads_records already shares the
-    # repeats of the first row's; this catches any other)
+    # keep one copy of each instead of one per row
     shared: dict[str, str] = {}
     for row in records:
         row["system"] = shared.setdefault(row["system"], row["system"])

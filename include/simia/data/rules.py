@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from simia.data.records import parse_tools
+from simia.data.schema import json_type_ok
 
 ERROR_KEYWORDS = (
     "error", "invalid", "missing", "required", "not found", "unauthorized", "forbidden",
@@ -111,22 +112,6 @@ def is_success_like(obs: str) -> bool:
     return _success_like(obs.lower(), _loads(s) if s.startswith(("{", "[")) else None)
 
 
-def _is_type(value: Any, t: str) -> bool:
-    if t == "string":
-        return isinstance(value, str)
-    if t == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if t == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if t == "boolean":
-        return isinstance(value, bool)
-    if t == "array":
-        return isinstance(value, list)
-    if t == "object":
-        return isinstance(value, dict)
-    return True
-
-
 def _schema(tool: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     params = tool.get("parameters") if isinstance(tool.get("parameters"), dict) else {}
     required = params.get("required") if isinstance(params.get("required"), list) else []
@@ -155,7 +140,7 @@ def schema_problems(call: dict[str, Any], tools: dict[str, dict[str, Any]],
     for k, v in args.items():
         spec = props.get(k)
         if isinstance(spec, dict) and isinstance(spec.get("type"), str) \
-                and not _is_type(v, spec["type"]):
+                and not json_type_ok(v, spec["type"]):
             problems.append(f"type_mismatch:{k}:expected_{spec['type']}:got_{type(v).__name__}")
     return problems
 

@@ -1,47 +1,45 @@
 """File-level stages: read inputs, run the pure logic, write outputs atomically, resume.
 
 Each stage writes its outputs (each one atomically: temp file, then rename) and its
-``summary.json`` LAST. The summary carries a signature of the inputs (content hashes)
-and parameters; a re-run with the same signature finds the summary and returns it
-without redoing any work, while a crash before the summary simply re-runs the stage.
-These functions are what both the ``simia`` command line and the Airflow tasks call.
+summary LAST, at the paths :mod:`simia.layout` names. The summary carries a signature
+of the inputs (content hashes) and parameters; a re-run with the same signature finds
+the summary and returns it without redoing any work, while a crash before the summary
+simply re-runs the stage. These functions are what both the ``simia`` command line and
+the Airflow tasks call.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from simia import __version__
 from simia.data.datasets import DatasetDesign, build_datasets, parse_score_records
+from simia.data.processing import OutputFormat, process_conversations
+from simia.data.records import load_processed, load_raw
+from simia.data.rules import score_all
 from simia.domains import DOMAINS
 from simia.errors import ConfigError, InputError
 from simia.io import (
-    BackgroundFlush,
-    Data,
     dumps,
     dumps_jsonl,
-    read_input,
+    read_bytes,
     read_json,
     read_jsonl,
     sha256_bytes,
+    write_bytes,
     write_json,
     write_jsonl,
 )
-from simia.data.processing import OutputFormat, ProcessRun, iter_dumps_processed
-from simia.data.records import load_processed, load_raw
-from simia.data.rules import score_all
+from simia.layout import DatasetFiles, ProcessedFiles, rule_scores_summary
 
 log = logging.getLogger("simia")
-
-SUMMARY = "summary.json"
 
 
 @contextmanager
@@ -61,65 +59,23 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _read_inputs(inputs: dict[str, Path]) -> dict[str, Data]:
-    """Read every input once (clear errors for missing/empty/unreadable files); a large
-    one is mapped into memory rather than copied (:func:`simia.io.read_input`)."""
-    return {role: read_input(path, what=f"{role.replace('_', ' ')} file")
+def _read_inputs(inputs: dict[str, Path]) -> dict[str, bytes]:
+    """Read every input once (clear errors for missing/empty/unreadable files)."""
+    return {role: read_bytes(path, what=f"{role.replace('_', ' ')} file")
             for role, path in inputs.items()}
 
 
-def _signature(stage: str, data: dict[str, Data], params: dict[str, Any]) -> dict[str, Any]:
+def _signature(stage: str, data: dict[str, bytes], params: dict[str, Any]) -> dict[str, Any]:
     hashes = {role: sha256_bytes(raw) for role, raw in data.items()}
     return {"stage": stage, "simia_version": __version__, "inputs_sha256": hashes,
             "params": params}
 
 
-def _signature_later(stage: str, data: dict[str, Data],
-                     params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
-    """Start hashing the inputs in a background thread (hashlib releases the GIL on
-    large inputs, so this overlaps the stage's parsing and processing); the returned
-    call waits for the signature (and raises what the hashing raised)."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["sig"] = _signature(stage, data, params)
-        except BaseException as exc:  # noqa: B036 (re-raised by the caller)
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name=f"simia-hash-{stage}", daemon=True)
-    thread.start()
-
-    def result() -> dict[str, Any]:
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["sig"]
-
-    return result
-
-
-def _may_resume(summary_path: Path, outputs: list[Path], force: bool) -> bool:
-    """Whether a previous run may have left complete outputs (only then is the
-    signature needed before the work; otherwise it is computed during the work)."""
-    return not force and summary_path.is_file() and all(p.is_file() for p in outputs)
-
-
-def _begin(stage: str, data: dict[str, Data], params: dict[str, Any], summary_path: Path,
-           outputs: list[Path], force: bool
-           ) -> tuple[dict[str, Any] | None, Callable[[], dict[str, Any]]]:
-    """(the previous run's summary when its outputs are up to date, else None; the call
-    that gives this run's signature). The signature is computed first only when a
-    previous run may be resumed; otherwise the inputs are hashed during the work."""
-    if _may_resume(summary_path, outputs, force):
-        sig = _signature(stage, data, params)
-        return _resume(summary_path, sig, outputs, force), lambda: sig
-    return None, _signature_later(stage, data, params)
-
-
 def _resume(summary_path: Path, signature: dict[str, Any], outputs: list[Path],
             force: bool) -> dict[str, Any] | None:
-    if not _may_resume(summary_path, outputs, force):
+    """The previous run's summary (marked ``resumed``) when it has the same signature
+    and every output is still there; else None (the stage runs)."""
+    if force or not summary_path.is_file() or not all(p.is_file() for p in outputs):
         return None
     try:
         previous = read_json(summary_path)
@@ -150,8 +106,9 @@ def process_stage(
     extract_embedded_calls: bool | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Raw conversations -> ``processed.json``, ``rejects.jsonl``, ``summary.json``."""
-    raw_path, out_dir = Path(raw_path), Path(out_dir)
+    """Raw conversations -> the kept rows, the rejects and the summary of
+    :class:`~simia.layout.ProcessedFiles` in ``out_dir``."""
+    raw_path, files = Path(raw_path), ProcessedFiles(out_dir)
     try:
         output_format = OutputFormat(fmt)
     except ValueError:
@@ -163,27 +120,24 @@ def process_stage(
               "extract_embedded_calls": extract_embedded_calls,
               "policy_sha256": sha256_bytes(policy.encode())}
     data = _read_inputs({"raw_conversations": raw_path})
-    outputs = [out_dir / "processed.json", out_dir / "rejects.jsonl"]
-    done, signature = _begin("process", data, params, out_dir / SUMMARY, outputs, force)
+    signature = _signature("process", data, params)
+    done = _resume(files.summary, signature, [files.processed, files.rejects], force)
     if done is not None:
         return done
 
     t0 = time.perf_counter()
-    # processed.json is written (and flushed to disk) part by part while the rest of the
-    # conversations are processed
-    with _gc_paused(), BackgroundFlush() as flush:
+    with _gc_paused():
         raw, invalid = load_raw(raw_path, skip_invalid=skip_invalid_records,
-                                data=data["raw_conversations"])
-        run = ProcessRun(raw, dom, policy, output_format, invalid, extract_embedded_calls)
+                                data=data.pop("raw_conversations"))
+        result = process_conversations(raw, dom, policy, output_format, invalid,
+                                       extract_embedded_calls)
         del raw
-        flush.write_parts(outputs[0], iter_dumps_processed(run))
-        result = run.result
-        flush.write(outputs[1], dumps_jsonl(r.as_dict() for r in result.rejects))
-    sig = signature()
+        write_bytes(files.processed, dumps(result.kept, indent=True))
+    write_bytes(files.rejects, dumps_jsonl(r.as_dict() for r in result.rejects))
     summary = {**result.summary(), "input_file": str(raw_path),
-               "outputs": {"processed": str(outputs[0]), "rejects": str(outputs[1])},
-               "seconds": round(time.perf_counter() - t0, 3), "signature": sig}
-    write_json(out_dir / SUMMARY, summary, indent=True)
+               "outputs": {"processed": str(files.processed), "rejects": str(files.rejects)},
+               "seconds": round(time.perf_counter() - t0, 3), "signature": signature}
+    write_json(files.summary, summary, indent=True)
     log.info("process: kept %d of %d conversations (%s); rejected by reason: %s",
              result.summary()["kept"], result.total, output_format.value,
              summary["rejected_by_reason"])
@@ -195,14 +149,16 @@ def score_rules_stage(input_path: str | Path, out_path: str | Path, *,
     """Rule scores, one JSON line per conversation (``index`` = position in the input;
     ``source_index`` too when the input is a processed file)."""
     input_path, out_path = Path(input_path), Path(out_path)
-    summary_path = out_path.with_name(out_path.stem + ".summary.json")
+    summary_path = rule_scores_summary(out_path)
     data = _read_inputs({"conversations": input_path})
-    done, signature = _begin("score_rules", data, {}, summary_path, [out_path], force)
+    signature = _signature("score_rules", data, {})
+    done = _resume(summary_path, signature, [out_path], force)
     if done is not None:
         return done
     t0 = time.perf_counter()
     with _gc_paused():
-        records, invalid = load_raw(input_path, skip_invalid=True, data=data["conversations"])
+        records, invalid = load_raw(input_path, skip_invalid=True,
+                                    data=data.pop("conversations"))
     if invalid:
         first = invalid[0]
         raise InputError(input_path, f"{len(invalid)} invalid record(s); first: field "
@@ -231,7 +187,7 @@ def score_rules_stage(input_path: str | Path, out_path: str | Path, *,
                if scores else 0.0,
                "kinds": dict(sorted(kinds.items())), "input_file": str(input_path),
                "output": str(out_path), "seconds": round(time.perf_counter() - t0, 3),
-               "signature": signature()}
+               "signature": signature}
     write_json(summary_path, summary, indent=True)
     log.info("score-rules: %d of %d conversations flagged (%s)", flagged, len(scores),
              dict(kinds))
@@ -246,51 +202,48 @@ def build_datasets_stage(
     *,
     force: bool = False,
 ) -> dict[str, Any]:
-    """processed.json + scores -> one LLaMA-Factory dataset per level + dataset_info.json
-    + metadata.json (indices and content hashes per level) + rejects.jsonl."""
+    """Processed conversations + scores -> the files of :class:`~simia.layout.DatasetFiles`
+    in ``out_dir``: one LLaMA-Factory dataset per level, their registration
+    (``dataset_info``), the metadata (indices and content hashes per level), the
+    rejects and the summary."""
     conversations_path, scores_path = Path(conversations_path), Path(scores_path)
-    out_dir = Path(out_dir)
+    files = DatasetFiles(out_dir)
     params = {"levels": list(design.levels), "size": design.size,
               "shared_clean": design.shared_clean, "seed": design.seed,
               "threshold": design.threshold, "name_prefix": design.name_prefix}
     data = _read_inputs({"conversations": conversations_path, "scores": scores_path})
     names = [f"{design.dataset_name(lv)}.json" for lv in design.levels]
-    outputs = [out_dir / n for n in names] + [out_dir / "dataset_info.json",
-                                              out_dir / "metadata.json"]
-    done, signature = _begin("build_datasets", data, params, out_dir / SUMMARY, outputs,
-                             force)
+    outputs = [files.dataset(n) for n in names] + [files.dataset_info, files.metadata]
+    signature = _signature("build_datasets", data, params)
+    done = _resume(files.summary, signature, outputs, force)
     if done is not None:
         return done
     t0 = time.perf_counter()
     with _gc_paused():
-        rows = load_processed(conversations_path, data=data["conversations"])
-        labels = parse_score_records(read_jsonl(scores_path, data=data["scores"]),
+        rows = load_processed(conversations_path, data=data.pop("conversations"))
+        labels = parse_score_records(read_jsonl(scores_path, data=data.pop("scores")),
                                      scores_path)
         built = build_datasets(rows, labels, design)
-    # each part of each level's file is serialised while the previous ones are written
-    # and flushed to disk
-    with BackgroundFlush() as flush:
         for name, level_rows in built.files.items():
-            flush.write_parts(out_dir / name, iter_dumps_processed(level_rows))
-        sig = signature()
-        flush.write(out_dir / "dataset_info.json", dumps(built.dataset_info, indent=True) + b"\n")
-        metadata = {**built.metadata, "inputs": {"conversations": str(conversations_path),
-                                                 "scores": str(scores_path),
-                                                 **{f"{k}_sha256": v for k, v in
-                                                    sig["inputs_sha256"].items()}}}
-        flush.write(out_dir / "metadata.json", dumps(metadata, indent=True) + b"\n")
-        flush.write(out_dir / "rejects.jsonl", dumps_jsonl(built.rejects))
+            write_bytes(files.dataset(name), dumps(level_rows, indent=True))
+    write_json(files.dataset_info, built.dataset_info, indent=True)
+    metadata = {**built.metadata, "inputs": {"conversations": str(conversations_path),
+                                             "scores": str(scores_path),
+                                             **{f"{k}_sha256": v for k, v in
+                                                signature["inputs_sha256"].items()}}}
+    write_json(files.metadata, metadata, indent=True)
+    write_bytes(files.rejects, dumps_jsonl(built.rejects))
     summary = {
         "datasets": {name: {k: v for k, v in d.items()
                             if k in ("file", "total", "clean", "sycophantic", "sycophantic_pct")}
                      for name, d in built.metadata["datasets"].items()},
         "pools": built.metadata["pools"],
         "label_source": built.metadata["label_source"],
-        "out_dir": str(out_dir),
+        "out_dir": str(files.dir),
         "seconds": round(time.perf_counter() - t0, 3),
-        "signature": sig,
+        "signature": signature,
     }
-    write_json(out_dir / SUMMARY, summary, indent=True)
+    write_json(files.summary, summary, indent=True)
     log.info("build-datasets: %s", {n: (d["clean"], d["sycophantic"])
                                     for n, d in summary["datasets"].items()})
     return summary

@@ -12,7 +12,7 @@ and flags rows whose labels are entirely ignored (nothing to learn).
 
 Must run in the LLaMA-Factory venv (``scripts/make_lf_env.sh``)::
 
-    HF_HUB_OFFLINE=1 PYTHONPATH=include .venv-lf/bin/python -m simia.lf_verify \\
+    HF_HUB_OFFLINE=1 PYTHONPATH=include:tests .venv-lf/bin/python -m support.lf_verify \\
         --dataset-dir DIR --tokenizer TOKENIZER_DIR [--json-out report.json]
 
 Exit status: 0 when every row of every dataset survives, 1 otherwise.
@@ -296,7 +296,7 @@ def verify_datasets(
 
     Args:
         dataset_dir: Folder holding ``dataset_info.json`` and the data files.
-        tokenizer_dir: A local tokenizer (or model) directory, e.g. from ``simia.tiny_model``.
+        tokenizer_dir: A local tokenizer (or model) directory, e.g. from ``support.tiny_model``.
         template: LLaMA-Factory chat template name.
         cutoff_len: Sequence cutoff, as in training (rows longer are truncated, and listed
             under ``truncated_rows`` for information).

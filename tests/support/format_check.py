@@ -19,7 +19,7 @@ This module renders each training row both ways and compares them:
 Both texts, and the token ids of the training side against a tokenization of the serving
 text, must be identical. Must run in the LLaMA-Factory venv::
 
-    HF_HUB_OFFLINE=1 PYTHONPATH=include .venv-lf/bin/python -m simia.format_check \\
+    HF_HUB_OFFLINE=1 PYTHONPATH=include:tests .venv-lf/bin/python -m support.format_check \\
         --dataset-dir DIR --tokenizer MODEL_DIR [--max-rows N] [--json-out FILE]
 
 Exit status: 0 when every checked row renders identically, 1 otherwise.
@@ -112,7 +112,7 @@ def check_dataset(dataset_dir: str | Path, tokenizer_dir: str | Path, *,
     from llamafactory.data.parser import get_dataset_list
     from llamafactory.model import load_tokenizer
 
-    from simia.lf_verify import _data_files, _train_args
+    from support.lf_verify import _data_files, _train_args
 
     dataset_dir, tokenizer_dir = Path(dataset_dir).resolve(), Path(tokenizer_dir).resolve()
     names = list(json.loads((dataset_dir / "dataset_info.json").read_text()))

@@ -12,7 +12,7 @@ The build is deterministic for a given ``vocab_size`` and ``seed``.
 
 Usage::
 
-    HF_HUB_OFFLINE=1 PYTHONPATH=include python -m simia.tiny_model OUT_DIR
+    HF_HUB_OFFLINE=1 PYTHONPATH=include:tests python -m support.tiny_model OUT_DIR
 """
 
 from __future__ import annotations
@@ -314,7 +314,7 @@ def build_tiny_qwen2(out_dir: Path, *, vocab_size: int = 4096, seed: int = 0) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m simia.tiny_model OUT_DIR [--vocab-size N] [--seed S]``."""
+    """CLI: ``python -m support.tiny_model OUT_DIR [--vocab-size N] [--seed S]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--vocab-size", type=int, default=4096)
