@@ -14,6 +14,7 @@ A run of the experiment writes under ``<data_root>/<experiment>/<run_id>/``::
     eval/<level>/                  EvalFiles (one per level)
     report/                        ReportFiles
     failures/<task>[.<i>].json     failure summaries (the DAG's failure callback)
+    failure_summary.json           earlier runs' list of failures (read only)
 
 Each stage folder has a small class naming its files, so that a stage writing into any
 folder (the ``simia`` command line's ``-o``) and everything reading a run folder (the
@@ -193,6 +194,11 @@ class TrainFiles(_Folder):
     def summary(self) -> Path:
         return self.dir / "training_summary.json"
 
+    @property
+    def trainer_state(self) -> Path:
+        """LLaMA-Factory's ``trainer_state.json`` in the output folder (its log history)."""
+        return self.output / "trainer_state.json"
+
 
 class EvalFiles(_Folder):
     """``eval/<level>/``: tau2's ``--save-to`` folder and our summary of it."""
@@ -325,6 +331,11 @@ class RunLayout:
     @property
     def failures(self) -> Path:
         return self.root / "failures"
+
+    @property
+    def failure_summary(self) -> Path:
+        """``failure_summary.json``: the list of failures earlier runs wrote (read only)."""
+        return self.root / "failure_summary.json"
 
     def failure(self, task_id: str, map_index: int | None = None) -> Path:
         """``failures/<task_id>[.<map_index>].json`` (a mapped task's instance has its own)."""
