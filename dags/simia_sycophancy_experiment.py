@@ -677,7 +677,7 @@ def simia_sycophancy_experiment():
         """report/report.md + report.html with plots; fails the run (after writing the
         report) when a level that should have been trained or evaluated was not."""
         from simia.evaluation.evaluator import missing_evaluations, missing_trainings
-        from simia.report.build import write_report
+        from simia.report import write_report
 
         ctx = get_current_context()
         p = ctx["params"]
