@@ -144,6 +144,8 @@ class Power:
 
 @dataclass(frozen=True)
 class SeedCounts:
+    """The seeds stage: seeds asked for, made and failed."""
+
     requested: Raw
     seeds: Raw
     failed: Raw
@@ -151,6 +153,8 @@ class SeedCounts:
 
 @dataclass(frozen=True)
 class GenerateCounts:
+    """The generate stage: conversations targeted, attempted, valid and failed."""
+
     target: Raw
     attempted: Raw
     valid: Raw
@@ -161,6 +165,8 @@ class GenerateCounts:
 
 @dataclass(frozen=True)
 class ProcessedCounts:
+    """Validation: conversations in, kept and rejected (by reason)."""
+
     input: Raw
     kept: Raw
     rejected: Raw
@@ -170,6 +176,8 @@ class ProcessedCounts:
 
 @dataclass(frozen=True)
 class JudgeCounts:
+    """The LLM judge: conversations scored and labelled."""
+
     conversations: Raw
     scored: Raw
     failed: Raw
@@ -204,6 +212,8 @@ class DatasetLevel:
 
 @dataclass(frozen=True)
 class Datasets:
+    """The SFT datasets: label pools, design and one composition per level."""
+
     pools: Raw  # conversations by label
     label_source: Raw
     format: Raw
@@ -258,6 +268,8 @@ class EvalCost:
 
 @dataclass(frozen=True)
 class LLMUsage:
+    """LLM calls and estimated cost per stage and per evaluated level."""
+
     stages: dict[str, StageUsage]  # seeds / generate / judge
     evaluation: dict[str, EvalCost]  # level slug -> cost
     total_cost_usd: float

@@ -50,7 +50,7 @@ CONTENT_TYPES: dict[str, str] = {
 #: files are served from the run's report folder only (other stage outputs hold settings);
 #: the report page is this file of it
 REPORT_HTML = _REL.report.html.name
-#: a report.json or failure file larger than this is not parsed (a note says so)
+#: a report JSON or failure file larger than this is not parsed (a note says so)
 MAX_JSON_BYTES = 32 * 1024 * 1024
 MAX_ERROR_CHARS = 4000
 MAX_FAILURES = 200
@@ -60,7 +60,7 @@ _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 @dataclass(frozen=True)
 class Headline:
-    """``report.json["headline"]``: the verdict (decrease / increase / no_effect /
+    """The report JSON's ``headline``: the verdict (decrease / increase / no_effect /
     insufficient), its one-line text and warnings."""
 
     verdict: str
@@ -107,8 +107,8 @@ class RunInfo:
     path: Path
     modified: float  # seconds since the epoch: newest of the folder and its stage outputs
     stages: tuple[str, ...] = ()  # STAGES with output, in pipeline order
-    train_levels: tuple[str, ...] = ()  # train/<level>/ with output
-    eval_levels: tuple[str, ...] = ()  # eval/<level>/ with output
+    train_levels: tuple[str, ...] = ()  # level folders of the train stage with output
+    eval_levels: tuple[str, ...] = ()  # level folders of the eval stage with output
     headline: Headline | None = None
     levels: tuple[LevelResult, ...] = ()
     report_files: tuple[str, ...] = ()  # servable names in the report folder (page, PNGs...)
