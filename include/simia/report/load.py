@@ -109,11 +109,14 @@ def _slug_level(slug: str) -> float | None:
 
 
 def _level_folders(run: RunData) -> list[EvalFiles]:
+    """The run's evaluation level folders, by name."""
     root = run.layout.eval_root
     return [EvalFiles(p) for p in sorted(root.iterdir()) if p.is_dir()] if root.is_dir() else []
 
 
 def _level_list(run: RunData) -> list[tuple[float, str, dict[str, Any]]]:
+    """(level, slug, evaluation summary) per level, in level order: from the evaluation
+    summaries, else the datasets' design, else the level folders holding results."""
     found: dict[float, tuple[float, str, dict[str, Any]]] = {}
     for files in _level_folders(run):
         if not files.summary.exists():
