@@ -286,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.chmod(args.out, 0o755)
             result = {"script": str(args.out)}
         elif args.command == "report":
-            from simia.report.build import write_report
+            from simia.report import write_report
 
             result = write_report(args.run_dir, args.out_dir, resamples=args.resamples,
                                   seed=args.seed)

@@ -14,6 +14,7 @@ A run of the experiment writes under ``<data_root>/<experiment>/<run_id>/``::
     eval/<level>/                  EvalFiles (one per level)
     report/                        ReportFiles
     failures/<task>[.<i>].json     failure summaries (the DAG's failure callback)
+    failure_summary.json           earlier runs' list of failures (read only)
 
 Each stage folder has a small class naming its files, so that a stage writing into any
 folder (the ``simia`` command line's ``-o``) and everything reading a run folder (the
@@ -218,6 +219,11 @@ class TrainFiles(_Folder):
     def summary(self) -> Path:
         return self.dir / "training_summary.json"
 
+    @property
+    def trainer_state(self) -> Path:
+        """LLaMA-Factory's ``trainer_state.json`` in the output folder (its log history)."""
+        return self.output / "trainer_state.json"
+
     @classmethod
     def of_output(cls, output_dir: str | Path) -> TrainFiles:
         """The level folder whose LLaMA-Factory output folder is ``output_dir``."""
@@ -377,6 +383,11 @@ class RunLayout:
     @property
     def failures(self) -> Path:
         return self.root / "failures"
+
+    @property
+    def failure_summary(self) -> Path:
+        """``failure_summary.json``: the list of failures earlier runs wrote (read only)."""
+        return self.root / "failure_summary.json"
 
     def failure(self, task_id: str, map_index: int | None = None) -> Path:
         """``failures/<task_id>[.<map_index>].json`` (a mapped task's instance has its own)."""

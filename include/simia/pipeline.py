@@ -237,7 +237,7 @@ def report(p: Params, run: RunLayout, *, validated: bool, datasets_built: bool) 
     """Write the report, then fail (``SimiaError``) when a level that should have been
     trained or evaluated was not: the report says what is missing either way."""
     from simia.evaluation.evaluator import missing_evaluations, missing_trainings
-    from simia.report.build import write_report
+    from simia.report import write_report
 
     if not validated:
         raise ConfigError("no report: validate_params rejected this run's settings (its log "

@@ -12,7 +12,7 @@ import pytest
 from test_tau2_results import FIXTURE, make_results, write_results
 
 from simia import cli
-from simia.report.build import write_report
+from simia.report import write_report
 
 LEVELS = (0, 5, 10, 20)
 PLOTS = {"pass_k_by_level.png", "paired_diff_vs_reference.png", "data_funnel.png",

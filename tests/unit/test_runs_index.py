@@ -11,7 +11,7 @@ import pytest
 from test_report import add_eval, build_data_half, decreasing
 
 from simia.report import runs_index
-from simia.report.build import write_report
+from simia.report import write_report
 from simia.report.runs_index import EXPERIMENT, list_runs, report_file, run_detail, run_id_index
 
 

@@ -2,10 +2,11 @@
 
 Each run of the DAG writes under ``<data_root>/simia_sycophancy_experiment/<folder>/``
 where ``folder`` is :func:`simia.layout.safe_name` of the Airflow run id. This module reads
-those folders (never writes) and returns typed summaries: which stages have output, the
-report's headline and per-level pass^1 (from ``report/report.json``), failures recorded
-under ``failures/*.json`` (or ``failure_summary.json``), and the report files that may be
-served. It never raises for a damaged run folder: what cannot be read becomes a note.
+those folders (never writes), every path through :class:`simia.layout.RunLayout`, and
+returns typed summaries: which stages have output, the report's headline and per-level
+pass^1 (from the report's JSON), failures recorded by the failure callback (or in the
+failure summary of earlier runs), and the report files that may be served. It never
+raises for a damaged run folder: what cannot be read becomes a note.
 
 Only the fields listed here are taken from the files; settings and configuration
 dictionaries (which may name endpoints or carry credentials) are never read out.
@@ -21,16 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simia.layout import safe_name
+from simia.layout import RunLayout, safe_name
 
 EXPERIMENT = "simia_sycophancy_experiment"
 DEFAULT_DATA_ROOT = "/opt/simia/data"
 DATA_ROOT_ENV = "SIMIA_DATA_ROOT"
 
-#: stage folders in pipeline order; ``train`` and ``eval`` have one subfolder per level
-STAGES = ("seeds", "generate", "processed", "scores", "judge", "datasets", "train", "eval",
-          "report")
-LEVEL_STAGES = ("train", "eval")
+#: the layout's paths relative to a run folder: the names notes give, the stage folders
+_REL = RunLayout(Path())
+_STAGE_DIRS = (_REL.seeds.dir, _REL.generate.dir, _REL.processed.dir, _REL.rule_scores.dir,
+               _REL.judge.dir, _REL.datasets.dir, _REL.train_root, _REL.eval_root,
+               _REL.report.dir)
+#: stage folders in pipeline order (seeds ... report)
+STAGES = tuple(str(d) for d in _STAGE_DIRS)
+#: the stages with one subfolder per level
+TRAIN_STAGE, EVAL_STAGE = str(_REL.train_root), str(_REL.eval_root)
+LEVEL_STAGES = (TRAIN_STAGE, EVAL_STAGE)
+REPORT_STAGE = str(_REL.report.dir)
 
 #: the only suffixes ever served, with their content types
 CONTENT_TYPES: dict[str, str] = {
@@ -39,13 +47,10 @@ CONTENT_TYPES: dict[str, str] = {
     ".png": "image/png",
     ".json": "application/json",
 }
-#: files are served from the run's report folder only: other stage outputs hold settings
-REPORT_DIR = "report"
-REPORT_JSON = "report.json"
-REPORT_HTML = "report.html"
-FAILURES_DIR = "failures"
-FAILURE_SUMMARY = "failure_summary.json"
-#: a report.json or failure file larger than this is not parsed (a note says so)
+#: files are served from the run's report folder only (other stage outputs hold settings);
+#: the report page is this file of it
+REPORT_HTML = _REL.report.html.name
+#: a report JSON or failure file larger than this is not parsed (a note says so)
 MAX_JSON_BYTES = 32 * 1024 * 1024
 MAX_ERROR_CHARS = 4000
 MAX_FAILURES = 200
@@ -55,7 +60,7 @@ _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 @dataclass(frozen=True)
 class Headline:
-    """``report.json["headline"]``: the verdict (decrease / increase / no_effect /
+    """The report JSON's ``headline``: the verdict (decrease / increase / no_effect /
     insufficient), its one-line text and warnings."""
 
     verdict: str
@@ -81,7 +86,7 @@ class LevelResult:
 
 @dataclass(frozen=True)
 class Failure:
-    """A failed task as the DAG's failure callback records it (``failures/<task>.json``)."""
+    """A failed task as the DAG's failure callback records it (:meth:`RunLayout.failure`)."""
 
     task_id: str
     map_index: int | None = None  # -1 or None: not a mapped task
@@ -102,17 +107,27 @@ class RunInfo:
     path: Path
     modified: float  # seconds since the epoch: newest of the folder and its stage outputs
     stages: tuple[str, ...] = ()  # STAGES with output, in pipeline order
-    train_levels: tuple[str, ...] = ()  # train/<level>/ with output
-    eval_levels: tuple[str, ...] = ()  # eval/<level>/ with output
+    train_levels: tuple[str, ...] = ()  # level folders of the train stage with output
+    eval_levels: tuple[str, ...] = ()  # level folders of the eval stage with output
     headline: Headline | None = None
     levels: tuple[LevelResult, ...] = ()
-    report_files: tuple[str, ...] = ()  # servable names in report/ (report.html, *.png, ...)
+    report_files: tuple[str, ...] = ()  # servable names in the report folder (page, PNGs...)
     failures: tuple[Failure, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)  # what could not be read, and why
 
     @property
     def has_report_html(self) -> bool:
         return REPORT_HTML in self.report_files
+
+    @property
+    def has_report_output(self) -> bool:
+        """The report folder has output (a report, maybe unreadable)."""
+        return REPORT_STAGE in self.stages
+
+    def stage_levels(self, stage: str) -> tuple[str, ...]:
+        """The level subfolders with output of a per-level stage (LEVEL_STAGES); () for
+        any other stage."""
+        return {TRAIN_STAGE: self.train_levels, EVAL_STAGE: self.eval_levels}.get(stage, ())
 
     @property
     def verdict(self) -> str | None:
@@ -207,7 +222,7 @@ def _newest(run: Path) -> float:
     """The newest mtime of the run folder, its stage folders and their direct entries
     (not a full walk: model weights can hold many files)."""
     newest = _mtime(run)
-    for stage in STAGES:
+    for stage in _STAGE_DIRS:
         folder = run / stage
         try:
             with os.scandir(folder) as it:
@@ -257,7 +272,7 @@ def _text(value: Any, limit: int = MAX_ERROR_CHARS) -> str:
 def _headline(report: dict[str, Any], notes: list[str]) -> Headline | None:
     h = report.get("headline")
     if not isinstance(h, dict) or not isinstance(h.get("verdict"), str):
-        notes.append("report/report.json has no headline (verdict missing)")
+        notes.append(f"{_REL.report.json} has no headline (verdict missing)")
         return None
     warnings = h.get("warnings")
     warnings = warnings if isinstance(warnings, list) else []
@@ -270,7 +285,7 @@ def _levels(report: dict[str, Any], notes: list[str]) -> tuple[LevelResult, ...]
     if rows is None:
         return ()
     if not isinstance(rows, list):
-        notes.append("report/report.json: 'levels' is not a list")
+        notes.append(f"{_REL.report.json}: 'levels' is not a list")
         return ()
     out = []
     skipped = 0
@@ -290,7 +305,7 @@ def _levels(report: dict[str, Any], notes: list[str]) -> tuple[LevelResult, ...]
             infrastructure_errors=_int(row.get("infrastructure_errors")),
             problem=_text(row.get("problem"), 500) or None))
     if skipped:
-        notes.append(f"report/report.json: {skipped} level row(s) without a numeric level "
+        notes.append(f"{_REL.report.json}: {skipped} level row(s) without a numeric level "
                      "skipped")
     return tuple(sorted(out, key=lambda r: r.level))
 
@@ -308,14 +323,15 @@ def _failure(obj: Any, source: str) -> Failure | None:
 
 def _failures(run: Path, notes: list[str]) -> tuple[Failure, ...]:
     found: list[Failure] = []
-    folder = run / FAILURES_DIR
+    layout = RunLayout(run)
+    folder = layout.failures
     try:
         files = sorted(p for p in folder.iterdir()
                        if p.suffix == ".json" and not p.name.startswith("."))
     except OSError:
         files = []
     for path in files[:MAX_FAILURES]:
-        what = f"{FAILURES_DIR}/{path.name}"
+        what = str(path.relative_to(run))
         obj = _read_json(path, what, notes)
         f = _failure(obj, what) if obj is not None else None
         if f is not None:
@@ -324,14 +340,15 @@ def _failures(run: Path, notes: list[str]) -> tuple[Failure, ...]:
             notes.append(f"{what} is not a failure record (no task_id)")
     if len(files) > MAX_FAILURES:
         notes.append(f"{len(files) - MAX_FAILURES} more failure file(s) not shown")
-    summary = _read_json(run / FAILURE_SUMMARY, FAILURE_SUMMARY, notes)
+    summary_what = str(_REL.failure_summary)
+    summary = _read_json(layout.failure_summary, summary_what, notes)
     if summary is not None:
         items = summary.get("failures") if isinstance(summary, dict) and "failures" in summary \
             else summary
         items = items if isinstance(items, list) else [items]
         known = {(f.task_id, f.map_index, f.try_number) for f in found}
         for item in items[:MAX_FAILURES]:
-            f = _failure(item, FAILURE_SUMMARY)
+            f = _failure(item, summary_what)
             if f is not None and (f.task_id, f.map_index, f.try_number) not in known:
                 found.append(f)
     return tuple(sorted(found, key=lambda f: (f.time, f.task_id, f.map_index or -1)))
@@ -339,7 +356,7 @@ def _failures(run: Path, notes: list[str]) -> tuple[Failure, ...]:
 
 def _report_files(run: Path) -> tuple[str, ...]:
     try:
-        with os.scandir(run / REPORT_DIR) as it:
+        with os.scandir(RunLayout(run).report.dir) as it:
             names = [e.name for e in it if e.is_file()]
     except OSError:
         return ()
@@ -350,24 +367,25 @@ def _report_files(run: Path) -> tuple[str, ...]:
 def read_run(path: str | Path) -> RunInfo:
     """Everything the UI shows about one run folder (never raises for bad content)."""
     run = Path(path)
+    layout = RunLayout(run)
     notes: list[str] = []
-    stages = tuple(s for s in STAGES if _has_output(run / s))
+    stages = tuple(str(s) for s in _STAGE_DIRS if _has_output(run / s))
     headline: Headline | None = None
     levels: tuple[LevelResult, ...] = ()
-    report_json = run / REPORT_DIR / REPORT_JSON
-    if report_json.exists():
-        report = _read_json(report_json, "report/report.json", notes)
+    what = str(_REL.report.json)
+    if layout.report.json.exists():
+        report = _read_json(layout.report.json, what, notes)
         if isinstance(report, dict):
             headline = _headline(report, notes)
             levels = _levels(report, notes)
         elif report is not None:
-            notes.append("report/report.json is not a JSON object")
-    elif "report" in stages:
-        notes.append("report/report.json is missing")
+            notes.append(f"{what} is not a JSON object")
+    elif REPORT_STAGE in stages:
+        notes.append(f"{what} is missing")
     return RunInfo(
         name=run.name, path=run, modified=_newest(run), stages=stages,
-        train_levels=_subfolders_with_output(run / "train"),
-        eval_levels=_subfolders_with_output(run / "eval"),
+        train_levels=_subfolders_with_output(layout.train_root),
+        eval_levels=_subfolders_with_output(layout.eval_root),
         headline=headline, levels=levels, report_files=_report_files(run),
         failures=_failures(run, notes), notes=tuple(notes))
 
@@ -396,7 +414,7 @@ def run_detail(data_root: str | Path, name: str) -> RunInfo | None:
 
 
 def report_file(data_root: str | Path, name: str, file_name: str) -> Path | None:
-    """The path of ``report/<file_name>`` of run ``name`` if it may be served: a plain
+    """The path of ``file_name`` in run ``name``'s report folder if it may be served: a plain
     file name with an allowed suffix, a regular file that (after symlinks) lies inside
     the run's own folder. None otherwise (the caller answers 404)."""
     if not is_valid_name(file_name) or Path(file_name).suffix not in CONTENT_TYPES:
@@ -406,7 +424,7 @@ def report_file(data_root: str | Path, name: str, file_name: str) -> Path | None
         return None
     try:
         root = run.resolve(strict=True)
-        path = (run / REPORT_DIR / file_name).resolve(strict=True)
+        path = (RunLayout(run).report.dir / file_name).resolve(strict=True)
     except (OSError, RuntimeError):
         return None
     if not _within(path, root) or not path.is_file():
