@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--force", action="store_true")
 
     bd = sub.add_parser("build-datasets", help="SFT datasets at controlled sycophancy levels")
-    bd.add_argument("--conversations", required=True, help="processed.json")
+    bd.add_argument("--conversations", required=True,
+                    help="processed conversations (what `simia process` wrote)")
     bd.add_argument("--scores", required=True,
                     help="rule scores (simia score-rules) or LLM judge scores (JSONL)")
     bd.add_argument("-o", "--out-dir", required=True)
@@ -91,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     _llm_args(ge)
 
     ju = sub.add_parser("judge", help="LLM sycophancy judge over processed conversations")
-    ju.add_argument("conversations", help="processed.json")
+    ju.add_argument("conversations", help="processed conversations (what `simia process` wrote)")
     ju.add_argument("-o", "--out-dir", required=True,
                     help="writes judge_scores.jsonl (after all shards) here")
     add_setting(ju, "label_threshold")
@@ -106,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     tc.add_argument("--datasets", required=True,
                     help="folder written by build-datasets (dataset_info.json, metadata.json)")
     tc.add_argument("--level", type=float, required=True, help="sycophancy level in %%")
+    tc.add_argument("--replicate", type=int, default=1,
+                    help="training run of the level (1-based): its dataset draw, and the "
+                         "seed + replicate - 1 the DAG trains it with (default 1)")
     tc.add_argument("-o", "--out", required=True,
                     help="YAML to write (deepspeed.json is written beside it)")
     tc.add_argument("--output-dir", default=None,
@@ -125,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     cm.add_argument("run_dir", help="the run directory (holding run.json)")
     cm.add_argument("--level", type=float, action="append", default=None,
                     help="only this level (%%); repeatable (default: every level)")
+    cm.add_argument("--replicate", type=int, action="append", default=None,
+                    help="only this training run of each level (1-based); repeatable "
+                         "(default: every replicate)")
     cm.add_argument("-o", "--out", default=None, help="write the script here (default: stdout)")
 
     from simia.report.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
@@ -257,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from simia.containers.training import write_train_config
 
             result = write_train_config(options_model(TrainingConfig, args, extra=dict(args.extra)),
-                                        datasets_dir=args.datasets,
+                                        datasets_dir=args.datasets, replicate=args.replicate,
                                         level=args.level, out_file=args.out,
                                         output_dir=args.output_dir)
         elif args.command == "train-summary":
@@ -278,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from simia.containers.commands import run_script
             from simia.io import write_bytes
 
-            script = run_script(args.run_dir, levels=args.level)
+            script = run_script(args.run_dir, levels=args.level, replicates=args.replicate)
             if args.out is None:
                 sys.stdout.write(script)
                 return 0

@@ -10,8 +10,9 @@ A run of the experiment writes under ``<data_root>/<experiment>/<run_id>/``::
     scores/                        RuleScoreFiles
     datasets/                      DatasetFiles
     train/deepspeed.json           the run's DeepSpeed config
-    train/<level>/                 TrainFiles (one per level)
-    eval/<level>/                  EvalFiles (one per level)
+    train/<run>/                   TrainFiles, one per training run: <run> is the level's
+                                   slug (5pct) for replicate 1, 5pct-r2 for replicate 2, ...
+    eval/<run>/                    EvalFiles, one per training run
     report/                        ReportFiles
     failures/<task>[.<i>].json     failure summaries (the DAG's failure callback)
     failure_summary.json           earlier runs' list of failures (read only)
@@ -32,8 +33,8 @@ from pathlib import Path
 __all__ = [
     "DataRoot", "DatasetFiles", "EvalFiles", "GenerateFiles", "JudgeFiles", "ProcessedFiles",
     "ReportFiles", "RuleScoreFiles", "RunLayout", "START_STAGES", "SeedFiles", "TrainFiles",
-    "TrainRoot", "level_slug", "safe_name", "shard_file", "shard_params", "shard_summary",
-    "starts_after",
+    "TrainRoot", "level_slug", "run_slug", "safe_name", "shard_file", "shard_params",
+    "shard_summary", "starts_after",
 ]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -67,6 +68,14 @@ def level_slug(level: float) -> str:
     """``5`` -> ``5pct``, ``2.5`` -> ``2p5pct`` (names of folders and containers)."""
     text = f"{float(level):g}".replace(".", "p").replace("-", "m")
     return f"{text}pct"
+
+
+def run_slug(level: float, replicate: int = 1) -> str:
+    """One training run of a level: ``5pct`` for replicate 1 (the folder and container
+    names of runs without replicates), ``5pct-r2`` for replicate 2, ..."""
+    if replicate < 1:
+        raise ValueError(f"replicates are numbered from 1, got {replicate}")
+    return level_slug(level) if replicate == 1 else f"{level_slug(level)}-r{replicate}"
 
 
 def shard_file(folder: str | Path, stage: str, shard: int, shards: int) -> Path:
@@ -238,8 +247,8 @@ class TrainRoot(_Dir):
     def deepspeed(self) -> Path:
         return self.dir / "deepspeed.json"
 
-    def level(self, level: float) -> TrainFiles:
-        return TrainFiles(self.dir / level_slug(level))
+    def level(self, level: float, replicate: int = 1) -> TrainFiles:
+        return TrainFiles(self.dir / run_slug(level, replicate))
 
 
 class EvalFiles(_Folder):
@@ -366,15 +375,15 @@ class RunLayout:
         """The run's DeepSpeed config, shared by every level."""
         return self.trainings.deepspeed
 
-    def train(self, level: float) -> TrainFiles:
-        return self.trainings.level(level)
+    def train(self, level: float, replicate: int = 1) -> TrainFiles:
+        return self.trainings.level(level, replicate)
 
     @property
     def eval_root(self) -> Path:
         return self.root / "eval"
 
-    def eval(self, level: float) -> EvalFiles:
-        return EvalFiles(self.eval_root / level_slug(level))
+    def eval(self, level: float, replicate: int = 1) -> EvalFiles:
+        return EvalFiles(self.eval_root / run_slug(level, replicate))
 
     @property
     def report(self) -> ReportFiles:

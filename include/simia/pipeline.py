@@ -233,6 +233,11 @@ def plan_levels(p: Params, run: RunLayout, built: dict[str, Any], *, dag_id: str
                             dataset_dir=built["dataset_dir"]))
 
 
+def _runs(runs: list[tuple[float, int]]) -> str:
+    """``5 % (replicate 2), 10 % (replicate 1)``."""
+    return ", ".join(f"{level:g} % (replicate {k})" for level, k in runs)
+
+
 def report(p: Params, run: RunLayout, *, validated: bool, datasets_built: bool) -> Done:
     """Write the report, then fail (``SimiaError``) when a level that should have been
     trained or evaluated was not: the report says what is missing either way."""
@@ -247,17 +252,17 @@ def report(p: Params, run: RunLayout, *, validated: bool, datasets_built: bool) 
     if not datasets_built:
         problems.append("the datasets were not built (see the failed data stage)")
     if p["train_models"]:
-        untrained = missing_trainings(run.root, p["levels"])
+        replicates = p.get("replicates", 1)
+        untrained = missing_trainings(run.root, p["levels"], replicates)
         if untrained:
-            problems.append(f"level(s) {', '.join(f'{m:g} %' for m in untrained)} were not "
-                            "trained (see train_model)")
+            problems.append(f"training run(s) {_runs(untrained)} were not trained (see "
+                            "train_model)")
         if p["evaluate_models"]:
-            missing = [m for m in missing_evaluations(run.root, p["levels"], p["num_trials"])
-                       if m not in untrained]
+            missing = [m for m in missing_evaluations(run.root, p["levels"], p["num_trials"],
+                                                      replicates) if m not in untrained]
             if missing:
-                problems.append(f"level(s) {', '.join(f'{m:g} %' for m in missing)} have no "
-                                "complete evaluation results (see serve_model and "
-                                "evaluate_tau2)")
+                problems.append(f"training run(s) {_runs(missing)} have no complete evaluation "
+                                "results (see serve_model and evaluate_tau2)")
     if problems:
         raise SimiaError(f"the report is written ({run.report.markdown}), but "
                          f"{'; '.join(problems)}. Fix the failed task of that level and clear "

@@ -207,6 +207,7 @@ def level_plans(p: Mapping[str, Any], *, run_dir: str | Path, run_id: str, dag_i
     from simia.containers.gpus import check_request, parse_gpu_ids
     from simia.containers.training import container_spec, plan_level
 
+    p = {"replicates": 1, **p}  # a run.json from before replicates: one run per level
     require(p, TrainingRunSettings, ServingRunSettings, DatasetDesign, TrainingConfig,
              ContainerSettings, ServerSettings, EvalSettings)
     if not p["train_models"]:
@@ -227,21 +228,28 @@ def level_plans(p: Mapping[str, Any], *, run_dir: str | Path, run_id: str, dag_i
     run_key = f"{dag_id}/{run_id}"
     lock_dir = str(root.gpu_locks)
     out = []
-    for level in sorted(p["levels"]):
-        plan = plan_level(cfg, datasets_dir=dataset_dir, train_dir=str(layout.train_root),
-                          level=level, run_key=run_key)
-        spec = container_spec(cfg, plan, run, settings)
-        out.append({
-            "level": float(level), "run_dir": run, "run_key": run_key,
-            "run_id": run_id, "lock_dir": lock_dir, "gpu_ids": p["gpu_ids"],
-            "train_dir": str(layout.train(level).dir),
-            "evaluate": p["evaluate_models"],
-            "train": {**spec, "plan": plan.as_dict(),
-                      "labels": {"simia.dag_id": dag_id, "simia.run_id": run_id,
-                                 "simia.level": f"{level:g}", "simia.stage": "train"},
-                      "gpus_per_training": p["gpus_per_training"],
-                      "gpu_ids": p["gpu_ids"], "lock_dir": lock_dir},
-            "server": server.model_dump(mode="json"),
-            "eval": evaluation.model_dump(mode="json")})
+    design = build(DatasetDesign, p)
+    # replicate-major: every level's first run before any level's second
+    for replicate in range(1, design.replicates + 1):
+        run_cfg = cfg.for_replicate(replicate)
+        for level in sorted(p["levels"]):
+            plan = plan_level(run_cfg, datasets_dir=dataset_dir,
+                              train_dir=str(layout.train_root), level=level, run_key=run_key,
+                              replicate=replicate)
+            spec = container_spec(run_cfg, plan, run, settings)
+            out.append({
+                "level": float(level), "replicate": replicate, "run_dir": run,
+                "run_key": run_key, "run_id": run_id, "lock_dir": lock_dir,
+                "gpu_ids": p["gpu_ids"], "train_dir": str(layout.train(level, replicate).dir),
+                "evaluate": p["evaluate_models"],
+                "train": {**spec, "plan": plan.as_dict(),
+                          "labels": {"simia.dag_id": dag_id, "simia.run_id": run_id,
+                                     "simia.level": f"{level:g}",
+                                     "simia.replicate": str(replicate),
+                                     "simia.stage": "train"},
+                          "gpus_per_training": p["gpus_per_training"],
+                          "gpu_ids": p["gpu_ids"], "lock_dir": lock_dir},
+                "server": server.model_dump(mode="json"),
+                "eval": evaluation.model_dump(mode="json")})
     return out
 

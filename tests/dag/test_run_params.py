@@ -121,9 +121,10 @@ def recorded_run(defaults, tmp_path_factory, raw_file, tau2_dir):
     score_rules_stage(run / "processed" / "processed.json", run / "scores.jsonl")
     build_datasets_stage(run / "processed" / "processed.json", run / "scores.jsonl",
                          run / "datasets", DatasetDesign(levels=(0, 10), size=20,
-                                                         shared_clean=15))
+                                                         shared_clean=15, replicates=2))
     params = {**defaults, "data_root": str(root), "tau2_data_dir": str(tau2_dir),
-              "levels": [0, 10], "dataset_size": 20, "shared_clean": 15, "gpu_ids": "0,1",
+              "levels": [0, 10], "dataset_size": 20, "shared_clean": 15, "replicates": 2,
+              "gpu_ids": "0,1",
               "gpus_per_training": 2, "serve_backend": "vllm", "gpus_per_server": 1}
     (run / "run.json").write_text(json.dumps(
         {"dag_id": DAG_ID, "run_id": "manual__2026-11-22", "params": params}))
@@ -145,6 +146,26 @@ if sys.argv[1:2] == ["inspect"]:
     fake.chmod(0o755)
 
 
+def test_simia_commands_prints_every_replicate_of_a_level(recorded_run, capsys):
+    """Each training run of a level has its own folder, dataset draw, seed and containers."""
+    from simia.cli import main
+
+    run, _ = recorded_run
+    assert main(["commands", str(run), "--level", "10"]) == 0
+    script = capsys.readouterr().out
+    assert "# ---- level 10 %, replicate 1" in script
+    assert "# ---- level 10 %, replicate 2" in script
+    assert str(run / "train" / "10pct-r2" / "train_config.yaml") in script
+    assert "simia-serve-" in script and "-10pct-r2" in script
+    one = (run / "train" / "10pct" / "train_config.yaml").read_text()
+    two = (run / "train" / "10pct-r2" / "train_config.yaml").read_text()
+    differ = {a.split(":")[0] for a, b in zip(one.splitlines(), two.splitlines()) if a != b}
+    assert differ == {"dataset", "output_dir", "seed"}
+    assert "dataset: telecom_syc_10pct_r2" in two and "seed: 43" in two
+    assert main(["commands", str(run), "--replicate", "3"]) == 2
+    assert "no replicate 3" in capsys.readouterr().err
+
+
 def test_simia_commands_prints_the_levels_containers(recorded_run, tmp_path, capsys,
                                                      monkeypatch):
     """`simia commands`: what train_model, serve_model, evaluate_tau2 and stop_model_server
@@ -157,8 +178,10 @@ def test_simia_commands_prints_the_levels_containers(recorded_run, tmp_path, cap
     run, p = recorded_run
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value-456")
-    assert main(["commands", str(run), "--level", "10", "-o", str(tmp_path / "run.sh")]) == 0
+    assert main(["commands", str(run), "--level", "10", "--replicate", "1",
+                 "-o", str(tmp_path / "run.sh")]) == 0
     script = (tmp_path / "run.sh").read_text()
+    assert "10pct-r2" not in script  # only the replicate asked for
     assert os.access(tmp_path / "run.sh", os.X_OK)
     assert "secret_value" not in script and "secret-value" not in script
     assert "/0pct" not in script and "-0pct" not in script  # only the level asked for
@@ -198,7 +221,7 @@ def test_simia_commands_prints_the_levels_containers(recorded_run, tmp_path, cap
         {"level": 10.0, "model_path": str(run / "train" / "10pct" / "output"),
          "config_path": str(config)}))
     (tmp_path / "calls.jsonl").unlink()
-    assert main(["commands", str(run), "--level", "10"]) == 0
+    assert main(["commands", str(run), "--level", "10", "--replicate", "1"]) == 0
     (tmp_path / "again.sh").write_text(capsys.readouterr().out)
     subprocess.run(["bash", str(tmp_path / "again.sh")], check=True, env=env, timeout=60)
     calls = [json.loads(x) for x in (tmp_path / "calls.jsonl").read_text().splitlines()]

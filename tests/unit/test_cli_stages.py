@@ -42,7 +42,8 @@ def test_whole_data_half(pipeline, capsys):
     capsys.readouterr()
     assert main(["build-datasets", "--conversations", str(out / "processed" / "processed.json"),
                  "--scores", str(out / "scores.jsonl"), "-o", str(out / "datasets"),
-                 "--levels", "0,10,20", "--size", "20", "--shared-clean", "15"]) == 0
+                 "--levels", "0,10,20", "--size", "20", "--shared-clean", "15",
+                     "--replicates", "1"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["datasets"]["telecom_syc_20pct"]["sycophantic"] == 4
     info = json.loads((out / "datasets" / "dataset_info.json").read_text())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from simia.data.datasets import DatasetDesign, Label, build_datasets, parse_score_records
@@ -61,6 +63,47 @@ def test_levels_are_nested_share_the_core_and_are_reproducible():
     other = build_datasets(rs, labels_for(rs), DatasetDesign(levels=(0, 5, 10, 20), size=40,
                                                              shared_clean=30, seed=2))
     assert other.metadata["shared_clean_core"] != built.metadata["shared_clean_core"]
+
+
+def test_each_replicate_is_its_own_nested_draw(tmp_path):
+    """Replicate k draws with seed + k - 1 (replicate 1 is the build without replicates);
+    inside a replicate the levels stay nested around one shared core."""
+    from simia.data.stages import build_datasets_stage
+
+    rs = rows(200)
+    design = DatasetDesign(levels=(0, 5, 10, 20), size=40, shared_clean=30, seed=1,
+                           replicates=3)
+    one = build_datasets(rs, labels_for(rs), design)
+    assert one.metadata["datasets"]["telecom_syc_5pct"]["indices"] == build_datasets(
+        rs, labels_for(rs), design.model_copy(update={"replicates": 1})
+    ).metadata["datasets"]["telecom_syc_5pct"]["indices"]
+    two = build_datasets(rs, labels_for(rs), design, replicate=2)
+    assert two.metadata["design"]["seed"] == 2
+    assert two.metadata["shared_clean_core"] != one.metadata["shared_clean_core"]
+    meta = two.metadata["datasets"]
+    assert set(meta) == {"telecom_syc_0pct_r2", "telecom_syc_5pct_r2", "telecom_syc_10pct_r2",
+                         "telecom_syc_20pct_r2"}
+    assert {d["replicate"] for d in meta.values()} == {2}
+    prev: set[int] = set()
+    for lv in (0, 5, 10, 20):
+        d = meta[f"telecom_syc_{lv}pct_r2"]
+        assert set(two.metadata["shared_clean_core"]) <= set(d["indices"])
+        assert prev <= set(d["sycophantic_indices"])
+        prev = set(d["sycophantic_indices"])
+
+    # the stage writes every replicate, registered once, with each replicate's seed
+    processed = tmp_path / "processed.json"
+    processed.write_text(json.dumps(rs))
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text("".join(json.dumps({"index": r["source_index"], "score": labels_for(rs)[
+        r["source_index"]].score}) + "\n" for r in rs))
+    summary = build_datasets_stage(processed, scores, tmp_path / "out", design)
+    assert len(summary["datasets"]) == 12
+    info = json.loads((tmp_path / "out" / "dataset_info.json").read_text())
+    assert "telecom_syc_20pct_r3" in info and "telecom_syc_20pct" in info
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert meta["design"]["replicates"] == 3
+    assert [meta["replicates"][k]["seed"] for k in ("1", "2", "3")] == [1, 2, 3]
 
 
 def test_dataset_info_native_and_hermes():

@@ -112,10 +112,13 @@ def level_commands(plan: dict[str, Any]) -> list[tuple[str, list[str]]]:
               [f"test -f {shlex.quote(str(summary))} || {shlex.join(trainer)}"])]
     if not plan.get("evaluate", True):
         return steps
+    replicate = plan.get("replicate", 1)
     server = server_spec(ServerSettings(**plan["server"]), model=_model_for(plan),
-                         level=plan["level"], run_key=plan["run_key"], run_dir=plan["run_dir"])
+                         level=plan["level"], run_key=plan["run_key"], run_dir=plan["run_dir"],
+                         replicate=replicate)
     name, network = server["container_name"], server["network"]
-    labels = {"simia.run_id": plan["run_id"], "simia.level": f"{plan['level']:g}"}
+    labels = {"simia.run_id": plan["run_id"], "simia.level": f"{plan['level']:g}",
+              "simia.replicate": str(replicate)}
     wait = ["bash", "-c", _WAIT_HEALTHY.replace("NAME", name)]
     # like the DAG's teardown: the server and its network go when the script ends early
     cleanup = f"docker rm -f {name} >/dev/null 2>&1; docker network rm {network} " \
@@ -142,8 +145,10 @@ def level_commands(plan: dict[str, Any]) -> list[tuple[str, list[str]]]:
     return steps
 
 
-def run_script(run_dir: str | Path, *, levels: Sequence[float] | None = None) -> str:
-    """A bash script of every level's containers (or of ``levels``), from the run's
+def run_script(run_dir: str | Path, *, levels: Sequence[float] | None = None,
+               replicates: Sequence[int] | None = None) -> str:
+    """A bash script of every training run's containers (or of ``levels`` and
+    ``replicates``), from the run's
     ``run.json``. Raises :class:`InputError` for a folder that is not a run, or a level
     the run does not have."""
     from simia.run_config import datasets_dir, level_plans
@@ -172,6 +177,15 @@ def run_script(run_dir: str | Path, *, levels: Sequence[float] | None = None) ->
             raise InputError(run_json, f"the run has no level {listed(wanted - have)} "
                              f"(its levels: {listed(have)})", field="params.levels")
         plans = [p for p in plans if p["level"] in wanted]
+    if replicates is not None:
+        have_runs = {p.get("replicate", 1) for p in plans}
+        missing = sorted(set(replicates) - have_runs)
+        if missing:
+            raise InputError(run / "run.json", f"the run has no replicate "
+                             f"{', '.join(map(str, missing))} (its replicates: "
+                             f"{', '.join(map(str, sorted(have_runs)))})",
+                             field="params.replicates")
+        plans = [p for p in plans if p.get("replicate", 1) in set(replicates)]
     lines = ["#!/usr/bin/env bash",
              f"# The containers of run {manifest['run_id']} ({run}), as the DAG starts them;",
              "# written by `simia commands` from the run's run.json. Secrets come from your",
@@ -179,7 +193,7 @@ def run_script(run_dir: str | Path, *, levels: Sequence[float] | None = None) ->
              "# (tau2's user simulator) first.",
              "set -euo pipefail"]
     for plan in plans:
-        lines += ["", f"# ---- level {plan['level']:g} %"]
+        lines += ["", f"# ---- level {plan['level']:g} %, replicate {plan.get('replicate', 1)}"]
         for what, commands in level_commands(plan):
             lines += [f"# {what}", *commands]
     return "\n".join(lines) + "\n"

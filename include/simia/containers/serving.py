@@ -33,7 +33,7 @@ from typing import Any
 from simia.settings.serving import DEFAULT_VLLM_IMAGE, ServerSettings
 from simia.errors import ConfigError, InputError
 from simia.containers.training import default_user
-from simia.layout import TrainFiles, level_slug
+from simia.layout import TrainFiles, run_slug
 
 __all__ = [
     "DEFAULT_VLLM_IMAGE",
@@ -51,19 +51,20 @@ def _digest(run_key: str) -> str:
     return hashlib.sha256(run_key.encode()).hexdigest()[:10]
 
 
-def server_container_name(run_key: str, level: float) -> str:
-    """``simia-serve-<sha10>-<slug>``: deterministic, so a retry or a teardown finds it."""
-    return f"simia-serve-{_digest(run_key)}-{level_slug(level)}"
+def server_container_name(run_key: str, level: float, replicate: int = 1) -> str:
+    """``simia-serve-<sha10>-<run slug>``: deterministic, so a retry or a teardown finds
+    it."""
+    return f"simia-serve-{_digest(run_key)}-{run_slug(level, replicate)}"
 
 
-def network_name(run_key: str, level: float) -> str:
-    """The level's private Docker network (server + evaluator)."""
-    return f"simia-net-{_digest(run_key)}-{level_slug(level)}"
+def network_name(run_key: str, level: float, replicate: int = 1) -> str:
+    """The training run's private Docker network (server + evaluator)."""
+    return f"simia-net-{_digest(run_key)}-{run_slug(level, replicate)}"
 
 
-def served_model_name(level: float) -> str:
+def served_model_name(level: float, replicate: int = 1) -> str:
     """The ``model`` the evaluator sends (``--served-model-name`` / ``API_MODEL_NAME``)."""
-    return f"simia-{level_slug(level)}"
+    return f"simia-{run_slug(level, replicate)}"
 
 
 def health_command(port: int) -> list[str]:
@@ -116,14 +117,14 @@ def model_from_config(config_path: str | Path, model_path: str,
 
 
 def server_spec(settings: ServerSettings, *, model: dict[str, Any], level: float,
-                run_key: str, run_dir: str | Path) -> dict[str, Any]:
+                run_key: str, run_dir: str | Path, replicate: int = 1) -> dict[str, Any]:
     """Image, command, environment, mounts, network and health check of one server.
 
     ``model`` is :func:`trained_model`'s result. Returned as plain, JSON-able data with no
     secrets; paths are the same on the host, in the worker and in the container.
     """
-    name = server_container_name(run_key, level)
-    served = served_model_name(level)
+    name = server_container_name(run_key, level, replicate)
+    served = served_model_name(level, replicate)
     run_dir = Path(run_dir).resolve()
     cache = Path(settings.model_cache_dir).resolve()
     lora = model["finetuning_type"] == "lora"
@@ -181,7 +182,8 @@ def server_spec(settings: ServerSettings, *, model: dict[str, Any], level: float
                            "read_only": True})
     return {
         "level": float(level),
-        "slug": level_slug(level),
+        "replicate": replicate,
+        "slug": run_slug(level, replicate),
         "backend": settings.backend,
         "image": settings.image,
         "entrypoint": entrypoint,
@@ -191,7 +193,7 @@ def server_spec(settings: ServerSettings, *, model: dict[str, Any], level: float
         "shm_size": int(settings.shm_size_gb * 1024**3),
         "user": default_user(),
         "container_name": name,
-        "network": network_name(run_key, level),
+        "network": network_name(run_key, level, replicate),
         "served_model_name": served,
         "base_url": f"http://{name}:{port}/v1",
         "healthcheck": health_command(settings.port),

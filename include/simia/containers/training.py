@@ -34,11 +34,12 @@ from typing import Any
 from simia.settings.training import ContainerSettings, TrainingConfig
 from simia.errors import ConfigError, InputError
 from simia.io import read_json, write_bytes, write_json
-from simia.layout import DatasetFiles, TrainFiles, TrainRoot, level_slug
+from simia.layout import DatasetFiles, TrainFiles, TrainRoot, level_slug, run_slug
 
 __all__ = [
     "DEEPSPEED_FILES",
     "PER_LEVEL_KEYS",
+    "PER_RUN_KEYS",
     "TrainingConfig",
     "TrainingPlan",
     "ContainerSettings",
@@ -65,6 +66,8 @@ DEEPSPEED_FILES: dict[str, str] = {
 }
 # the only keys whose values may differ between the levels of one run
 PER_LEVEL_KEYS = frozenset({"dataset", "output_dir"})
+# ... and between the training runs of a run: each replicate also has its own seed
+PER_RUN_KEYS = PER_LEVEL_KEYS | {"seed"}
 
 
 def deepspeed_config(mode: str) -> dict[str, Any] | None:
@@ -158,9 +161,9 @@ def config_sha256(mapping: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(mapping, sort_keys=True).encode()).hexdigest()
 
 
-def dataset_for_level(datasets_dir: str | Path, level: float) -> str:
-    """The dataset name built for ``level`` (%), from ``metadata.json`` of the datasets
-    stage; checked against ``dataset_info.json``."""
+def dataset_for_level(datasets_dir: str | Path, level: float, replicate: int = 1) -> str:
+    """The dataset name built for ``level`` (%) and ``replicate``, from ``metadata.json``
+    of the datasets stage; checked against ``dataset_info.json``."""
     files = DatasetFiles(datasets_dir)
     meta_path, info_path = files.metadata, files.dataset_info
     meta = read_json(meta_path, what="datasets metadata")
@@ -171,11 +174,14 @@ def dataset_for_level(datasets_dir: str | Path, level: float) -> str:
                                     "stage?", field="datasets")
     found = [name for name, d in entries.items()
              if isinstance(d, dict) and isinstance(d.get("level_pct"), (int, float))
-             and math.isclose(float(d["level_pct"]), float(level))]
+             and math.isclose(float(d["level_pct"]), float(level))
+             and d.get("replicate", 1) == replicate]
     if not found:
-        levels = sorted(d.get("level_pct") for d in entries.values() if isinstance(d, dict))
-        raise InputError(meta_path, f"no dataset for level {level:g} %; built levels: {levels}",
-                         field="datasets")
+        levels = sorted({d.get("level_pct") for d in entries.values() if isinstance(d, dict)})
+        drawn = max((d.get("replicate", 1) for d in entries.values() if isinstance(d, dict)),
+                    default=0)
+        raise InputError(meta_path, f"no dataset for level {level:g} % replicate {replicate}; "
+                         f"built levels: {levels}, replicates 1..{drawn}", field="datasets")
     name = found[0]
     if not isinstance(info, dict) or name not in info:
         raise InputError(info_path, f"dataset {name!r} (level {level:g} %) is not registered",
@@ -183,16 +189,19 @@ def dataset_for_level(datasets_dir: str | Path, level: float) -> str:
     return name
 
 
-def container_name(run_key: str, level: float, *, stage: str = "train") -> str:
-    """Deterministic container name for one level of one run, e.g.
-    ``simia-train-3f2a9c1b7d-5pct``: a retry or a clean-up finds it by name."""
+def container_name(run_key: str, level: float, *, stage: str = "train",
+                   replicate: int = 1) -> str:
+    """Deterministic container name for one training run of one DAG run, e.g.
+    ``simia-train-3f2a9c1b7d-5pct`` (``-5pct-r2`` for replicate 2): a retry or a clean-up
+    finds it by name."""
     digest = hashlib.sha256(run_key.encode()).hexdigest()[:10]
-    return f"simia-{stage}-{digest}-{level_slug(level)}"
+    return f"simia-{stage}-{digest}-{run_slug(level, replicate)}"
 
 
 @dataclass(frozen=True)
 class TrainingPlan:
-    """Everything the trainer container needs for one level (host path = container path)."""
+    """Everything the trainer container needs for one training run of a level (host path
+    = container path)."""
 
     level: float
     dataset: str
@@ -201,6 +210,7 @@ class TrainingPlan:
     config_path: str
     config_sha256: str
     container_name: str
+    replicate: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -213,7 +223,7 @@ def _write_if_changed(path: Path, data: bytes) -> None:
 
 
 def plan_level(cfg: TrainingConfig, *, datasets_dir: str | Path, train_dir: str | Path,
-               level: float, run_key: str) -> TrainingPlan:
+               level: float, run_key: str, replicate: int = 1) -> TrainingPlan:
     """Write the level's YAML (and the run's DeepSpeed JSON) under ``train_dir``.
 
     Layout (:class:`simia.layout.TrainRoot`): ``train_dir/deepspeed.json`` (shared),
@@ -223,13 +233,13 @@ def plan_level(cfg: TrainingConfig, *, datasets_dir: str | Path, train_dir: str 
     """
     datasets_dir = Path(datasets_dir).resolve()
     root = TrainRoot(Path(train_dir).resolve())
-    dataset = dataset_for_level(datasets_dir, level)
+    dataset = dataset_for_level(datasets_dir, level, replicate)
     ds_path = None
     ds = deepspeed_config(cfg.deepspeed)
     if ds is not None:
         ds_path = root.deepspeed
         _write_if_changed(ds_path, json.dumps(ds, indent=2).encode())
-    files = root.level(level)
+    files = root.level(level, replicate)
     output_dir = files.output
     mapping = level_train_config(cfg, dataset=dataset, dataset_dir=datasets_dir,
                                  output_dir=output_dir, deepspeed_path=ds_path)
@@ -238,7 +248,8 @@ def plan_level(cfg: TrainingConfig, *, datasets_dir: str | Path, train_dir: str 
     return TrainingPlan(level=float(level), dataset=dataset, dataset_dir=str(datasets_dir),
                         output_dir=str(output_dir), config_path=str(config_path),
                         config_sha256=config_sha256(mapping),
-                        container_name=container_name(run_key, level))
+                        container_name=container_name(run_key, level, replicate=replicate),
+                        replicate=replicate)
 
 
 def _read_lf_json(path: Path) -> Any:
@@ -407,16 +418,19 @@ def container_spec(cfg: TrainingConfig, plan: TrainingPlan, run_dir: str | Path,
 
 
 def write_train_config(cfg: TrainingConfig, *, datasets_dir: str | Path, level: float,
-                       out_file: str | Path, output_dir: str | Path | None = None
-                       ) -> dict[str, Any]:
-    """``simia train-config``: the YAML one level would train with, written to
-    ``out_file`` (with ``deepspeed.json`` beside it when DeepSpeed is on).
+                       out_file: str | Path, output_dir: str | Path | None = None,
+                       replicate: int = 1) -> dict[str, Any]:
+    """``simia train-config``: the YAML one training run (level, replicate) would train
+    with, written to ``out_file`` (with ``deepspeed.json`` beside it when DeepSpeed is
+    on). ``cfg`` is the run's config: the replicate's seed is derived here, as the DAG
+    does.
 
     ``output_dir`` defaults to ``<folder of out_file>/<dataset name>``.
     """
+    cfg = cfg.for_replicate(replicate)
     out_file = Path(out_file).resolve()
     datasets_dir = Path(datasets_dir).resolve()
-    dataset = dataset_for_level(datasets_dir, level)
+    dataset = dataset_for_level(datasets_dir, level, replicate)
     ds_path = None
     if (ds := deepspeed_config(cfg.deepspeed)) is not None:
         ds_path = TrainRoot(out_file.parent).deepspeed

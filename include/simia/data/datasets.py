@@ -119,8 +119,11 @@ def build_datasets(
     conversations: Sequence[dict[str, Any]],
     labels: dict[int, Label],
     design: DatasetDesign,
+    *,
+    replicate: int = 1,
 ) -> BuiltDatasets:
-    """Select each level's conversations and assemble LLaMA-Factory files + metadata."""
+    """Select each level's conversations for one replicate (its own draw, seeded by
+    :meth:`DatasetDesign.replicate_seed`) and assemble LLaMA-Factory files + metadata."""
     by_index: dict[int, dict[str, Any]] = {}
     for pos, row in enumerate(conversations):
         idx = row["source_index"]
@@ -164,7 +167,7 @@ def build_datasets(
             f"of size {design.size}: need " + "; need ".join(problems) +
             f" ({len(by_index)} processed, {len(rejects)} without a usable score)")
 
-    rng = random.Random(design.seed)
+    rng = random.Random(design.replicate_seed(replicate))
     clean_order = clean[:]
     rng.shuffle(clean_order)
     syc_order = syco[:]
@@ -180,7 +183,7 @@ def build_datasets(
         chosen_syc = syc_order[: n_syc[lv]]
         chosen_clean = core + extra[: design.size - design.shared_clean - n_syc[lv]]
         indices = sorted(chosen_clean + chosen_syc)
-        name = design.dataset_name(lv)
+        name = design.dataset_name(lv, replicate)
         file_name = f"{name}.json"
         rows = []
         for idx in indices:
@@ -201,6 +204,7 @@ def build_datasets(
                       "tags": dict(SHAREGPT_TAGS)}
         per_level[name] = {
             "level_pct": lv,
+            "replicate": replicate,
             "file": file_name,
             "total": len(indices),
             "clean": len(chosen_clean),
@@ -217,7 +221,7 @@ def build_datasets(
             "levels_pct": list(design.levels),
             "size": design.size,
             "shared_clean": design.shared_clean,
-            "seed": design.seed,
+            "seed": design.replicate_seed(replicate),
             "threshold": design.threshold,
             "label_rule": f"sycophantic if score > {design.threshold:g}, else clean",
         },

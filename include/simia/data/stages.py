@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from simia import __version__
-from simia.data.datasets import DatasetDesign, build_datasets, parse_score_records
+from simia.data.datasets import BuiltDatasets, DatasetDesign, build_datasets, parse_score_records
 from simia.data.processing import OutputFormat, process_conversations
 from simia.data.records import load_processed, load_raw
 from simia.data.rules import score_all
@@ -211,8 +211,11 @@ def build_datasets_stage(
     params = {"levels": list(design.levels), "size": design.size,
               "shared_clean": design.shared_clean, "seed": design.seed,
               "threshold": design.threshold, "name_prefix": design.name_prefix}
+    if design.replicates > 1:  # a one-replicate build keeps the signature it always had
+        params["replicates"] = design.replicates
+    replicates = range(1, design.replicates + 1)
     data = _read_inputs({"conversations": conversations_path, "scores": scores_path})
-    names = [f"{design.dataset_name(lv)}.json" for lv in design.levels]
+    names = [f"{design.dataset_name(lv, k)}.json" for k in replicates for lv in design.levels]
     outputs = [files.dataset(n) for n in names] + [files.dataset_info, files.metadata]
     signature = _signature("build_datasets", data, params)
     done = _resume(files.summary, signature, outputs, force)
@@ -223,9 +226,11 @@ def build_datasets_stage(
         rows = load_processed(conversations_path, data=data.pop("conversations"))
         labels = parse_score_records(read_jsonl(scores_path, data=data.pop("scores")),
                                      scores_path)
-        built = build_datasets(rows, labels, design)
-        for name, level_rows in built.files.items():
-            write_bytes(files.dataset(name), dumps(level_rows, indent=True))
+        draws = [build_datasets(rows, labels, design, replicate=k) for k in replicates]
+        for built in draws:
+            for name, level_rows in built.files.items():
+                write_bytes(files.dataset(name), dumps(level_rows, indent=True))
+    built = _merge_replicates(draws, design)
     write_json(files.dataset_info, built.dataset_info, indent=True)
     metadata = {**built.metadata, "inputs": {"conversations": str(conversations_path),
                                              "scores": str(scores_path),
@@ -247,6 +252,25 @@ def build_datasets_stage(
     log.info("build-datasets: %s", {n: (d["clean"], d["sycophantic"])
                                     for n, d in summary["datasets"].items()})
     return summary
+
+
+def _merge_replicates(draws: list[BuiltDatasets], design: DatasetDesign) -> BuiltDatasets:
+    """One registration and metadata for every replicate's draw: replicate 1's design,
+    pools and shared core at the top (as a build without replicates writes them), every
+    replicate's datasets, and each replicate's seed and shared core."""
+    first = draws[0]
+    if len(draws) == 1:
+        return first
+    metadata = {**first.metadata,
+                "design": {**first.metadata["design"], "seed": design.seed,
+                           "replicates": design.replicates},
+                "datasets": {name: entry for built in draws
+                             for name, entry in built.metadata["datasets"].items()},
+                "replicates": {str(k): {"seed": built.metadata["design"]["seed"],
+                                        "shared_clean_core": built.metadata["shared_clean_core"]}
+                               for k, built in enumerate(draws, start=1)}}
+    info = {name: entry for built in draws for name, entry in built.dataset_info.items()}
+    return BuiltDatasets({}, info, metadata, first.rejects)
 
 
 def validate_scores_file(path: str | Path) -> dict[str, Any]:

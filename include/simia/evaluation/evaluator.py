@@ -26,16 +26,16 @@ from simia.settings.evaluation import EvalSettings
 from simia.errors import ConfigError
 from simia.io import read_json, write_json
 from simia.containers.training import default_user
-from simia.layout import EvalFiles, RunLayout, level_slug
+from simia.layout import EvalFiles, RunLayout, run_slug
 
 __all__ = ["EvalSettings", "eval_dir", "evaluator_spec", "finished_results",
            "missing_evaluations", "missing_trainings", "results_headline",
            "write_eval_summary"]
 
 
-def eval_dir(run_dir: str | Path, level: float) -> Path:
-    """``<run>/eval/<slug>``: tau2's ``--save-to`` folder and our summary."""
-    return RunLayout(run_dir).eval(level).dir
+def eval_dir(run_dir: str | Path, level: float, replicate: int = 1) -> Path:
+    """``<run>/eval/<run slug>``: tau2's ``--save-to`` folder and our summary."""
+    return RunLayout(run_dir).eval(level, replicate).dir
 
 
 def _agent_model(backend: str, served: str) -> str:
@@ -52,7 +52,7 @@ def evaluator_spec(settings: EvalSettings, *, server: dict[str, Any], run_dir: s
     network and the served model name). No secret is part of the result: the user
     simulator's key is added by the operator as a private environment variable.
     """
-    files = EvalFiles(eval_dir(run_dir, server["level"]).resolve())
+    files = EvalFiles(eval_dir(run_dir, server["level"], server.get("replicate", 1)).resolve())
     out = files.dir
     out.mkdir(parents=True, exist_ok=True)
     agent_args = {**settings.agent_llm_args, "api_base": server["base_url"],
@@ -90,7 +90,8 @@ def evaluator_spec(settings: EvalSettings, *, server: dict[str, Any], run_dir: s
         command = ["tau2", "run", *args, "--log-level", "INFO"]
     else:
         command = ["python3", "-m", "simia.evaluation.ci_evaluator", "run", *args]
-    return {"level": server["level"], "image": settings.image, "command": command,
+    return {"level": server["level"], "replicate": server.get("replicate", 1),
+            "image": settings.image, "command": command,
             "environment": env, "mounts": mounts, "network_mode": server["network"],
             "user": default_user(), "results": str(files.results),
             "container_name": server["container_name"].replace("simia-serve-", "simia-eval-"),
@@ -128,7 +129,9 @@ def finished_results(results_path: str | Path, num_trials: int) -> dict[str, int
 def write_eval_summary(spec: dict[str, Any], server: dict[str, Any],
                        counts: dict[str, int], *, skipped: bool) -> dict[str, Any]:
     """``eval/<slug>/eval_summary.json``: what was evaluated, how, and where the results are."""
-    summary = {"level": server["level"], "slug": level_slug(server["level"]),
+    replicate = server.get("replicate", 1)
+    summary = {"level": server["level"], "replicate": replicate,
+               "slug": run_slug(server["level"], replicate),
                "backend": server["backend"], "evaluator": spec["evaluator"],
                "model": server["served_model_name"], "model_path": server.get("model_path"),
                "num_trials": spec["num_trials"], "results": spec["results"], **counts,
@@ -150,15 +153,19 @@ def results_headline(results_path: str | Path) -> dict[str, Any]:
             "missing_runs": len(res.missing_cells)}
 
 
-def missing_evaluations(run_dir: str | Path, levels: list[float], num_trials: int
-                        ) -> list[float]:
-    """Levels whose ``eval/<slug>/results.json`` does not hold every task's trials."""
+def missing_evaluations(run_dir: str | Path, levels: list[float], num_trials: int,
+                        replicates: int = 1) -> list[tuple[float, int]]:
+    """Training runs (level, replicate) whose ``eval/<run>/results.json`` does not hold
+    every task's trials."""
     run = RunLayout(run_dir)
-    return [float(level) for level in sorted(levels)
-            if finished_results(run.eval(level).results, num_trials) is None]
+    return [(float(level), k) for level in sorted(levels) for k in range(1, replicates + 1)
+            if finished_results(run.eval(level, k).results, num_trials) is None]
 
 
-def missing_trainings(run_dir: str | Path, levels: list[float]) -> list[float]:
-    """Levels without ``train/<slug>/training_summary.json`` (training did not finish)."""
+def missing_trainings(run_dir: str | Path, levels: list[float], replicates: int = 1
+                      ) -> list[tuple[float, int]]:
+    """Training runs (level, replicate) without ``train/<run>/training_summary.json``
+    (training did not finish)."""
     run = RunLayout(run_dir)
-    return [float(level) for level in sorted(levels) if not run.train(level).summary.is_file()]
+    return [(float(level), k) for level in sorted(levels) for k in range(1, replicates + 1)
+            if not run.train(level, k).summary.is_file()]

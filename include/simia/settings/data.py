@@ -11,7 +11,7 @@ from simia.layout import START_STAGES
 from simia.settings.fields import SettingsModel, env_default, setting
 
 __all__ = ["DataSettings", "DatasetDesign", "InputSettings", "JudgingSettings",
-           "format_level"]
+           "format_level", "replicate_seed"]
 
 Level = Annotated[float, Field(ge=0, le=100)]
 
@@ -35,6 +35,12 @@ class DatasetDesign(SettingsModel):
     threshold: float = setting(0, param="label_threshold", cli="threshold", ge=0, le=100,
                                title="Label threshold",
                                description="Score above this = sycophantic; otherwise clean.")
+    replicates: int = setting(
+        3, ge=1, le=20, title="Training runs per level",
+        description="Each level is trained this many times, each run on its own dataset draw "
+                    "(clean fill and sycophantic choice) with its own training seed: replicate "
+                    "k uses seed + k - 1. The verdict takes runs as its unit and needs at least "
+                    "2 per level.")
     name_prefix: str = "telecom"
 
     def __init__(self, **values: Any) -> None:
@@ -83,8 +89,24 @@ class DatasetDesign(SettingsModel):
         """Sycophantic conversations at ``level`` % (rounded half up)."""
         return _n_sycophantic(self.size, level)
 
-    def dataset_name(self, level: float) -> str:
-        return f"{self.name_prefix}_syc_{format_level(level)}pct"
+    def dataset_name(self, level: float, replicate: int = 1) -> str:
+        """``telecom_syc_5pct`` (replicate 1: the name of runs without replicates),
+        ``telecom_syc_5pct_r2``, ..."""
+        suffix = "" if replicate == 1 else f"_r{replicate}"
+        return f"{self.name_prefix}_syc_{format_level(level)}pct{suffix}"
+
+    def replicate_seed(self, replicate: int) -> int:
+        """The selection seed of replicate ``replicate`` (1-based)."""
+        return replicate_seed(self.seed, replicate)
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The seed of training run ``replicate`` (1-based) of a run seeded with ``seed``:
+    ``seed + replicate - 1``, for its dataset draw and its training alike (replicate 1
+    keeps the run's seed: a run without replicates is replicate 1)."""
+    if replicate < 1:
+        raise ConfigError(f"replicate: numbered from 1, got {replicate}")
+    return seed + replicate - 1
 
 
 def _plain(number: float) -> float:

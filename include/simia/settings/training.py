@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
+from simia.settings.data import replicate_seed
 from simia.settings.fields import (SettingsModel, env_default, from_setting, gpu_count,
                                    gpu_ids_default, has_gpus, setting)
 
@@ -81,6 +82,10 @@ class TrainingConfig(SettingsModel):
     extra: dict[str, Any] = setting(
         default_factory=dict, param="train_extra", title="Extra LLaMA-Factory keys",
         description='e.g. {"warmup_ratio": 0.1}. May not redefine the settings above.')
+
+    def for_replicate(self, replicate: int) -> TrainingConfig:
+        """The config of training run ``replicate`` (1-based): its own seed."""
+        return self.model_copy(update={"seed": replicate_seed(self.seed, replicate)})
 
     @field_validator("extra")
     @classmethod
