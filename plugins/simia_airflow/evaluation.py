@@ -1,12 +1,14 @@
 """``EvaluateTau2Operator``: tau2-bench (or the CI evaluator) against one level's server.
 
-A ``DockerOperator`` that runs the evaluator container on the level's Docker network
-(where the server answers under its container name), with:
+A :class:`~simia_airflow.containers.SimiaContainerOperator` (a ``DockerOperator``: clean
+starts, deterministic names and labels, secrets through ``private_environment``) that
+runs the evaluator container on the level's Docker network (where the server answers
+under its container name), with:
 
 - **skip finished work**: a ``results.json`` that already holds every task's trials is
   not evaluated again; an interrupted one is continued (``--auto-resume``);
-- **secrets**: the user simulator's OpenAI key comes from a connection at run time,
-  through ``private_environment`` (never templated, logged or returned);
+- **the user simulator's OpenAI key** from a connection at run time
+  (``OPENAI_API_KEY``: never templated, logged or returned);
 - **a small XCom**: counts and pass^1 (infrastructure errors counted as failures, tau2's
   own figure beside it), from ``results.json``.
 
@@ -17,15 +19,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.providers.docker.exceptions import DockerContainerFailedException
-from airflow.providers.docker.operators.docker import DockerOperator
+from simia_airflow.connections import ConnectionSecret
+from simia_airflow.containers import SimiaContainerOperator
 
 
 class EvaluationFailedError(RuntimeError):
     """The evaluator exited non-zero or wrote no usable results."""
 
 
-class EvaluateTau2Operator(DockerOperator):
+class EvaluateTau2Operator(SimiaContainerOperator):
     """Evaluate one level's served model; writes ``eval/<slug>/results.json``.
 
     Args:
@@ -36,27 +38,19 @@ class EvaluateTau2Operator(DockerOperator):
             simulator's OpenAI key; missing = no key (a local user simulator).
     """
 
-    template_fields = (*DockerOperator.template_fields, "level", "server")
+    template_fields = (*SimiaContainerOperator.template_fields, "server")
+    stage = "evaluate"
+    default_image = "simia/evaluator"
 
     def __init__(self, *, level: Any, server: Any, user_conn_id: str | None = "openai_default",
                  **kwargs: Any) -> None:
-        kwargs.setdefault("image", "simia/evaluator")  # replaced by the level's settings
-        kwargs.setdefault("auto_remove", "success")
-        kwargs.setdefault("mount_tmp_dir", False)
-        super().__init__(**kwargs)
-        self.level = level
+        super().__init__(level=level, secrets={"OPENAI_API_KEY": ConnectionSecret(
+            user_conn_id, "api_key", missing="the user simulator gets no API key")}, **kwargs)
         self.server = server
         self.user_conn_id = user_conn_id
 
-    def _user_key(self) -> str | None:
-        from simia_airflow.connections import connection_secret
-
-        return connection_secret(self.user_conn_id, "api_key", log=self.log.info,
-                                 missing="the user simulator gets no API key")
-
-    def execute(self, context: Any) -> dict[str, Any]:
+    def execute(self, context: Any) -> dict[str, Any]:  # type: ignore[override]
         from simia.evaluation.evaluator import EvalSettings, evaluator_spec, finished_results
-        from simia_airflow.serving import remove_containers
 
         settings = EvalSettings(**self.level["eval"])
         spec = evaluator_spec(settings, server=self.server, run_dir=self.level["run_dir"])
@@ -66,34 +60,20 @@ class EvaluateTau2Operator(DockerOperator):
                           "again", spec["level"], counts["tasks"], spec["num_trials"],
                           spec["results"])
             return self._summarise(spec, counts, skipped=True)
-        self.image = spec["image"]
-        self.command = spec["command"]
-        self.environment = spec["environment"]
-        self.mounts = spec["mounts"]
-        self.network_mode = spec["network_mode"]
-        self.user = spec["user"]
-        self.container_name = spec["container_name"]
-        self.labels = {**(self.labels or {}), "simia.container": spec["container_name"],
-                       "simia.stage": "evaluate"}
-        key = self._user_key()
-        if key:
-            self._private_environment["OPENAI_API_KEY"] = key
-        remove_containers(self.cli, spec["container_name"], self.log.warning)
+        self.use_container(spec)
+        self.clean_start()
         self.log.info("evaluating level %g %% with %s (%s) against %s; results: %s",
                       spec["level"], spec["evaluator"], spec["image"],
                       self.server["base_url"], spec["results"])
-        try:
-            super().execute(context)
-        except DockerContainerFailedException as exc:
-            lines = [str(x).strip() for x in (getattr(exc, "logs", None) or [])]
-            raise EvaluationFailedError(
+
+        def failed(lines: list[str]) -> EvaluationFailedError:
+            last = lines[-1].strip() if lines else "no output"
+            return EvaluationFailedError(
                 f"the {spec['evaluator']} evaluator failed for level {spec['level']:g} %: "
-                f"{lines[-1] if lines else 'no output'}. The container log is above. "
-                "Partial results are kept and a retry continues them (--auto-resume)."
-            ) from None
-        finally:
-            if self.container is not None:
-                remove_containers(self.cli, spec["container_name"], self.log.info)
+                f"{last}. The container log is above. Partial results are kept and a "
+                "retry continues them (--auto-resume).")
+
+        self.run_container(context, failed)
         counts = finished_results(spec["results"], spec["num_trials"])
         if counts is None:
             raise EvaluationFailedError(

@@ -1,19 +1,13 @@
 """``TrainModelOperator``: one LLaMA-Factory training in a container, per level.
 
-A ``DockerOperator`` (providers-docker) that adds what a long GPU job on a shared host
-needs:
+A :class:`~simia_airflow.containers.SimiaContainerOperator` (a ``DockerOperator``: clean
+starts, deterministic names and labels, secrets through ``private_environment``, GPU
+leases) that adds what a long training needs:
 
 - **skip finished work**: a level whose ``training_summary.json`` matches its config is
   not trained again (a cleared or retried task returns the saved summary);
-- **clean starts**: containers left by an earlier try of the same level (same
-  deterministic name, or same ``simia.container`` label, e.g. after a worker was
-  SIGKILLed) are removed before the start, and the container is removed afterwards on
-  every path (``auto_remove="success"`` removes failed containers too; a ``finally``
-  makes sure);
-- **GPU leases**: explicit device ids leased with ``flock`` (see :mod:`simia.containers.gpus`), so
-  concurrent trainings never share a GPU;
-- **secrets**: the Hugging Face token comes from a connection at run time, through
-  ``private_environment`` (neither templated nor shown, never in XCom);
+- **the Hugging Face token** from a connection at run time (``HF_TOKEN``: never
+  templated, shown or in XCom);
 - **a readable failure**: the task fails with LLaMA-Factory's own error line and the
   config path; the full container log is streamed above it;
 - **a small XCom**: final loss, steps, runtime, model path, from LLaMA-Factory's result
@@ -28,8 +22,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from airflow.providers.docker.exceptions import DockerContainerFailedException
-from airflow.providers.docker.operators.docker import DockerOperator
+from simia_airflow.connections import ConnectionSecret
+from simia_airflow.containers import SimiaContainerOperator
 
 # "ValueError: ...", also as torchrun prints it: "[rank0]: ValueError: ..."
 _ERROR_LINE = re.compile(r"^\s*(?:\[rank\d+\]:\s*)?[\w.]*(?:Error|Exception|KeyboardInterrupt)"
@@ -49,7 +43,7 @@ def error_summary(lines: list[str], limit: int = 3) -> str:
     return " | ".join(found[-limit:])
 
 
-class TrainModelOperator(DockerOperator):
+class TrainModelOperator(SimiaContainerOperator):
     """Train one level with ``llamafactory-cli train CONFIG`` in a container.
 
     Args:
@@ -58,8 +52,8 @@ class TrainModelOperator(DockerOperator):
             mounts, shm size, user, container name, labels, ``plan``, GPU settings) is
             applied when the task runs. Alternatively pass ``plan`` and the Docker
             arguments directly.
-        plan: ``simia.containers.training.TrainingPlan.as_dict()`` of the level (paths are the same
-            on the host, in the worker and in the container).
+        plan: ``simia.containers.training.TrainingPlan.as_dict()`` of the level (paths are
+            the same on the host, in the worker and in the container).
         gpu_ids: GPUs this pipeline may use, comma-separated ("" = none: CPU training).
         gpus_per_training: GPUs to lease for this training (0 = CPU).
         lock_dir: Host-wide folder for GPU lock files.
@@ -69,7 +63,8 @@ class TrainModelOperator(DockerOperator):
         Everything else: ``DockerOperator`` (image, command, environment, mounts, ...).
     """
 
-    template_fields = (*DockerOperator.template_fields, "level")
+    stage = "train"
+    default_image = "simia/trainer"
 
     def __init__(self, *, level: Any = None, plan: dict[str, Any] | None = None,
                  gpu_ids: str = "", gpus_per_training: int = 0,
@@ -77,11 +72,8 @@ class TrainModelOperator(DockerOperator):
                  hf_conn_id: str | None = "huggingface_default", **kwargs: Any) -> None:
         if level is None and plan is None:
             raise ValueError("TrainModelOperator needs level= (from plan_levels) or plan=")
-        kwargs.setdefault("image", "simia/trainer")  # replaced by the level's settings
-        kwargs.setdefault("auto_remove", "success")
-        kwargs.setdefault("mount_tmp_dir", False)
-        super().__init__(**kwargs)
-        self.level = level
+        super().__init__(level=level, secrets={"HF_TOKEN": ConnectionSecret(
+            hf_conn_id, "token", missing="the hub is used without a token")}, **kwargs)
         self.plan = plan
         self.gpu_ids = gpu_ids
         self.gpus_per_training = gpus_per_training
@@ -89,43 +81,23 @@ class TrainModelOperator(DockerOperator):
         self.gpu_wait_s = gpu_wait_s
         self.hf_conn_id = hf_conn_id
 
-    # -- helpers ---------------------------------------------------------------------
-    def _hf_token(self) -> str | None:
-        from simia_airflow.connections import connection_secret
-
-        return connection_secret(self.hf_conn_id, "token", log=self.log.info,
-                                 missing="the hub is used without a token")
-
-    def remove_leftovers(self) -> list[str]:
-        """Force-remove containers of this level left by earlier tries; their ids."""
-        from simia_airflow.serving import remove_containers
-
-        return remove_containers(self.cli, self.container_name, self.log.warning)
-
     def _apply_level(self) -> None:
         """Take the container settings from the rendered level plan."""
         train = self.level["train"]
+        self.use_container(train)
         self.plan = train["plan"]
-        self.image = train["image"]
-        self.command = train["command"]
-        self.environment = train["environment"]
-        self.mounts = train["mounts"]
-        self.shm_size = train["shm_size"]
-        self.user = train["user"]
-        self.container_name = train["container_name"]
-        self.labels = {**(self.labels or {}), **train["labels"]}
+        self.add_labels(train["labels"])
         self.gpu_ids = train["gpu_ids"]
         self.gpus_per_training = train["gpus_per_training"]
         self.lock_dir = train["lock_dir"]
 
-    # -- the task --------------------------------------------------------------------
-    def execute(self, context: Any) -> dict[str, Any]:
-        from docker.types import DeviceRequest
-        from simia.containers.gpus import GpuLease, parse_gpu_ids
-        from simia.containers.training import (TrainingPlan, completed_summary, read_training_result,
-                                    write_summary)
-
-        from simia_airflow.serving import container_alive
+    def execute(self, context: Any) -> dict[str, Any]:  # type: ignore[override]
+        from simia.containers.training import (
+            TrainingPlan,
+            completed_summary,
+            read_training_result,
+            write_summary,
+        )
 
         if self.level is not None:
             self._apply_level()
@@ -136,37 +108,22 @@ class TrainModelOperator(DockerOperator):
                           "training again", plan.level, done["model_path"])
             return {**{k: done.get(k) for k in SUMMARY_KEYS}, "skipped": True}
 
-        self.labels = {**(self.labels or {}), "simia.container": self.container_name}
-        self.remove_leftovers()
-        token = self._hf_token()
-        if token:
-            self._private_environment["HF_TOKEN"] = token
+        def failed(lines: list[str]) -> TrainingFailedError:
+            what = error_summary(lines) or (lines[-1].strip() if lines else "no output")
+            return TrainingFailedError(
+                f"LLaMA-Factory failed for level {plan.level:g} % (dataset "
+                f"{plan.dataset}): {what}. The container log is above; config: "
+                f"{plan.config_path}. Fix the cause (Params or data) and clear this "
+                "task: the failed container is removed and a retry starts cleanly.")
 
-        lease = GpuLease(self.lock_dir, parse_gpu_ids(self.gpu_ids), self.gpus_per_training,
-                         holder=f"{self.container_name} ({context['run_id']})",
-                         wait_s=self.gpu_wait_s, log=self.log.info,
-                         claim_alive=lambda holder: container_alive(self.cli, holder))
-        with lease as ids:
-            if ids:
-                self.device_requests = [DeviceRequest(device_ids=ids,
-                                                      capabilities=[["gpu"]])]
+        self.clean_start()
+        with self.gpu_lease(context, lock_dir=self.lock_dir, gpu_ids=self.gpu_ids,
+                            count=self.gpus_per_training, wait_s=self.gpu_wait_s) as ids:
+            self.use_gpus(ids)
             self.log.info("training level %g %% (dataset %s) in container %s on %s; config "
                           "%s", plan.level, plan.dataset, self.container_name,
                           f"GPUs {','.join(ids)}" if ids else "the CPU", plan.config_path)
-            try:
-                super().execute(context)
-            except DockerContainerFailedException as exc:
-                lines = [str(x) for x in (getattr(exc, "logs", None) or [])]
-                what = error_summary(lines) or (lines[-1].strip() if lines else "no output")
-                raise TrainingFailedError(
-                    f"LLaMA-Factory failed for level {plan.level:g} % (dataset "
-                    f"{plan.dataset}): {what}. The container log is above; config: "
-                    f"{plan.config_path}. Fix the cause (Params or data) and clear this "
-                    "task: the failed container is removed and a retry starts cleanly."
-                ) from None
-            finally:
-                if self.container is not None:
-                    self.remove_leftovers()
+            self.run_container(context, failed)
         result = read_training_result(plan.output_dir)
         summary = write_summary(plan, result)
         self.log.info("level %g %%: final loss %s after %s steps in %.0f s; model at %s",
