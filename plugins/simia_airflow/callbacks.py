@@ -51,7 +51,9 @@ def record_failure(context: dict[str, Any]) -> None:
         level = getattr(context.get("task"), "level", None)  # the per-level tasks' plan
         if isinstance(level, dict) and isinstance(level.get("level"), (int, float)):
             record["by_hand"] = f"simia commands {run.root} --level {level['level']:g}"
-            record["log_hint"] += (f" To run this level's containers by hand: "
+            if "replicate" in level:
+                record["by_hand"] += f" --replicate {level['replicate']}"
+            record["log_hint"] += (f" To run this training run's containers by hand: "
                                    f"{record['by_hand']}")
         path = run.failure(record["task_id"], record["map_index"])
         write_json(path, record, indent=True)

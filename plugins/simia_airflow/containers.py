@@ -50,10 +50,12 @@ STAGE_LABEL = "simia.stage"
 
 
 def run_labels(level: Any) -> dict[str, str]:
-    """``simia.run_id`` and ``simia.level`` of a level's plan (none without a plan)."""
+    """``simia.run_id``, ``simia.level`` and ``simia.replicate`` of a training run's plan
+    (none without a plan)."""
     if not isinstance(level, Mapping) or "run_id" not in level:
         return {}
-    return {"simia.run_id": level["run_id"], "simia.level": f"{level['level']:g}"}
+    return {"simia.run_id": level["run_id"], "simia.level": f"{level['level']:g}",
+            "simia.replicate": str(level.get("replicate", 1))}
 
 
 class SimiaContainerOperator(DockerOperator):

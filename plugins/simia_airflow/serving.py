@@ -80,7 +80,8 @@ class ServeModelOperator(SimiaContainerOperator):
         settings = ServerSettings(**plan["server"])
         model = trained_model(plan["train_dir"])
         spec = server_spec(settings, model=model, level=plan["level"],
-                           run_key=plan["run_key"], run_dir=plan["run_dir"])
+                           run_key=plan["run_key"], run_dir=plan["run_dir"],
+                           replicate=plan.get("replicate", 1))
         self.use_container({**spec, "network_mode": spec["network"]})
         name = self.deterministic_name
         self.clean_start()
@@ -189,11 +190,12 @@ class StopModelServerOperator(BaseOperator):
         from simia.containers.serving import network_name, server_container_name
 
         plan = self.level
-        name = server_container_name(plan["run_key"], plan["level"])
+        replicate = plan.get("replicate", 1)
+        name = server_container_name(plan["run_key"], plan["level"], replicate)
         removed = self.hook.remove_containers(name, self.log.info)
         removed += self.hook.remove_containers(name.replace("simia-serve-", "simia-eval-"),
                                                self.log.info)
-        net = self.hook.remove_network(network_name(plan["run_key"], plan["level"]),
+        net = self.hook.remove_network(network_name(plan["run_key"], plan["level"], replicate),
                                        self.log.info)
         gpus = release_claims(plan["lock_dir"], name)
         self.log.info("level %g %%: removed %d container(s), network %s, GPU claims %s",

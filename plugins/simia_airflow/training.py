@@ -28,9 +28,9 @@ from simia_airflow.containers import SimiaContainerOperator
 # "ValueError: ...", also as torchrun prints it: "[rank0]: ValueError: ..."
 _ERROR_LINE = re.compile(r"^\s*(?:\[rank\d+\]:\s*)?[\w.]*(?:Error|Exception|KeyboardInterrupt)"
                          r"(?::.*)?$")
-SUMMARY_KEYS = ("level", "dataset", "final_loss", "train_loss", "steps", "total_steps",
-                "epoch", "train_runtime_s", "model_path", "output_dir", "config_path",
-                "skipped")
+SUMMARY_KEYS = ("level", "replicate", "dataset", "final_loss", "train_loss", "steps",
+                "total_steps", "epoch", "train_runtime_s", "model_path", "output_dir",
+                "config_path", "skipped")
 
 
 class TrainingFailedError(RuntimeError):

@@ -300,6 +300,7 @@ def test_an_evaluation_gets_the_users_key_in_its_container_only(tmp_path, engine
     assert created["environment"]["OPENAI_API_KEY"] == OPENAI_SECRET
     assert created["host_config"]["network_mode"] == "simia-net-0123456789-5pct"
     assert created["labels"] == {"simia.run_id": "r1", "simia.level": "5",
+                                 "simia.replicate": "1",
                                  "simia.container": "simia-eval-0123456789-5pct",
                                  "simia.stage": "evaluate"}
     log = _task_log(capfd)
@@ -314,11 +315,13 @@ def test_a_server_starts_clean_and_the_teardown_removes_it(tmp_path, engine, tin
     spec = op.execute({"run_id": "r1"})
     name = spec["container_name"]
     assert engine.networks_made == [(spec["network"], {
-        "simia.run_id": "r1", "simia.level": "0", "simia.network": spec["network"]})]
+        "simia.run_id": "r1", "simia.level": "0", "simia.replicate": "1",
+        "simia.network": spec["network"]})]
     created = engine.created[0]
     assert created["name"] == name and created["healthcheck"]["Test"] == spec["healthcheck"]
     assert created["labels"] == {"simia.run_id": "r1", "simia.level": "0",
-                                 "simia.container": name, "simia.stage": "serve"}
+                                 "simia.replicate": "1", "simia.container": name,
+                                 "simia.stage": "serve"}
     assert created["networking_config"] == {spec["network"]: {"aliases": [name]}}
     assert "[server] serving on :8000" in _task_log(capfd)
     engine._containers = [{"Id": "new-1", "Names": [f"/{name}"], "Labels": {}, "State": "running"}]

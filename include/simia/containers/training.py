@@ -348,7 +348,7 @@ def completed_summary(output_dir: str | Path, config_sha: str) -> dict[str, Any]
 
 def write_summary(plan: TrainingPlan, result: dict[str, Any]) -> dict[str, Any]:
     """Record a finished level next to its output (atomic); returns what was written."""
-    summary = {"level": plan.level, "dataset": plan.dataset,
+    summary = {"level": plan.level, "replicate": plan.replicate, "dataset": plan.dataset,
                "config_sha256": plan.config_sha256, "config_path": plan.config_path,
                "output_dir": plan.output_dir, **result}
     write_json(TrainFiles.of_output(plan.output_dir).summary, summary, indent=True)
