@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from simia.layout import run_slug
+
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "simia_sycophancy_experiment"
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
@@ -31,7 +33,7 @@ def _conf(tmp_path, raw_file, tau2_dir, image, model, cache, **over) -> dict:
     conf = {"raw_conversations": str(raw_file), "seeds_file": "", "judge_scores": "",
             "label_source": "rules", "output_format": "native", "data_root": str(tmp_path),
             "tau2_data_dir": str(tau2_dir), "levels": [0, 20], "dataset_size": 20,
-            "shared_clean": 15, "train_models": True, "base_model": str(model),
+            "shared_clean": 15, "replicates": 1, "train_models": True, "base_model": str(model),
             "trainer_image": image, "finetuning_type": "full", "deepspeed": "zero3",
             "bf16": False, "flash_attn": "sdpa", "cutoff_len": 512, "max_steps": 2,
             "learning_rate": 1e-4, "grad_accum": 1, "preprocessing_workers": 1,
@@ -81,10 +83,10 @@ def _check_trained(run: Path, levels: list[str], adapter: bool) -> list[dict]:
     return summaries
 
 
-@pytest.mark.parametrize("finetuning, deepspeed, levels, tasks, trials", [
-    ("full", "zero3", [0, 20], 2, 2), ("lora", "none", [20], 1, 1)])
-def test_every_level_trains_serves_and_is_evaluated(finetuning, deepspeed, levels, tasks,
-                                                    trials, dag,
+@pytest.mark.parametrize("finetuning, deepspeed, levels, replicates, tasks, trials", [
+    ("full", "zero3", [0, 20], 2, 2, 2), ("lora", "none", [20], 1, 1, 1)])
+def test_every_level_trains_serves_and_is_evaluated(finetuning, deepspeed, levels, replicates,
+                                                    tasks, trials, dag,
                                                     docker_api, evaluator_cpu_image,
                                                     tiny_model, model_cache, raw_file,
                                                     tau2_dir, tmp_path, monkeypatch, capfd):
@@ -97,19 +99,27 @@ def test_every_level_trains_serves_and_is_evaluated(finetuning, deepspeed, level
     conf = _conf(tmp_path, raw_file, tau2_dir, "simia/trainer:cpu", tiny_model, model_cache,
                  finetuning_type=finetuning, deepspeed=deepspeed, evaluate_models=True,
                  server_image=evaluator_cpu_image, evaluator_image=evaluator_cpu_image,
-                 num_tasks=tasks, num_trials=trials, levels=levels)
+                 num_tasks=tasks, num_trials=trials, levels=levels, replicates=replicates)
     dr = dag.test(run_conf=conf)
     assert dr.state == "success", _states(dr)
     run = next((tmp_path / DAG_ID).iterdir())
-    slugs = [f"{level:g}pct" for level in levels]
+    runs = [(level, k) for k in range(1, replicates + 1) for level in levels]
+    slugs = [run_slug(level, k) for level, k in runs]
     summaries = _check_trained(run, slugs, adapter=finetuning == "lora")
-    if len(summaries) == 2:  # identical hyperparameters across levels
-        a, b = (yaml.safe_load(Path(s["config_path"]).read_text()) for s in summaries)
-        assert a.keys() == b.keys() and {k for k in a if a[k] != b[k]} == {"dataset",
-                                                                           "output_dir"}
+    configs = {(s["level"], s["replicate"]): yaml.safe_load(Path(s["config_path"]).read_text())
+               for s in summaries}
+    for (level, k), config in configs.items():  # identical hyperparameters: only the
+        for (other_level, other_k), other in configs.items():  # data, folder, seed differ
+            differ = {key for key in config if config[key] != other.get(key)}
+            assert config.keys() == other.keys()
+            assert differ <= ({"dataset", "output_dir"} if k == other_k
+                              else {"dataset", "output_dir", "seed"})
+            if k != other_k:
+                assert "seed" in differ
     xcoms = [ti.xcom_pull(task_ids="level.train_model", map_indexes=ti.map_index)
              for ti in dr.get_task_instances() if ti.task_id == "level.train_model"]
-    assert sorted(x["level"] for x in xcoms) == levels and not any(x["skipped"] for x in xcoms)
+    assert sorted((x["level"], x["replicate"]) for x in xcoms) == sorted(runs)
+    assert not any(x["skipped"] for x in xcoms)
     # every level was served and evaluated: tau2's results format, every task x trial
     for slug in slugs:
         results = json.loads((run / "eval" / slug / "results.json").read_text())
