@@ -23,8 +23,7 @@ def _states(dr):
 def test_dag_runs_end_to_end_with_rule_labels(dag, raw_file, tau2_dir, tmp_path):
     conf = {"raw_conversations": str(raw_file), "data_root": str(tmp_path),
             "tau2_data_dir": str(tau2_dir), "train_models": False, "levels": [0, 10, 20],
-            "dataset_size": 20,
-            "shared_clean": 15}
+            "dataset_size": 20, "shared_clean": 15, "replicates": 1}
     dr = dag.test(run_conf=conf)
     assert dr.state == "success", _states(dr)
     run = next((tmp_path / "simia_sycophancy_experiment").iterdir())
