@@ -76,9 +76,22 @@ class EvaluateTau2Operator(SimiaContainerOperator):
         self.run_container(context, failed)
         counts = finished_results(spec["results"], spec["num_trials"])
         if counts is None:
-            raise EvaluationFailedError(
-                f"the evaluator exited 0 but {spec['results']} does not hold every task's "
-                f"{spec['num_trials']} trials; clear this task to continue it")
+            counts = finished_results(spec["results"], spec["num_trials"],
+                                      accept_infrastructure_errors=True)
+            if counts is None:
+                raise EvaluationFailedError(
+                    f"the evaluator exited 0 but {spec['results']} does not hold every task's "
+                    f"{spec['num_trials']} trials; clear this task to continue it")
+            ti = context.get("ti")
+            if ti is not None and ti.try_number <= ti.max_tries:
+                raise EvaluationFailedError(
+                    f"{counts['infrastructure_errors']} simulation(s) of level "
+                    f"{spec['level']:g} % ended in infrastructure errors (the server or the "
+                    "user simulator failed, not the model); the retry re-runs only them")
+            self.log.warning(
+                "%d simulation(s) still end in infrastructure errors after the last try; the "
+                "analysis treats them as missing data (and calls the comparison invalid if "
+                "there are too many)", counts["infrastructure_errors"])
         return self._summarise(spec, counts, skipped=False)
 
     def _summarise(self, spec: dict[str, Any], counts: dict[str, int], *, skipped: bool

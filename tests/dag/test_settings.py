@@ -13,8 +13,9 @@ from simia.settings import (RUN_MODELS, build, defined_settings, param_specs,
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "simia_sycophancy_experiment"
-# Params added after the settings models took over (issue 14: replicate training runs)
-ADDED_SINCE = {"replicates"}
+# Params added after the settings models took over (issue 14: replicate training runs,
+# caps on the evaluated agent's and the user simulator's replies)
+ADDED_SINCE = {"replicates", "agent_max_tokens", "user_max_tokens"}
 HOST_VARIABLES = ("SIMIA_GPU_IDS", "SIMIA_DATA_ROOT", "TAU2_DATA_DIR", "SIMIA_HF_CACHE",
                   "SIMIA_TRAINER_IMAGE", "SIMIA_SERVER_IMAGE", "SIMIA_EVALUATOR",
                   "SIMIA_EVALUATOR_IMAGE")

@@ -10,7 +10,9 @@ import yaml
 from pydantic import ValidationError
 
 from simia.errors import InputError
-from simia.evaluation.evaluator import EvalSettings, evaluator_spec, finished_results, write_eval_summary
+from simia.evaluation.evaluator import (EvalSettings, evaluator_spec, finished_results,
+                                       missing_evaluations, write_eval_summary)
+from simia.layout import RunLayout
 from simia.containers.serving import (DEFAULT_VLLM_IMAGE, ServerSettings, network_name,
                                      server_container_name, server_spec, trained_model)
 
@@ -98,8 +100,10 @@ def test_tau2_command_always_resumes_and_sets_temperatures(tmp_path):
     assert cmd[:2] == ["tau2", "run"] and "--auto-resume" in cmd
     assert cmd[cmd.index("--agent-llm") + 1] == "hosted_vllm/simia-5pct"
     agent = json.loads(cmd[cmd.index("--agent-llm-args") + 1])
+    # the request arguments' own max_tokens wins over the default cap
     assert agent == {"api_base": server["base_url"], "temperature": 0.0, "max_tokens": 512}
-    assert json.loads(cmd[cmd.index("--user-llm-args") + 1]) == {"temperature": 0.0}
+    assert json.loads(cmd[cmd.index("--user-llm-args") + 1]) == {"temperature": 0.0,
+                                                                  "max_tokens": 1024}
     assert cmd[cmd.index("--num-trials") + 1] == "4"
     assert cmd[cmd.index("--num-tasks") + 1] == "10"
     assert cmd[cmd.index("--save-to") + 1] == str((tmp_path / "run/eval/5pct").resolve())
@@ -109,6 +113,33 @@ def test_tau2_command_always_resumes_and_sets_temperatures(tmp_path):
                         server=_server(tmp_path, "transformers"), run_dir=tmp_path / "run")
     assert ci["command"][:4] == ["python3", "-m", "simia.evaluation.ci_evaluator", "run"]
     assert ci["command"][ci["command"].index("--agent-llm") + 1] == "openai/simia-5pct"
+
+
+def _llm_args(spec: dict, which: str) -> dict:
+    cmd = spec["command"]
+    return json.loads(cmd[cmd.index(f"--{which}-llm-args") + 1])
+
+
+def test_agent_and_user_replies_are_capped_by_default(tmp_path):
+    server = _server(tmp_path)
+    run = tmp_path / "run"
+    default = evaluator_spec(EvalSettings(), server=server, run_dir=run)
+    assert _llm_args(default, "agent")["max_tokens"] == 1024
+    assert _llm_args(default, "user")["max_tokens"] == 1024
+    custom = evaluator_spec(EvalSettings(agent_max_tokens=300, user_max_tokens=0,
+                                         user_llm_args={"max_completion_tokens": 2048}),
+                            server=server, run_dir=run)
+    assert _llm_args(custom, "agent")["max_tokens"] == 300
+    # 0: no cap; a max_completion_tokens of the user's own is kept alone
+    assert _llm_args(custom, "user") == {"temperature": 0.0, "max_completion_tokens": 2048}
+    uncapped = evaluator_spec(EvalSettings(agent_max_tokens=0), server=server, run_dir=run)
+    assert "max_tokens" not in _llm_args(uncapped, "agent")
+    ci = evaluator_spec(EvalSettings(evaluator="simia-ci"),
+                        server=_server(tmp_path, "transformers"), run_dir=run)
+    assert _llm_args(ci, "agent")["max_tokens"] == 1024
+    assert "api_key" not in ci["agent_llm_args"]  # the spec's record holds no key
+    with pytest.raises(ValidationError):
+        EvalSettings(agent_max_tokens=-1)
 
 
 def test_keys_are_refused_in_llm_arguments():
@@ -126,9 +157,36 @@ def test_finished_results_needs_every_trial(tmp_path):
     path.write_text(json.dumps({"tasks": tasks, "simulations": sims[:3]}))
     assert finished_results(path, 2) is None
     path.write_text(json.dumps({"tasks": tasks, "simulations": sims}))
-    assert finished_results(path, 2) == {"tasks": 2, "simulations": 4}
+    assert finished_results(path, 2) == {"tasks": 2, "simulations": 4,
+                                         "infrastructure_errors": 0}
     path.write_text("{not json")
     assert finished_results(path, 2) is None
+
+
+def test_infrastructure_errors_are_not_finished_work(tmp_path):
+    """A simulation that ended in infrastructure_error did not run: the evaluation is not
+    finished (a retry re-runs it with --auto-resume) unless another simulation of the same
+    task x trial ran; after a retry, accept_infrastructure_errors leaves it to the analysis."""
+    run = tmp_path / "run"
+    path = RunLayout(run).eval(5).results
+    path.parent.mkdir(parents=True)
+    tasks = [{"id": "a"}, {"id": "b"}]
+    sims = [{"task_id": t, "trial": k, "termination_reason": "user_stop"}
+            for t in "ab" for k in range(2)]
+    sims[1]["termination_reason"] = "infrastructure_error"
+    path.write_text(json.dumps({"tasks": tasks, "simulations": sims}))
+    assert finished_results(path, 2) is None
+    # after the evaluation's retries, what remains is the analysis's missing data: the
+    # report's check asks only whether every cell has a simulation
+    assert missing_evaluations(run, [5.0], 2) == []
+    assert finished_results(path, 2, accept_infrastructure_errors=True) == {
+        "tasks": 2, "simulations": 4, "infrastructure_errors": 1}
+    # the same cell run again (e.g. a merged file): done
+    path.write_text(json.dumps({"tasks": tasks, "simulations": sims + [
+        {"task_id": "a", "trial": 1, "termination_reason": "agent_stop"}]}))
+    assert finished_results(path, 2) == {"tasks": 2, "simulations": 5,
+                                         "infrastructure_errors": 1}
+    assert missing_evaluations(run, [5.0], 2) == []
 
 
 def test_eval_summary_is_written_next_to_the_results(tmp_path):
@@ -137,3 +195,11 @@ def test_eval_summary_is_written_next_to_the_results(tmp_path):
     summary = write_eval_summary(spec, server, {"tasks": 2, "simulations": 8}, skipped=False)
     on_disk = json.loads((Path(spec["results"]).parent / "eval_summary.json").read_text())
     assert on_disk == summary and summary["slug"] == "5pct" and summary["evaluator"] == "tau2"
+    # the caps and arguments the requests carried
+    assert summary["agent_max_tokens"] == 1024 and summary["user_max_tokens"] == 1024
+    assert summary["agent_llm_args"] == {"api_base": server["base_url"], "temperature": 0.0,
+                                         "max_tokens": 1024}
+    assert summary["user_llm_args"] == {"temperature": 0.0, "max_tokens": 1024}
+    uncapped = evaluator_spec(EvalSettings(user_max_tokens=0), server=server,
+                              run_dir=tmp_path / "run")
+    assert write_eval_summary(uncapped, server, {}, skipped=True)["user_max_tokens"] is None

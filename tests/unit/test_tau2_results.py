@@ -12,10 +12,16 @@ import pytest
 
 from simia.errors import InputError
 from simia.redaction import is_secret_key, redact
-from simia.evaluation.tau2_results import (TERMINATION_REASONS, is_success, read_tau2_results,
-                                tau2_metrics)
+from simia.evaluation.tau2_results import (INFRASTRUCTURE_ERROR, MISSING, NOT_RUN,
+                                           TERMINATION_REASONS, is_success, read_tau2_results,
+                                           tau2_metrics)
 
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "tau2" / "results_every_reason.json"
+ROOT = Path(__file__).resolve().parent.parent.parent
+FIXTURE = ROOT / "tests" / "fixtures" / "tau2" / "results_every_reason.json"
+# tau2 v1.0.1 results (5 real telecom base tasks x 3 trials) with 6 infrastructure errors:
+# task 0 trials 0 ok / 1 infra / 2 failed; task 1 infra, infra, ok; task 2 infra x 3;
+# task 3 max_steps, ok, ok; task 4 ok, failed, trial 2 never ran
+INFRA_FIXTURE = ROOT / "tests" / "fixtures" / "tau2" / "results_infrastructure_errors.json"
 A = "[mobile_data_issue]airplane_mode_on|data_mode_off[PERSONA:Easy]"
 B = "[service_issue]line_suspended|overdue_bill[PERSONA:None]"
 C = "[mms_issue]apn_settings_wrong[PERSONA:Hard]"
@@ -115,6 +121,100 @@ def test_fixture_pass_hat_k_ours_and_tau2s():
     assert r.tau2_evaluated_simulations == 10 and r.tau2_evaluated_tasks == 4
 
 
+def test_tau2_figure_drops_infrastructure_errors_as_tau2_v1_0_1_does():
+    """The expected numbers are what tau2-bench v1.0.1's own ``compute_metrics`` prints for
+    this file with the pandas it was built with (2.3.3, its uv.lock). Under pandas 3.1.1
+    the same code stops dropping infrastructure errors and prints pass^1 0.367, pass^2
+    0.067: the figure the evaluator image must not be built with."""
+    r = read_tau2_results(INFRA_FIXTURE)
+    # kept per task: 0 [ok, failed] 1/2; 1 [ok] 1/1; 2 none (left out); 3 [failed (max
+    # steps), ok, ok] 2/3; 4 [ok, failed] 1/2 -> pass^1 = (1/2 + 1 + 2/3 + 1/2) / 4; k stops
+    # at the smallest n = 1
+    assert r.tau2_pass_hat_k == pytest.approx({1: 2 / 3})
+    assert r.tau2_avg_reward == pytest.approx(0.625)  # 5 of the 8 rewards are 1.0
+    assert r.tau2_evaluated_simulations == 8 and r.tau2_evaluated_tasks == 4
+    assert r.infrastructure_errors == 6
+    pandas_3_figure = {1: 0.36666666666666664, 2: 0.06666666666666667}
+    assert r.tau2_pass_hat_k != pytest.approx(pandas_3_figure)
+    # infrastructure errors (and the trial that never ran) as failures: the sensitivity
+    # figure, 15 cells: 1/3 + 1/3 + 0 + 2/3 + 1/3 over 5 tasks
+    assert r.pass_hat_k_infra_as_failure == r.pass_hat_k
+    assert r.pass_hat_k[1] == pytest.approx(1 / 3)
+
+
+def _constraints() -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in (ROOT / "docker" / "evaluator" / "constraints-tau2.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"not pinned: {line}"
+            key = name.lower().replace("_", "-")
+            assert key not in pins, f"pinned twice: {name}"
+            pins[key] = version
+    return pins
+
+
+def test_evaluator_image_pins_the_pandas_tau2_was_built_with():
+    """tau2 v1.0.1's uv.lock: pandas 2.3.3 (numpy 2.3.5, pytz 2025.2). pandas 3 infers a
+    string column for termination_reason, where tau2's ``== TerminationReason.
+    INFRASTRUCTURE_ERROR`` matches nothing, so its own metrics count infrastructure errors
+    as failed trials."""
+    pins = _constraints()
+    assert pins["pandas"] == "2.3.3"
+    assert pins["numpy"] == "2.3.5"
+    assert "pytz" in pins  # a pandas 2 dependency (pandas 3 dropped it)
+    assert {"litellm", "typer", "loguru", "pydantic"} <= set(pins)
+
+
+def test_outcomes_mark_infrastructure_errors_and_unrun_trials_missing():
+    r = read_tau2_results(INFRA_FIXTURE)
+    T, F, M = True, False, None
+    assert r.outcome_matrix() == ((T, M, F), (M, M, T), (M, M, M), (F, T, T), (T, F, M))
+    missing = r.missing_outcomes()
+    assert len(missing) == 7 and all(c.missing and c.success is None for c in missing)
+    assert [c.missing_reason for c in missing].count(INFRASTRUCTURE_ERROR) == 6
+    assert [(c.trial, c.missing_reason, c.simulation) for c in missing
+            if c.missing_reason == NOT_RUN] == [(2, NOT_RUN, None)]
+    assert r.outcomes[2][0].status == MISSING
+    assert r.outcomes[2][0].termination_reason == INFRASTRUCTURE_ERROR
+    assert r.as_dict()["missing_outcomes"] == 7
+    # the sensitivity view still counts them as failures
+    assert r.matrix[2] == (F, F, F) and r.cells[1][:2] == (INFRASTRUCTURE_ERROR,) * 2
+
+
+def test_secondary_outcomes_per_simulation():
+    r = read_tau2_results(INFRA_FIXTURE)
+    ok, _, failed = r.outcomes[0]
+    assert ok.termination_reason == "user_stop" and ok.env_assertion_fraction == 1.0
+    # 2 of 3 assertions met; of the expected writes the user's toggle_data was done, the
+    # agent's refuel_data was not
+    assert failed.env_assertion_fraction == pytest.approx(2 / 3)
+    assert failed.write_action_match_rate() == 0.5
+    assert failed.write_action_match_rate("assistant") == 0.0
+    assert failed.write_action_match_rate("user") == 1.0
+    sim = failed.simulation
+    assert sim.db_match is False and sim.reward_basis == ("ENV_ASSERTION",)
+    assert sim.action_counts("write") == (1, 2) and sim.action_counts(None, "assistant") == (0, 1)
+    assert {(c.name, c.requestor, c.tool_type) for c in sim.action_checks} == {
+        ("toggle_data", "user", "write"), ("refuel_data", "assistant", "write")}
+    # tau2 grades a simulation that hit max_steps 0 without checks: nothing to report
+    premature = r.outcomes[3][0]
+    assert premature.success is False and premature.termination_reason == "max_steps"
+    assert premature.env_assertion_fraction is None
+    assert premature.write_action_match_rate() is None
+    assert premature.simulation.reward_basis is None and premature.simulation.db_match is None
+    # missing cells have none either
+    assert r.outcomes[2][1].env_assertion_fraction is None
+    assert r.outcomes[2][1].write_action_match_rate() is None
+    # tau2's own totals over the file: 18 of 20 expected write actions, db 5 match 2 not
+    sims = [s for s in r.simulations if s.action_checks is not None]
+    assert sum(s.action_counts("write")[0] for s in sims) == 18
+    assert sum(s.action_counts("write")[1] for s in sims) == 20
+    assert [s.db_match for s in r.simulations].count(True) == 5
+    assert [s.db_match for s in r.simulations].count(False) == 2
+
+
 def test_llm_args_secrets_are_dropped():
     r = read_tau2_results(FIXTURE)
     text = json.dumps(r.as_dict())
@@ -202,6 +302,16 @@ def _bad(tmp_path: Path, mutate) -> InputError:
     (lambda d: d["simulations"][3].update(reward_info=[1.0]), 3, "reward_info", "got list"),
     (lambda d: d["simulations"].__setitem__(1, "oops"), 1, None, "expected a JSON object"),
     (lambda d: d["simulations"][0].update(agent_cost="free"), 0, "agent_cost", "got string"),
+    (lambda d: d["simulations"][1]["reward_info"].update(
+        env_assertions=[{"met": "yes"}]), 1, "reward_info.env_assertions[0].met",
+     "expected a boolean, got string"),
+    (lambda d: d["simulations"][2]["reward_info"].update(
+        action_checks=[{"action": {"name": "refuel_data"}, "tool_type": "write"}]), 2,
+     "reward_info.action_checks[0].action_match", "missing"),
+    (lambda d: d["simulations"][3]["reward_info"].update(db_check={"db_match": None}), 3,
+     "reward_info.db_check.db_match", "must not be null"),
+    (lambda d: d["simulations"][0]["reward_info"].update(reward_basis=[1]), 0,
+     "reward_info.reward_basis", "list of strings"),
 ])
 def test_bad_simulation_names_file_record_and_field(tmp_path, mutate, record, field, words):
     exc = _bad(tmp_path, mutate)

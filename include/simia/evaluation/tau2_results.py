@@ -12,17 +12,27 @@ and ``duration``; ``seed``, ``agent_cost``, ``user_cost``, ``messages`` and
 ``reward_info`` (with a numeric ``reward``) may be null. A run succeeds when its reward
 is within 1e-6 of 1.0, as tau2 decides it.
 
-Two views of the same file:
+Three views of the same file, each over every task of the run (``tasks``, plus any task
+only the simulations name) x trials ``0 .. num_trials-1``:
 
-* **ours** (:attr:`Tau2Results.matrix`): every task of the run (``tasks``, plus any task
-  only the simulations name) x trials ``0 .. num_trials-1``. A cell whose simulation is
-  missing, ended in ``infrastructure_error``, or has no ``reward_info`` is a FAILURE:
-  the agent did not complete the task, whatever the cause.
+* **outcomes for the analysis** (:attr:`Tau2Results.outcomes`, :meth:`Tau2Results.
+  outcome_matrix`): per task x trial a :class:`CellOutcome`, ``success``, ``failure`` or
+  ``missing``. A cell is MISSING (not a failure) when no simulation ran it or its only
+  simulation ended in ``infrastructure_error``: a simulation that raised (server down,
+  malformed tool-call JSON, an empty reply) after tau2's retries did not run, and
+  counting it as a failure would make an outage look like a bad model. Each outcome
+  also gives the termination reason, the fraction of environment assertions met and the
+  write-action match rate (:class:`Simulation`).
+* **infrastructure errors as failures** (:attr:`Tau2Results.matrix`,
+  :attr:`Tau2Results.pass_hat_k`, also named :attr:`Tau2Results.
+  pass_hat_k_infra_as_failure`): a sensitivity figure; a cell whose simulation is
+  missing, ended in ``infrastructure_error``, or has no ``reward_info`` is a FAILURE.
 * **tau2's own** (:attr:`Tau2Results.tau2_pass_hat_k`), computed as
-  ``tau2.metrics.agent_metrics`` v1.0.1 does: infrastructure errors are dropped, each
-  task's n is the number of its remaining simulations, tasks with none are left out,
-  and k runs to the smallest n (at most ``num_trials``). A run whose model crashes its
-  conversations can look better there than it is; the report shows both.
+  ``tau2.metrics.agent_metrics`` v1.0.1 does under the pandas it was built with (2.x):
+  infrastructure errors are dropped, each task's n is the number of its remaining
+  simulations, tasks with none are left out, and k runs to the smallest n (at most
+  ``num_trials``). (Under pandas 3 tau2's own script stops dropping them: its enum
+  comparison on a string column matches nothing; the evaluator image pins pandas 2.)
 
 Bad input (unreadable, empty, not JSON, a missing key, a wrong type) raises
 :class:`~simia.errors.InputError` naming the file, the simulation's index (``record``)
@@ -48,9 +58,13 @@ from simia.report.stats import task_pass_hat_k as pass_hat_k_task
 
 __all__ = [
     "INFRASTRUCTURE_ERROR",
+    "MISSING",
+    "NOT_RUN",
     "SUCCESS_TOLERANCE",
     "TERMINATION_REASONS",
+    "ActionCheck",
     "AgentUserInfo",
+    "CellOutcome",
     "Simulation",
     "Tau2Results",
     "is_success",
@@ -65,6 +79,10 @@ TERMINATION_REASONS: tuple[str, ...] = (
     "user_error", "infrastructure_error", "context_window_exceeded", "unexpected_error",
 )
 INFRASTRUCTURE_ERROR = "infrastructure_error"
+#: :attr:`CellOutcome.status` of a task x trial without an outcome
+MISSING = "missing"
+#: :attr:`CellOutcome.missing_reason` of a task x trial that no simulation ran
+NOT_RUN = "not_run"
 #: tau2's ``is_successful``: reward within this of 1.0
 SUCCESS_TOLERANCE = 1e-6
 
@@ -85,8 +103,22 @@ class AgentUserInfo:
 
 
 @dataclass(frozen=True)
+class ActionCheck:
+    """One of tau2's ``reward_info.action_checks``: was the expected action done?"""
+
+    name: str  # the tool of the expected action
+    requestor: str | None  # who should call it: "assistant" (the agent) or "user"
+    tool_type: str | None  # "read", "write", "think", "generic" (None: tau2 did not know)
+    match: bool  # action_match
+
+
+@dataclass(frozen=True)
 class Simulation:
-    """One simulation, without its messages."""
+    """One simulation, without its messages.
+
+    The checks beside the reward (None where tau2 did not evaluate them: an
+    infrastructure error, or a simulation that ended otherwise than ``agent_stop`` /
+    ``user_stop``, which tau2 gives reward 0 without checks)."""
 
     index: int  # position in the file's ``simulations`` (or the dir format's sorted files)
     id: str
@@ -99,6 +131,11 @@ class Simulation:
     agent_cost: float | None
     user_cost: float | None
     num_messages: int
+    reward_basis: tuple[str, ...] | None = None  # e.g. ("ENV_ASSERTION",) for telecom
+    env_assertions_met: int | None = None  # reward_info.env_assertions[].met that are true
+    env_assertions_total: int | None = None  # len(reward_info.env_assertions)
+    db_match: bool | None = None  # reward_info.db_check.db_match
+    action_checks: tuple[ActionCheck, ...] | None = None
 
     @property
     def success(self) -> bool:
@@ -107,6 +144,71 @@ class Simulation:
     @property
     def infrastructure_error(self) -> bool:
         return self.termination_reason == INFRASTRUCTURE_ERROR
+
+    @property
+    def env_assertion_fraction(self) -> float | None:
+        """Fraction of the environment assertions met (telecom's reward needs all of
+        them); None without any."""
+        if not self.env_assertions_total or self.env_assertions_met is None:
+            return None
+        return self.env_assertions_met / self.env_assertions_total
+
+    def action_counts(self, tool_type: str | None = "write", requestor: str | None = None
+                      ) -> tuple[int, int] | None:
+        """(matched, expected) actions of ``tool_type`` (None: any) expected of
+        ``requestor`` ("assistant", "user"; None: both, as tau2's own action metrics);
+        None when the simulation has no action checks."""
+        if self.action_checks is None:
+            return None
+        chosen = [c for c in self.action_checks
+                  if (tool_type is None or c.tool_type == tool_type)
+                  and (requestor is None or c.requestor == requestor)]
+        return sum(c.match for c in chosen), len(chosen)
+
+    def write_action_match_rate(self, requestor: str | None = None) -> float | None:
+        """Fraction of the expected write actions done (tau2's ``correct_write_actions /
+        total_write_actions`` for one simulation); ``requestor="assistant"``: the agent's
+        own tool calls only. None without expected write actions."""
+        counts = self.action_counts("write", requestor)
+        if not counts or not counts[1]:
+            return None
+        return counts[0] / counts[1]
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """The outcome of one task x trial for the analysis: an infrastructure error or a
+    trial that never ran is MISSING, not a failure."""
+
+    task_id: str
+    trial: int
+    status: str  # "success" | "failure" | "missing"
+    missing_reason: str | None  # "infrastructure_error" | "not_run" | None (not missing)
+    simulation: Simulation | None  # the simulation kept for the cell (None: not run)
+
+    @property
+    def missing(self) -> bool:
+        return self.status == MISSING
+
+    @property
+    def success(self) -> bool | None:
+        """True/False; None when missing."""
+        return None if self.missing else self.status == "success"
+
+    @property
+    def termination_reason(self) -> str | None:
+        return self.simulation.termination_reason if self.simulation else None
+
+    @property
+    def env_assertion_fraction(self) -> float | None:
+        """:attr:`Simulation.env_assertion_fraction` (None when missing)."""
+        return None if self.missing or not self.simulation else \
+            self.simulation.env_assertion_fraction
+
+    def write_action_match_rate(self, requestor: str | None = None) -> float | None:
+        """:meth:`Simulation.write_action_match_rate` (None when missing)."""
+        return None if self.missing or not self.simulation else \
+            self.simulation.write_action_match_rate(requestor)
 
 
 @dataclass(frozen=True)
@@ -144,10 +246,27 @@ class Tau2Results:
     user_cost_total: float
     duration_total_s: float
     notes: tuple[str, ...] = field(default=())
+    #: [task][trial]: the outcome for the analysis (infrastructure errors are missing)
+    outcomes: tuple[tuple[CellOutcome, ...], ...] = field(default=())
 
     @property
     def successes(self) -> int:
         return sum(sum(row) for row in self.matrix)
+
+    @property
+    def pass_hat_k_infra_as_failure(self) -> dict[int, float]:
+        """:attr:`pass_hat_k` by its meaning: a sensitivity figure, with infrastructure
+        errors and trials that never ran counted as failures."""
+        return self.pass_hat_k
+
+    def outcome_matrix(self) -> tuple[tuple[bool | None, ...], ...]:
+        """[task][trial]: True (success), False (failure) or None (missing: an
+        infrastructure error or a trial that never ran), in :attr:`task_ids` order."""
+        return tuple(tuple(c.success for c in row) for row in self.outcomes)
+
+    def missing_outcomes(self) -> tuple[CellOutcome, ...]:
+        """The task x trial cells without an outcome, task by task."""
+        return tuple(c for row in self.outcomes for c in row if c.missing)
 
     def counts(self) -> list[tuple[int, int]]:
         """(n, c) per task row: trials and successes."""
@@ -180,6 +299,8 @@ class Tau2Results:
             "tau2_evaluated_tasks": self.tau2_evaluated_tasks,
             "agent_cost_total": self.agent_cost_total, "user_cost_total": self.user_cost_total,
             "duration_total_s": self.duration_total_s, "notes": list(self.notes),
+            "pass_hat_k_infra_as_failure": {str(k): v for k, v in self.pass_hat_k.items()},
+            "missing_outcomes": len(self.missing_outcomes()),
         }
 
 
@@ -266,10 +387,12 @@ def _simulation(path: Path, obj: Any, index: int) -> Simulation:
         f.fail("trial", f"must be >= 0, got {trial}")
     reason = f.get("termination_reason", (str,))
     reward: float | None = None
+    checks: dict[str, Any] = {}
     reward_info = f.get("reward_info", (dict,), required=False, nullable=True)
     if reward_info is not None:
         rf = _Fields(path, reward_info, record=index, prefix="reward_info.", what=f.what)
         reward = float(rf.get("reward", _NUM))
+        checks = _checks(rf)
     messages = f.get("messages", (list,), required=False, nullable=True)
     return Simulation(
         index=index, id=sim_id, task_id=task_id, trial=trial,
@@ -278,7 +401,47 @@ def _simulation(path: Path, obj: Any, index: int) -> Simulation:
         duration=float(f.get("duration", _NUM)),
         agent_cost=_opt_float(f.get("agent_cost", _NUM, required=False, nullable=True)),
         user_cost=_opt_float(f.get("user_cost", _NUM, required=False, nullable=True)),
-        num_messages=len(messages) if messages else 0)
+        num_messages=len(messages) if messages else 0, **checks)
+
+
+def _items(rf: _Fields, name: str) -> list[_Fields] | None:
+    """The objects of the list ``reward_info.<name>`` (None: absent or null)."""
+    items = rf.get(name, (list,), required=False, nullable=True)
+    if items is None:
+        return None
+    return [_Fields(rf.path, item, record=rf.record, prefix=f"{rf.prefix}{name}[{i}].",
+                    what=rf.what) for i, item in enumerate(items)]
+
+
+def _checks(rf: _Fields) -> dict[str, Any]:
+    """The checks of one ``reward_info``, as :class:`Simulation` fields."""
+    out: dict[str, Any] = {}
+    basis = rf.get("reward_basis", (list,), required=False, nullable=True)
+    if basis is not None:
+        if not all(isinstance(b, str) for b in basis):
+            rf.fail("reward_basis", f"expected a list of strings, got {_short(basis)}")
+        out["reward_basis"] = tuple(basis)
+    assertions = _items(rf, "env_assertions")
+    if assertions is not None:
+        out["env_assertions_met"] = sum(bool(a.get("met", (bool,))) for a in assertions)
+        out["env_assertions_total"] = len(assertions)
+    db = rf.get("db_check", (dict,), required=False, nullable=True)
+    if db is not None:
+        out["db_match"] = _Fields(rf.path, db, record=rf.record, prefix=f"{rf.prefix}db_check.",
+                                  what=rf.what).get("db_match", (bool,))
+    actions = _items(rf, "action_checks")
+    if actions is not None:
+        parsed = []
+        for check in actions:
+            action = _Fields(rf.path, check.get("action", (dict,)), record=rf.record,
+                             prefix=f"{check.prefix}action.", what=rf.what)
+            parsed.append(ActionCheck(
+                name=action.get("name", (str,)),
+                requestor=action.get("requestor", (str,), required=False, nullable=True),
+                tool_type=check.get("tool_type", (str,), required=False, nullable=True),
+                match=check.get("action_match", (bool,))))
+        out["action_checks"] = tuple(parsed)
+    return out
 
 
 def _opt_float(value: Any) -> float | None:
@@ -374,24 +537,31 @@ def read_tau2_results(path: str | Path) -> Tau2Results:
 
     matrix: list[tuple[bool, ...]] = []
     cells: list[tuple[str, ...]] = []
+    outcomes: list[tuple[CellOutcome, ...]] = []
     missing: list[tuple[str, int]] = []
     reward_sum = 0.0
     for task in order:
-        row, status = [], []
+        row, status, outcome = [], [], []
         for trial in range(trials):
             s = chosen.get((task, trial))
             if s is None:
                 missing.append((task, trial))
                 row.append(False)
-                status.append("missing")
+                status.append(MISSING)
+                outcome.append(CellOutcome(task, trial, MISSING, NOT_RUN, None))
                 continue
             row.append(s.success)
             status.append("success" if s.success else
                           INFRASTRUCTURE_ERROR if s.infrastructure_error else "failure")
+            outcome.append(CellOutcome(task, trial, MISSING, INFRASTRUCTURE_ERROR, s)
+                           if s.infrastructure_error else
+                           CellOutcome(task, trial, "success" if s.success else "failure",
+                                       None, s))
             if not s.infrastructure_error and s.reward is not None:
                 reward_sum += s.reward
         matrix.append(tuple(row))
         cells.append(tuple(status))
+        outcomes.append(tuple(outcome))
 
     counts = Counter(s.termination_reason for s in sims)
     unknown = tuple(sorted(r for r in counts if r not in TERMINATION_REASONS))
@@ -423,4 +593,4 @@ def read_tau2_results(path: str | Path) -> Tau2Results:
         agent_cost_total=sum(s.agent_cost or 0.0 for s in sims),
         user_cost_total=sum(s.user_cost or 0.0 for s in sims),
         duration_total_s=sum(s.duration for s in sims),
-        notes=tuple(notes))
+        notes=tuple(notes), outcomes=tuple(outcomes))

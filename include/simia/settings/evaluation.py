@@ -52,7 +52,21 @@ class EvalSettings(SettingsModel):
                                       description="Always passed explicitly.")
     agent_llm_args: dict[str, Any] = setting(default_factory=dict,
                                              title="Agent request arguments",
-                                             description='e.g. {"max_tokens": 1024}.')
+                                             description='e.g. {"top_p": 0.9}.')
+    # Caps on one reply. The longest agent turn of the simulated telecom training data is
+    # about 950 characters (~250 tokens: a short answer or one tool call with a brief
+    # <think> block), so 1024 leaves room for several tool calls in one turn while a model
+    # that never emits its stop token costs 1024 tokens per turn, not the context length.
+    agent_max_tokens: int = setting(
+        1024, ge=0, title="Agent max tokens per reply",
+        description="max_tokens of every agent request (0: no cap; a max_tokens in the agent "
+                    "request arguments wins). Without a cap a server generates up to the "
+                    "context length when a model does not stop.")
+    user_max_tokens: int = setting(
+        1024, ge=0, title="User simulator max tokens per reply",
+        description="max_tokens of every user simulator request (0: no cap; a max_tokens in "
+                    "the user simulator arguments wins). A reasoning model counts its "
+                    "reasoning in it.")
     max_concurrency: int = setting(8, param="eval_max_concurrency", ge=1, le=128,
                                    title="Concurrent simulations",
                                    description="tau2's --max-concurrency.")
