@@ -14,13 +14,8 @@ Needs numpy, scipy and statsmodels (the ``analysis`` extra).
 
 from __future__ import annotations
 
-from simia.analysis.inference import (
-                                      RunVariance,
-                                      analyze,
-                                      analyze_runs,
-                                      run_variance_from_analysis,
-                                      slope_test,
-)
+from simia.analysis.inference import (RunVariance, analyze, analyze_runs,
+                                      run_variance_from_analysis, slope_test)
 from simia.analysis.outcomes import OutcomeTable, RunSpec, parse_spec, read_runs
 from simia.analysis.power import PowerPlan, plan_power, plan_power_for_run
 from simia.analysis.results import AnalysisResult, format_p

@@ -35,27 +35,11 @@ import numpy as np
 import statsmodels.api as sm
 from scipy import stats
 
-from simia.analysis.outcomes import (
-    INFRA,
-    MISSING,
-    OutcomeTable,
-    RunSpec,
-    level_key,
-    parse_spec,
-    read_runs,
-)
-from simia.analysis.results import (
-    AnalysisResult,
-    Excluded,
-    ExcludedLevel,
-    LackOfFit,
-    LevelSummary,
-    RunSummary,
-    RunToRun,
-    SensitivityRow,
-    Slope,
-    format_p,
-)
+from simia.analysis.outcomes import (INFRA, MISSING, OutcomeTable, RunSpec, level_key, parse_spec,
+                                     read_runs)
+from simia.analysis.results import (AnalysisResult, Excluded, ExcludedLevel, LackOfFit,
+                                    LevelSummary, RunSummary, RunToRun, SensitivityRow, Slope,
+                                    format_p)
 from simia.analysis.telecom_split import TELECOM_TEST_TASKS
 from simia.errors import InputError
 from simia.settings.analysis import AnalysisSettings

@@ -24,13 +24,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from scipy import stats
 
-from simia.analysis.simulate import (
-    DEFAULT_BASELINE_PASS1,
-    DEFAULT_TASK_SD_LOGIT,
-    DEFAULT_TRIAL_ICC,
-    SimulationModel,
-    run_pass1_sd,
-)
+from simia.analysis.simulate import (DEFAULT_BASELINE_PASS1, DEFAULT_TASK_SD_LOGIT,
+                                     DEFAULT_TRIAL_ICC, SimulationModel, _mean_expit,
+                                     logit_parameters, run_pass1_sd)
 from simia.analysis.telecom_split import SPLIT_SIZES
 from simia.errors import ConfigError
 from simia.settings.analysis import AnalysisSettings
@@ -62,6 +58,25 @@ def slope_power(replicates: int, levels: Sequence[float], sd_pass1: float, effec
     return float(stats.nct.sf(stats.t.ppf(1 - alpha, df), df, ncp))
 
 
+def _model_sd(model: SimulationModel, effect: float, alternative: str) -> tuple[float, float]:
+    """(sigma, its part without evaluation noise) under the logistic model: the runs' SD
+    of pass^1 at each level's expected pass^1 when the slope is the smallest effect in the
+    alternative's direction, pooled over the levels (the residual the test will see); for a
+    two-sided test the larger of the two directions."""
+    signs = {"less": (-1.0,), "greater": (1.0,)}.get(alternative, (-1.0, 1.0))
+    best = (0.0, 0.0)
+    for sign in signs:
+        shifted = model.with_(slope_per_10pp=sign * effect)
+        mu, beta = logit_parameters(shifted)
+        x = [(lv - min(model.levels)) / 10 for lv in model.levels]
+        sds = [run_pass1_sd(model.with_(baseline_pass1=float(
+            _mean_expit(mu + beta * xi, model.total_sd)))) for xi in x]
+        pooled = (math.sqrt(sum(a * a for a, _ in sds) / len(sds)),
+                  math.sqrt(sum(b * b for _, b in sds) / len(sds)))
+        best = max(best, pooled)
+    return best
+
+
 class PowerPlan(BaseModel):
     """Replicates per level for the declared smallest effect, and the power of each choice."""
 
@@ -74,7 +89,8 @@ class PowerPlan(BaseModel):
     alpha: float
     alternative: str
     target_power: float
-    sd_pass1: float  # SD of one run's pass^1 between runs of a level (evaluation noise incl.)
+    sd_pass1: float  # SD of one run's pass^1 between runs of a level (evaluation noise incl.;
+    # model-based: pooled over the levels under the smallest effect)
     sd_runs_only: float | None  # the part without evaluation noise (model-based plans only)
     sd_source: str
     assumptions: dict[str, Any]
@@ -132,7 +148,7 @@ def plan_power(levels: Sequence[float], tasks: int, trials: int,
                                 baseline_pass1=baseline_pass1, task_sd=task_sd,
                                 run_sd=settings.run_sd_logit,
                                 task_run_sd=settings.task_run_sd_logit, trial_icc=trial_icc)
-        sigma, runs_only = run_pass1_sd(model)
+        sigma, runs_only = _model_sd(model, effect, alt)
         assumptions = {"run_sd_logit": settings.run_sd_logit,
                        "task_run_sd_logit": settings.task_run_sd_logit,
                        "task_sd_logit": task_sd, "trial_icc": trial_icc,
