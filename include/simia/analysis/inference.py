@@ -44,7 +44,7 @@ from simia.analysis.telecom_split import TELECOM_TEST_TASKS
 from simia.errors import InputError
 from simia.settings.analysis import AnalysisSettings
 
-__all__ = ["RunVariance", "_t_stat", "analyze", "analyze_runs", "lack_of_fit", "pooled_run_sd",
+__all__ = ["RunVariance", "analyze", "analyze_runs", "lack_of_fit", "pooled_run_sd",
            "run_variance_from_analysis", "slope_test"]
 
 _METHOD = ("OLS of each training run's pass^1 on the level (per 10 points); t test of the "

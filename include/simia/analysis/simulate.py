@@ -29,8 +29,8 @@ from scipy.special import expit
 from simia.analysis.outcomes import FAILURE, INFRA, SUCCESS, OutcomeTable
 
 __all__ = ["DEFAULT_BASELINE_PASS1", "DEFAULT_TASK_SD_LOGIT", "DEFAULT_TRIAL_ICC",
-           "SimulationModel", "logit_parameters", "run_pass1_sd", "simulate_experiment", "simulated_task_ids",
-           "simulated_test_tasks"]
+           "SimulationModel", "logit_parameters", "run_pass1_sd", "simulate_experiment",
+           "simulated_task_ids", "simulated_test_tasks"]
 
 #: Qwen2.5-7B-Instruct's pass^1 on telecom base in the fork's own runs (tau2-reference.md)
 DEFAULT_BASELINE_PASS1 = 0.26

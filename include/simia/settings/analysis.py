@@ -25,7 +25,9 @@ PRIMARY_ENDPOINT = "pass^1 slope per 10 points"
 # 2103.03098). On the logit scale of a task's success this is a run SD of 0.1-0.2 and a
 # task x run SD of 0.3-0.5 (docs/statistics-notes.md, the ranges the simulation of
 # the old rule used); we plan with the upper end, the cautious choice: at pass^1 near 0.26
-# they make a run's pass^1 vary by about 4 points (SD) between seeds.
+# (114 tasks x 4 trials, simia.analysis.simulate's task spread and trial correlation) they
+# make a run's pass^1 vary by about 2.6 points (SD) between seeds, 3.7 with the evaluation
+# noise of its tasks and trials. A measured value (run_variance_from) replaces them.
 DEFAULT_RUN_SD_LOGIT = 0.2
 DEFAULT_TASK_RUN_SD_LOGIT = 0.5
 
