@@ -286,7 +286,7 @@ def test_missing_level_is_invalid():
     assert declared.reasons == ["level 20 %: 0 of 2 declared training runs have results"]
     never_ran = analyze_runs(BASIC + [f"20:r1={FIX / 'never_ran' / 'results.json'}"])
     assert never_ran.verdict == "invalid"
-    assert never_ran.reasons[0].startswith("level 20 %: all of its cells")
+    assert never_ran.reasons[0].startswith("level 20 %: no results")
     assert any("no results file" in n for n in never_ran.notes)
     # counted as failures, the missing level would look like a collapse (the old rule)
     assert never_ran.sensitivity[0].slope.estimate < never_ran.slope_per_10pp.estimate

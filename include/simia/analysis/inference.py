@@ -256,8 +256,11 @@ def _validity(table: OutcomeTable, excluded: Excluded, settings: AnalysisSetting
               expected: Mapping[float, int] | None) -> list[str]:
     reasons = []
     for e in excluded.per_level:
-        if e.fraction is None or e.fraction > settings.max_excluded_fraction:
-            share = "all" if e.fraction in (None, 1.0) else f"{e.fraction:.1%}"
+        if e.fraction is None or e.missing == e.cells:
+            reasons.append(f"level {level_key(e.level)} %: no results (its evaluation never ran "
+                           "or wrote no simulation)")
+        elif e.fraction > settings.max_excluded_fraction:
+            share = "all" if e.fraction == 1.0 else f"{e.fraction:.1%}"
             reasons.append(
                 f"level {level_key(e.level)} %: {share} of its cells are infrastructure errors "
                 f"({e.infrastructure_errors}) or missing ({e.missing}), more than "
