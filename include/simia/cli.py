@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from simia import __version__
 from pydantic import BaseModel, ValidationError
 
-from simia.errors import SimiaError
+from simia.errors import InputError, SimiaError
 from simia.io import dumps
 from simia.settings import (DatasetDesign, GenerationSettings, LLMSettings, PriceTable,
                             SeedSettings, TrainingConfig)
@@ -134,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: every replicate)")
     cm.add_argument("-o", "--out", default=None, help="write the script here (default: stdout)")
 
+    _analysis_parsers(sub)
+
     from simia.report.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 
     rp = sub.add_parser("report", help="the experiment's answer: pass^k per level with CIs, "
@@ -147,6 +149,81 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--seed", type=int, default=DEFAULT_SEED,
                     help="seed of the bootstrap and of Monte Carlo permutations")
     return p
+
+
+def _analysis_parsers(sub) -> None:
+    """``simia analyze`` and ``simia plan-power`` (the analysis settings' options)."""
+    from simia.settings import EvalSettings
+    from simia.settings.analysis import AnalysisSettings
+    from simia.settings.cli import levels_type
+
+    planning = ("smallest_effect_per_10pp", "target_power", "run_sd_logit",
+                "task_run_sd_logit")
+    an = sub.add_parser("analyze", help="the verdict: run-aware inference on the level effect "
+                                        "from every training run's tau2 results (JSON)")
+    an.add_argument("specs", nargs="+", metavar="SPEC",
+                    help="LEVEL:REPLICATE=PATH to a run's tau2 results.json (a PATH that does "
+                         "not exist: that run's evaluation never ran)")
+    an.add_argument("-o", "--out", default=None, help="write the JSON here (default: stdout)")
+    add_options(an.add_argument_group("declared test"), AnalysisSettings, exclude=planning)
+    an.add_argument("--levels", type=levels_type, default=None,
+                    help="the declared levels (%%), e.g. 0,5,10,20: one without results makes "
+                         "the verdict invalid")
+    an.add_argument("--replicates", type=int, default=None,
+                    help="declared training runs per level (with --levels, or the levels given)")
+    an.add_argument("--split-tasks", default=None,
+                    help="tau2 split_tasks.json whose 'test' tasks are analysed on their own "
+                         "(default: telecom's 40 test tasks)")
+
+    pp = sub.add_parser("plan-power", help="training runs per level needed for the declared "
+                                           "smallest effect (JSON)")
+    pp.add_argument("--levels", type=levels_type, default=(0, 5, 10, 20),
+                    help="sycophancy levels (%%) (default: 0,5,10,20)")
+    pp.add_argument("--tasks", type=int, default=114, help="tasks evaluated (default: 114, "
+                                                            "telecom base)")
+    pp.add_argument("--trials", type=int, default=_default(EvalSettings, "num_trials"),
+                    help="trials per task")
+    add_options(pp.add_argument_group("declared test and planning"), AnalysisSettings,
+                exclude=("primary_endpoint",))
+    pp.add_argument("--sd-pass1", type=float, default=None,
+                    help="SD of a run's pass^1 between runs of a level, if known (overrides the "
+                         "model and --run-variance-from)")
+    pp.add_argument("--max-replicates", type=int, default=20)
+
+
+def _analysis_command(args: argparse.Namespace) -> dict:
+    from simia.settings.analysis import AnalysisSettings
+
+    settings = options_model(AnalysisSettings, args)
+    if args.command == "plan-power":
+        from simia.analysis.power import plan_power
+
+        return plan_power(args.levels, args.tasks, args.trials, settings,
+                          sd_pass1=args.sd_pass1,
+                          max_replicates=args.max_replicates).model_dump(mode="json")
+    from simia.analysis.inference import analyze_runs
+    from simia.analysis.outcomes import parse_spec
+    from simia.analysis.telecom_split import TELECOM_TEST_TASKS
+    from simia.io import read_json, write_bytes
+
+    specs = [parse_spec(s) for s in args.specs]
+    expected = None
+    if args.levels is not None or args.replicates is not None:
+        levels = args.levels if args.levels is not None else sorted({s.level for s in specs})
+        expected = {float(lv): args.replicates or 1 for lv in levels}
+    test_tasks = TELECOM_TEST_TASKS
+    if args.split_tasks:
+        split = read_json(args.split_tasks, what="tau2 split_tasks.json")
+        if not isinstance(split, dict) or not isinstance(split.get("test"), list):
+            raise InputError(args.split_tasks, "expected an object with a 'test' list",
+                             field="test")
+        test_tasks = tuple(str(t) for t in split["test"])
+    result = analyze_runs(specs, settings, expected_levels=expected, test_tasks=test_tasks)
+    if args.out is None:
+        sys.stdout.write(result.to_json() + "\n")
+        return {}
+    write_bytes(args.out, (result.to_json() + "\n").encode())
+    return {"verdict": result.verdict, "verdict_text": result.verdict_text, "out": args.out}
 
 
 def _json_value(text: str):
@@ -292,6 +369,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_bytes(args.out, script.encode())
             os.chmod(args.out, 0o755)
             result = {"script": str(args.out)}
+        elif args.command in ("analyze", "plan-power"):
+            result = _analysis_command(args)
+            if not result:
+                return 0
         elif args.command == "report":
             from simia.report import write_report
 
