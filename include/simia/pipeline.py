@@ -59,16 +59,24 @@ def validate(p: Params, run: RunLayout, *, dag_id: str, run_id: str, run_type: s
     exists: a retried run keeps its first record)."""
     from simia import __version__
     from simia.io import write_json
-    from simia.run_config import check_run_params
+    from simia.run_config import check_run_params, power_plan
 
+    power = None
     problems = check_run_params(p)
+    if not problems:
+        try:
+            power = power_plan(p)
+        except SimiaError as exc:
+            problems.append(f"run_variance_from: {exc}")
     if problems:
         raise ConfigError("this run's settings cannot work; fix these Params and trigger "
                           "again:\n- " + "\n- ".join(problems))
+    if power is not None:
+        print(f"power plan: {power['line']}")
     manifest = {"dag_id": dag_id, "run_id": run_id, "run_type": run_type,
                 "logical_date": logical_date, "simia_version": __version__,
                 "start_from": p["start_from"], "source_run": p["source_run"],
-                "params": dict(p)}
+                "params": dict(p), "power_plan": power}
     if not run.run_json.exists():
         write_json(run.run_json, manifest, indent=True)
     return Done({"run_dir": str(run.root), "start_from": p["start_from"]})

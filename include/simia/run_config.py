@@ -26,12 +26,12 @@ from pydantic import BaseModel, ValidationError
 
 from simia.errors import SimiaError
 from simia.layout import DataRoot, RunLayout
-from simia.settings import (ContainerSettings, DatasetDesign, DataSettings, EvalSettings,
-                            GenerationSettings, InputSettings, JudgingSettings, LLMSettings,
-                            SeedSettings, ServerSettings, ServingRunSettings, TrainingConfig,
-                            TrainingRunSettings, build, require, run_settings)
+from simia.settings import (AnalysisSettings, ContainerSettings, DatasetDesign, DataSettings,
+                            EvalSettings, GenerationSettings, InputSettings, JudgingSettings,
+                            LLMSettings, SeedSettings, ServerSettings, ServingRunSettings,
+                            TrainingConfig, TrainingRunSettings, build, require, run_settings)
 
-__all__ = ["check_run_params", "datasets_dir", "eval_settings", "level_plans",
+__all__ = ["check_run_params", "datasets_dir", "eval_settings", "level_plans", "power_plan",
            "training_config"]
 
 M = TypeVar("M", bound=BaseModel)
@@ -145,7 +145,28 @@ def check_run_params(p: Mapping[str, Any]) -> list[str]:
             problems.append(f"datasets: {exc}")
     if p.get("train_models"):  # without trained models there is nothing to serve either
         problems += _training_problems(p)
+    analysis = _validated(problems, AnalysisSettings, p)
+    if analysis is not None and analysis.run_variance_from:
+        _must_exist(problems, "run_variance_from", analysis.run_variance_from)
     return list(dict.fromkeys(problems))
+
+
+def power_plan(p: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The power plan of a run that trains and evaluates (None otherwise): the replicates
+    the declared smallest effect needs, and the power of this run's replicates. Raises
+    ``SimiaError`` when an earlier analysis named by ``run_variance_from`` is unusable."""
+    if not (p.get("train_models") and p.get("evaluate_models")):
+        return None
+    from simia.analysis.power import plan_power_for_run
+
+    plan = plan_power_for_run(p["levels"], p["num_trials"], build(AnalysisSettings, p),
+                              task_split=p["task_split"], num_tasks=p["num_tasks"])
+    runs = p.get("replicates", 1)
+    power = plan.power_by_replicates.get(str(runs))
+    line = (f"{plan.summary} This run trains {runs} run(s) per level"
+            + (f": power {power:.2f} for the smallest effect." if power is not None else "."))
+    return {**plan.model_dump(mode="json"), "replicates": runs, "power_of_this_run": power,
+            "line": line}
 
 
 def _training_problems(p: Mapping[str, Any]) -> list[str]:

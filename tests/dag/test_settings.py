@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "simia_sycophancy_experiment"
 # Params added after the settings models took over (issue 14: replicate training runs,
 # caps on the evaluated agent's and the user simulator's replies)
-ADDED_SINCE = {"replicates", "agent_max_tokens", "user_max_tokens"}
+ADDED_SINCE = {"replicates", "agent_max_tokens", "user_max_tokens",
+               # the verdict's declared test and the power plan's assumptions
+               "primary_endpoint", "analysis_alternative", "analysis_alpha", "smallest_effect",
+               "target_power", "planning_run_sd", "planning_task_run_sd", "run_variance_from"}
 HOST_VARIABLES = ("SIMIA_GPU_IDS", "SIMIA_DATA_ROOT", "TAU2_DATA_DIR", "SIMIA_HF_CACHE",
                   "SIMIA_TRAINER_IMAGE", "SIMIA_SERVER_IMAGE", "SIMIA_EVALUATOR",
                   "SIMIA_EVALUATOR_IMAGE")
@@ -104,3 +107,33 @@ def test_host_defaults_follow_the_environment(monkeypatch):
     assert specs["serve_backend"]["default"] == "vllm"
     assert specs["trainer_image"]["default"] == "simia/trainer:cuda"
     assert specs["data_root"]["default"] == "/srv/simia"
+
+
+def _defaults(tmp_path) -> dict:
+    params = {name: spec["default"] for name, spec in param_specs().items()}
+    return {**params, "data_root": str(tmp_path), "tau2_data_dir": str(tmp_path),
+            "serve_backend": "transformers", "gpus_per_training": 0, "gpu_ids": ""}
+
+
+def test_validation_records_the_power_plan_of_the_declared_test(tmp_path, capsys):
+    from simia.layout import RunLayout
+    from simia.pipeline import validate
+
+    run = RunLayout(tmp_path / "run")
+    p = {**_defaults(tmp_path), "replicates": 2}
+    validate(p, run, dag_id=DAG_ID, run_id="manual__1")
+    plan = json.loads(run.run_json.read_text())["power_plan"]
+    assert plan["replicates"] == 2 and plan["alternative"] == "less"
+    assert plan["replicates_needed"] >= 2
+    assert 0 < plan["power_of_this_run"] < 1
+    assert plan["power_by_replicates"]["2"] == plan["power_of_this_run"]
+    assert "power plan:" in capsys.readouterr().out
+
+
+def test_an_unusable_earlier_analysis_is_a_problem_naming_its_param(tmp_path):
+    from simia.run_config import check_run_params
+
+    p = {**_defaults(tmp_path), "run_variance_from": str(tmp_path / "nope.json")}
+    assert any(m.startswith("run_variance_from:") for m in check_run_params(p))
+    p = {**_defaults(tmp_path), "analysis_alpha": 0.7}
+    assert any("analysis alpha (Param analysis_alpha)" in m for m in check_run_params(p))

@@ -121,7 +121,8 @@ def test_analysis_settings_are_run_settings_with_fresh_names():
     params = {r.param for r in run_settings(AnalysisSettings)}
     assert {"analysis_alternative", "analysis_alpha", "smallest_effect",
             "run_variance_from"} <= params
-    assert params.isdisjoint(defined_settings())  # the lead can register it as is
+    defined = defined_settings()  # registered: each is a DAG Param defined here only
+    assert all(defined[name].model is AnalysisSettings for name in params)
     assert AnalysisSettings.section == "Analysis"
     with pytest.raises(ValueError):
         AnalysisSettings(alternative="bigger")

@@ -3,7 +3,8 @@
 :mod:`simia.settings.fields` says how a field becomes a run setting. The models, by
 section: :mod:`~simia.settings.data` (where data comes from, labels, the dataset design),
 :mod:`~simia.settings.llm` (the LLM, generation, seeds), :mod:`~simia.settings.training`,
-:mod:`~simia.settings.serving` and :mod:`~simia.settings.evaluation`. From them,
+:mod:`~simia.settings.serving`, :mod:`~simia.settings.evaluation` and
+:mod:`~simia.settings.analysis` (the verdict's declared test and the power plan). From them,
 :func:`param_specs` gives the DAG's Params (default, JSON schema, title, description,
 section), the ``simia`` command line its options, and :func:`build` any model from a
 run's Params (or run.json). This package imports only pydantic and the standard library
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from simia.settings.analysis import AnalysisSettings
 from simia.settings.data import DataSettings, DatasetDesign, InputSettings, JudgingSettings
 from simia.settings.evaluation import EvalSettings, EvaluationConnection
 from simia.settings.fields import RunSetting, SettingsModel, run_settings, settings_values
@@ -25,7 +27,7 @@ from simia.settings.llm import (GenerationSettings, LLMConnection, LLMSettings, 
 from simia.settings.serving import ServerSettings, ServingRunSettings
 from simia.settings.training import ContainerSettings, TrainingConfig, TrainingRunSettings
 
-__all__ = ["ContainerSettings", "DataSettings", "DatasetDesign", "EvalSettings",
+__all__ = ["AnalysisSettings", "ContainerSettings", "DataSettings", "DatasetDesign", "EvalSettings",
            "EvaluationConnection", "GenerationSettings", "InputSettings", "JudgingSettings",
            "LLMConnection", "LLMSettings", "PriceTable", "RUN_MODELS", "RunSetting",
            "SeedSettings", "ServerSettings", "ServingRunSettings", "SettingsModel",
@@ -38,7 +40,7 @@ M = TypeVar("M", bound=BaseModel)
 RUN_MODELS: tuple[type[SettingsModel], ...] = (
     DataSettings, InputSettings, SeedSettings, GenerationSettings, LLMSettings, LLMConnection,
     JudgingSettings, DatasetDesign, TrainingRunSettings, TrainingConfig, ContainerSettings,
-    ServingRunSettings, ServerSettings, EvaluationConnection, EvalSettings)
+    ServingRunSettings, ServerSettings, EvaluationConnection, EvalSettings, AnalysisSettings)
 
 
 def _all_settings() -> Iterator[RunSetting]:
