@@ -348,3 +348,35 @@ def tiny_level(tmp_path) -> dict[str, Any]:
             "server": {"backend": "transformers", "image": "simia/evaluator:cpu",
                        "max_model_len": 4096, "gpus_per_server": 0,
                        "model_cache_dir": str(tmp_path / "cache")}}
+
+
+@pytest.mark.parametrize("try_number, fails", [(1, True), (2, False)])
+def test_infrastructure_errors_fail_the_evaluation_while_a_retry_is_left(
+        tmp_path, engine, secrets, capfd, try_number, fails):
+    """A retry re-runs only the simulations that broke; after the last try they are left
+    to the analysis as missing data."""
+    from types import SimpleNamespace
+
+    from simia.layout import RunLayout
+
+    level = {"level": 5.0, "run_id": "r1", "run_dir": str(tmp_path),
+             "eval": {"evaluator": "simia-ci", "num_trials": 1}}
+    results = RunLayout(tmp_path).eval(5.0).results
+    results.parent.mkdir(parents=True)
+    fixture = json.loads((ROOT / "tests/fixtures/tau2/results_every_reason.json").read_text())
+    done_sim = {**fixture["simulations"][0], "task_id": "a", "trial": 0}
+    broken = {**done_sim, "id": "s1", "task_id": "b", "reward_info": None,
+              "termination_reason": "infrastructure_error"}
+    results.write_text(json.dumps({**fixture, "info": {**fixture["info"], "num_trials": 1},
+                                   "tasks": [{"id": "a"}, {"id": "b"}],
+                                   "simulations": [done_sim, broken]}))
+    op = EvaluateTau2Operator(task_id="evaluate_tau2", level=level, server=_server(tmp_path))
+    ti = SimpleNamespace(try_number=try_number, max_tries=1)
+    if fails:
+        with pytest.raises(EvaluationFailedError, match="1 simulation.*infrastructure errors"):
+            op.execute({"run_id": "r1", "ti": ti})
+        assert not RunLayout(tmp_path).eval(5.0).summary.exists()
+    else:
+        done = op.execute({"run_id": "r1", "ti": ti})
+        assert done["infrastructure_errors"] == 1
+        assert "treats them as missing data" in _task_log(capfd)

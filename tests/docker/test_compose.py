@@ -197,7 +197,9 @@ def test_data_mounted_at_the_same_path(compose_bin, env_example):
 
 
 def _settings_read_by_the_code() -> set[str]:
-    pattern = re.compile(r"""(?:environ\.get|getenv|environ\[)\(?\s*["']((?:SIMIA|TAU2)_\w+)""")
+    # os.environ reads, and the settings models' host defaults (simia.settings.fields)
+    pattern = re.compile(
+        r"""(?:environ\.get|getenv|environ\[|env_default)\(?\s*["']((?:SIMIA|TAU2)_\w+)""")
     names = set()
     for folder in ("dags", "plugins", "include/simia"):
         for path in (REPO / folder).rglob("*.py"):
