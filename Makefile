@@ -41,6 +41,7 @@ test: venv lf-env
 bench: venv
 	$(VENV)/bin/python benchmarks/bench_data_half.py
 	$(VENV)/bin/python benchmarks/bench_llm.py
+	$(VENV)/bin/python benchmarks/bench_calibration.py
 
 clean:
 	rm -rf $(VENV) $(LF_VENV) .airflow .data .pytest_cache

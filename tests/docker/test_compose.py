@@ -222,8 +222,8 @@ def test_every_setting_is_in_the_example_and_passed_through(config, env_example)
 
 
 def test_connections_in_the_example_and_given_to_the_scheduler(config):
-    # the connection ids the DAG and its operators use by default
-    dag_source = "".join(p.read_text() for folder in ("dags", "plugins")
+    # the connection ids the DAG, its settings (Param defaults) and operators use by default
+    dag_source = "".join(p.read_text() for folder in ("dags", "plugins", "include/simia/settings")
                          for p in (REPO / folder).rglob("*.py"))
     lines = ENV_EXAMPLE.read_text().splitlines()
     env = _env(config["services"]["airflow-scheduler"])
