@@ -66,8 +66,8 @@ def validate(p: Params, run: RunLayout, *, dag_id: str, run_id: str, run_type: s
     if not problems:
         try:
             power = power_plan(p)
-        except SimiaError as exc:
-            problems.append(f"run_variance_from: {exc}")
+        except SimiaError as exc:  # e.g. an unusable earlier analysis (run_variance_from)
+            problems.append(f"power plan: {exc}")
     if problems:
         raise ConfigError("this run's settings cannot work; fix these Params and trigger "
                           "again:\n- " + "\n- ".join(problems))

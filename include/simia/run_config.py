@@ -157,11 +157,16 @@ def power_plan(p: Mapping[str, Any]) -> dict[str, Any] | None:
     ``SimiaError`` when an earlier analysis named by ``run_variance_from`` is unusable."""
     if not (p.get("train_models") and p.get("evaluate_models")):
         return None
+    runs = p.get("replicates", 1)
+    if len(set(p["levels"])) < 2:  # an A/A run: no slope to plan for
+        return {"replicates": runs, "line": (
+            f"one level, {runs} run(s): an A/A run; it measures the run-to-run variance "
+            "(its analysis.json can plan later runs through run_variance_from), there is "
+            "no level slope to plan for")}
     from simia.analysis.power import plan_power_for_run
 
     plan = plan_power_for_run(p["levels"], p["num_trials"], build(AnalysisSettings, p),
                               task_split=p["task_split"], num_tasks=p["num_tasks"])
-    runs = p.get("replicates", 1)
     power = plan.power_by_replicates.get(str(runs))
     line = (f"{plan.summary} This run trains {runs} run(s) per level"
             + (f": power {power:.2f} for the smallest effect." if power is not None else "."))

@@ -137,3 +137,10 @@ def test_an_unusable_earlier_analysis_is_a_problem_naming_its_param(tmp_path):
     assert any(m.startswith("run_variance_from:") for m in check_run_params(p))
     p = {**_defaults(tmp_path), "analysis_alpha": 0.7}
     assert any("analysis alpha (Param analysis_alpha)" in m for m in check_run_params(p))
+
+
+def test_a_one_level_run_is_an_a_a_run_without_a_slope_to_plan(tmp_path):
+    from simia.run_config import power_plan
+
+    plan = power_plan({**_defaults(tmp_path), "levels": [20], "replicates": 4})
+    assert "A/A run" in plan["line"] and plan["replicates"] == 4
