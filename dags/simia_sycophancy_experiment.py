@@ -5,9 +5,12 @@ Does training an agent on LLM-simulated tool-use data, whose simulated tool resp
 are sometimes *sycophantic* (they forgive invalid agent actions), make the agent worse?
 
 This DAG builds the training data of the experiment, from telecom seed conversations to
-LLaMA-Factory-ready SFT datasets at controlled sycophancy levels, and trains one model
-per level:
+LLaMA-Factory-ready SFT datasets at controlled sycophancy levels, trains each level
+several times (`replicates`: training runs are the unit of the verdict), evaluates every
+model on tau2-bench telecom and reports the answer:
 
+0. **validate_params** checks the Params together, logs the power plan of the declared
+   test (the replicates the smallest effect of interest needs) and writes `run.json`.
 1. **generate_seeds** (skipped when a seed file or a raw-conversations file is given):
    seed conversations from the tau2 telecom policy, workflow and DB examples over a
    scenario x persona x outcome x complexity taxonomy (`seeds/seeds.json`).
@@ -23,26 +26,27 @@ per level:
    scores each processed conversation; **score_sycophancy** merges them into
    `judge/judge_scores.jsonl`, or computes rule scores (`rules`), or validates an
    existing judge file (`judge_file`).
-5. **build_sft_datasets**: one dataset per level with a shared clean core and a fixed
-   seed, `dataset_info.json`, and `metadata.json` with the chosen conversation indices
-   and content hashes per level.
-6. **plan_training** writes each level's LLaMA-Factory YAML (identical hyperparameters;
-   only the dataset and output folder differ); **train_model** (one mapped
-   `DockerOperator` per level) runs `llamafactory-cli train` in the trainer image on
-   leased GPUs (or the CPU image), streams its log here and returns final loss, steps,
-   runtime and the model path. A level already trained with the same config is skipped.
-7. Per level, right after its training (the `level` task group, one mapped instance per
-   level): **serve_model** (setup) starts an OpenAI-compatible server (vLLM on GPUs, or
-   the same chat template and tool parser with transformers on the CPU) on a Docker
-   network of its own and waits for its health check; **evaluate_tau2** runs tau2-bench
-   telecom (or, where tau2 cannot be installed, our small CI evaluator) against it and
-   writes `eval/<level>/results.json`;
-   **stop_model_server** (teardown) always removes the server and its network, also when
-   the evaluation fails or is cleared.
-8. **report_results**: `report/report.md` and `report/report.html` with plots: pass^k by
-   level with bootstrap confidence intervals, the paired comparison with 0 %, a trend test,
-   the smallest detectable effect, the data funnel, tokens and cost, training losses. It
-   runs even when a level failed (the report says what is missing) and then fails the run.
+5. **build_sft_datasets**: per replicate, one dataset per level (a shared clean core,
+   nested selections, the replicate's own seed), `dataset_info.json`, and `metadata.json`
+   with the chosen conversation indices and content hashes.
+6. **plan_levels** writes each training run's LLaMA-Factory YAML (identical
+   hyperparameters; only the dataset, output folder and replicate seed differ); per
+   training run (the `level` task group, mapped over level x replicate):
+   **train_model** runs `llamafactory-cli train` in the trainer image on leased GPUs (or
+   the CPU image), streams its log here and returns final loss, steps, runtime and the
+   model path (a run already trained with the same config is skipped);
+   **serve_model** (setup) starts an OpenAI-compatible server (vLLM on GPUs, or the same
+   chat template and tool parser with transformers on the CPU) on a Docker network of its
+   own and waits for its health check; **evaluate_tau2** runs tau2-bench telecom (or,
+   where tau2 cannot be installed, our small CI evaluator) against it and writes
+   `eval/<run>/results.json`, re-running simulations that ended in infrastructure errors
+   on retry; **stop_model_server** (teardown) always removes the server and its network.
+7. **report_results**: `report/report.md` and `report.html` with plots: the verdict of
+   the declared run-aware test (decrease, increase, no_effect, invalid or insufficient)
+   with the slope per 10 points of sycophancy and its confidence interval, one point
+   per training run, secondary outcomes, the data funnel, tokens and cost, training
+   losses. It runs even when a training run failed (the report says what is missing) and
+   then fails the run.
 
 Every run writes under `<data_root>/simia_sycophancy_experiment/<run_id>/`; each stage
 writes atomically and, when retried or cleared, skips work already done. LLM usage
