@@ -215,7 +215,7 @@ def test_a_bad_config_fails_with_the_containers_error_and_leaves_nothing(
     run = next((tmp_path / DAG_ID).iterdir())
     failure = json.loads((run / "failures" / "level.train_model.0.json").read_text())
     assert "no_such_optimizer" in failure["error"]
-    assert failure["by_hand"] == f"simia commands {run} --level 20"
+    assert failure["by_hand"] == f"simia commands {run} --level 20 --replicate 1"
 
 
 def _rerun_level_by_hand(run: Path, slug: str, docker_api) -> None:
