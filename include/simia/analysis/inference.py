@@ -309,8 +309,9 @@ def _sufficiency(table: OutcomeTable, pass1: np.ndarray,
 def _verdict_text(verdict: str, slope: Slope, alpha: float, alternative: str) -> str:
     conf = f"{(1 - alpha) * 100:g} %"
     est = slope.estimate
-    p = f"p = {format_p(slope.p_value)}" + ("" if alternative == "two-sided" else
-                                               f", one-sided ({alternative})")
+    p_text = format_p(slope.p_value)
+    p = (f"p < {p_text[1:]}" if p_text.startswith("<") else f"p = {p_text}") + (
+        "" if alternative == "two-sided" else f", one-sided ({alternative})")
     ci = (f"{conf} CI {slope.ci_low * 100:+.1f} to {slope.ci_high * 100:+.1f}"
           if slope.ci_low is not None and slope.ci_high is not None else "")
     if verdict in ("decrease", "increase") and est is not None:
