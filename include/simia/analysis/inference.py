@@ -64,10 +64,14 @@ class RunVariance:
 
 
 def run_variance_from_analysis(path: str | Path) -> RunVariance:
-    """The run-to-run SD an earlier ``simia analyze`` JSON measured (``run_to_run``)."""
+    """The run-to-run SD an earlier ``simia analyze`` JSON measured (``run_to_run``), or
+    the one in an earlier run's ``report/report.json`` (its ``analysis``)."""
     from simia.io import read_json
 
     data = read_json(path, what="analysis JSON")
+    if isinstance(data, dict) and "run_to_run" not in data and isinstance(
+            data.get("analysis"), dict):
+        data = data["analysis"]  # a report.json: the analysis is one of its keys
     rr = data.get("run_to_run") if isinstance(data, dict) else None
     if not isinstance(rr, dict) or not isinstance(rr.get("sd_pass1"), (int, float)) \
             or not isinstance(rr.get("df"), (int, float)) or rr["df"] <= 0:
