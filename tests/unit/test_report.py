@@ -273,6 +273,31 @@ def test_one_run_per_level_is_insufficient_and_shows_how_the_checkpoints_differ(
     assert report["analysis"]["checkpoints"][0]["diff"] == pytest.approx(-0.75)
 
 
+def test_an_a_a_run_s_report_supplies_the_run_to_run_sd_declared_in_run_json(tmp_path):
+    """One level, three runs (A/A): insufficient, with the measured run-to-run SD; a later
+    run with one run per level that declares that report.json as run_variance_from is
+    tested with it."""
+    aa = tmp_path / "aa"
+    write_run_json(aa, (0,), 3)
+    for k in (1, 2, 3):
+        add_eval(aa, 0, decreasing(0, replicate=k), replicate=k)
+    out = write_report(aa, resamples=100)
+    assert out["verdict"] == "insufficient"
+    assert "Run-to-run SD of pass^1: " in out["headline"]
+    assert "give this run's report.json as run_variance_from" in out["headline"]
+    run = tmp_path / "run"
+    write_run_json(run, (0, 20), 1, run_variance_from=str(aa / "report" / "report.json"),
+                   analysis_alternative="two-sided")
+    for lv in (0, 20):
+        add_eval(run, lv, decreasing(lv))
+    out = write_report(run, resamples=100)
+    report = _report(run)
+    assert out["verdict"] == "decrease"
+    assert report["analysis"]["alternative"] == "two-sided"
+    assert report["analysis"]["run_to_run"]["source"].startswith("supplied: measured in ")
+    assert report["levels"][0]["pass_hat_k"]["1"]["low"] is not None  # a CI from that SD
+
+
 def test_equal_levels_over_replicates_give_no_effect_with_the_bound(tmp_path):
     run = tmp_path / "run"
     write_run_json(run, LEVELS, 2)

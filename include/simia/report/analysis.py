@@ -258,7 +258,9 @@ def _headline(run: RunData, design: DeclaredDesign, runs: list[RunRow],
     if verdict in ("invalid", "insufficient"):
         named = [f"{r.level:g} % replicate {r.replicate} has no results ({r.problem})"
                  for r in without if r.problem]
-        detail = result.verdict_text.removeprefix(f"{verdict}: ")
+        detail = result.verdict_text.removeprefix(f"{verdict}: ").replace(
+            "give this file as run_variance_from", "give this run's report.json as "
+            "run_variance_from")
         if verdict == "invalid" and named:
             reasons = named + reasons
             detail = "; ".join(named + [detail])
