@@ -3,8 +3,10 @@
 
 Routes (relative to the mount point):
 
-* ``/``                          every run folder, newest first, with its verdict
-* ``/runs/{run}/``               one run: headline, pass^1 per level, stages, failures
+* ``/``                          every run folder, newest first, with its verdict and,
+                                 per level, its training runs and pass^1
+* ``/runs/{run}/``               one run: headline, training runs and pass^1 per level,
+                                 stages, failures
 * ``/runs/{run}/report``         the run's HTML report
 * ``/runs/{run}/files/{name}``   a file of the run's report folder (.html, .md, .png,
                                  .json only)
@@ -54,11 +56,13 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
+#: the run-aware verdict (the report's headline) -> badge label and CSS class
 VERDICTS = {
     "decrease": ("More sycophancy lowered task success", "bad"),
     "increase": ("More sycophancy raised task success", "warn"),
     "no_effect": ("No detectable effect", "neutral"),
-    "insufficient": ("Not enough evaluations", "warn"),
+    "invalid": ("Invalid: no verdict", "bad"),
+    "insufficient": ("Not enough training runs", "warn"),
 }
 
 
@@ -142,6 +146,18 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _runs(lv: runs_index.LevelResult) -> str:
+    """A level's training runs: ``2 runs``, ``1 of 2 runs``; empty for a report written
+    before replicates (no counts)."""
+    if lv.runs is None:
+        return ""
+    done = lv.runs_with_results
+    plural = "s" if lv.runs != 1 else ""
+    if done is None or done == lv.runs:
+        return f"{lv.runs} run{plural}"
+    return f"{done} of {lv.runs} run{plural}"
+
+
 def _quote(text: str, safe: str = "/") -> str:
     return quote(text, safe=safe)
 
@@ -160,7 +176,7 @@ def _templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True,
                              undefined=jinja2.StrictUndefined)
-    env.filters.update(when=_when, num=_num, pct=pct, quote=_quote)
+    env.filters.update(when=_when, num=_num, pct=pct, quote=_quote, runs=_runs)
     env.globals.update(dag_id=DAG_ID, stage_names=runs_index.STAGES, verdict_of=_verdict)
     return env
 

@@ -22,8 +22,10 @@ EXPERIMENT = "simia_sycophancy_experiment"
 RUN = "manual__2026-01-01T00-00-00-00-00"
 RUN_ID = "manual__2026-01-01T00:00:00+00:00"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
-HEADLINE = ("More sycophancy lowered task success: pass^1 fell from 0.92 [0.85, 0.97] at "
-            "0 % to 0.17 [0.10, 0.25] at 20 %; trend p < 0.001 (one-sided).")
+HEADLINE = ("More sycophancy lowered task success: with sycophancy in the training data varied "
+            "over 0 and 20 % with 2 training runs per level (4 runs, 3 with results), pass^1 "
+            "falls by 37.5 points per 10 points of sycophancy (95 % CI -52.0 to -23.0; "
+            "p < 0.0001, one-sided (less)).")
 
 
 def _jdump(path: Path, obj: object) -> None:
@@ -44,12 +46,15 @@ def data_root(tmp_path: Path) -> Path:
                      "warnings": ["evaluated with <ci>, not tau2-bench"]},
         "settings": {"resamples": 200},
         "levels": [
-            {"level": 0.0, "slug": "0pct", "tasks": 30, "trials": 4, "infrastructure_errors": 0,
+            {"level": 0.0, "slug": "0pct", "runs": 2, "runs_with_results": 2,
+             "tasks": 30, "trials": 4, "infrastructure_errors": 0,
              "pass_hat_k": {"1": {"estimate": 0.9167, "low": 0.85, "high": 0.97}},
              "agent": {"llm": "hosted_vllm/simia-0pct", "llm_args": {"api_key": "sk-x"}}},
-            {"level": 20.0, "slug": "20pct", "tasks": 30, "trials": 4,
-             "infrastructure_errors": 2,
-             "pass_hat_k": {"1": {"estimate": 0.1667, "low": 0.1, "high": 0.25}}}]})
+            {"level": 20.0, "slug": "20pct", "runs": 2, "runs_with_results": 1,
+             "tasks": 30, "trials": 4, "infrastructure_errors": 2,
+             "pass_hat_k": {"1": {"estimate": 0.1667, "low": 0.1, "high": 0.25}},
+             "problem": "no results for replicate 2 (no results.json: its evaluation never "
+                        "ran)"}]})
     (run / "report" / "report.html").write_text("<html><body>the report</body></html>")
     (run / "report" / "report.md").write_text("# the report\n")
     (run / "report" / "pass_k_by_level.png").write_bytes(PNG)
@@ -93,8 +98,10 @@ def test_list_page_shows_runs_verdict_and_links(client):
     page = res.text
     assert RUN in page and "scheduled__2026-01-02" in page
     assert "More sycophancy lowered task success</span>" in page  # the verdict badge
-    assert "trend p &lt; 0.001" in page  # the headline, escaped
-    assert "0 %: 0.92 [0.85, 0.97]" in page and "20 %: 0.17 [0.10, 0.25]" in page
+    assert "p &lt; 0.0001, one-sided" in page  # the headline, escaped
+    # per level: pass^1 and its training runs
+    assert '0 %: 0.92 [0.85, 0.97] <span class="muted">(2 runs)</span>' in page
+    assert '20 %: 0.17 [0.10, 0.25] <span class="muted">(1 of 2 runs)</span>' in page
     assert "No report yet" in page
     assert f'href="runs/{RUN}/report"' in page
     # the run id comes from the failure record: a link to that DAG run in Airflow
@@ -111,13 +118,25 @@ def test_run_page_shows_headline_levels_stages_failures_and_report_links(client)
     page = _ok(client, f"/runs/{RUN}/").text
     assert page.index("More sycophancy lowered task success") < page.index("pass^1 per level")
     assert "evaluated with &lt;ci&gt;, not tau2-bench" in page
-    assert "<td>30 x 4</td><td>0.92 [0.85, 0.97]</td>" in page
+    assert "<td>0 %</td><td>2 runs</td><td>30 x 4</td><td>0.92 [0.85, 0.97]</td>" in page
+    assert "<td>1 of 2 runs</td>" in page and "no results for replicate 2" in page
     assert "RuntimeError: &lt;server&gt; did not start" in page and "<server>" not in page
     assert "level.evaluate_tau2" in page and "Failures (1)" in page
     assert f"<code>{RUN_ID}</code>" in page
     assert 'href="report"' in page and 'href="files/report.md"' in page
     assert 'src="files/pass_k_by_level.png"' in page and "notes.txt" not in page
     assert "sk-" not in page and "hunter2" not in page
+
+
+@pytest.mark.parametrize("verdict, label", [
+    ("invalid", "Invalid: no verdict"), ("insufficient", "Not enough training runs"),
+    ("no_effect", "No detectable effect")])
+def test_every_verdict_of_the_analysis_has_a_badge(tmp_path, verdict, label):
+    _jdump(tmp_path / EXPERIMENT / "r" / "report" / "report.json",
+           {"headline": {"verdict": verdict, "text": "the sentence", "warnings": []}})
+    app = ui.create_app(tmp_path, run_lookup=dict, require_auth=False)
+    page = _ok(TestClient(app), "/").text
+    assert f"{label}</span>" in page and "the sentence" in page
 
 
 def test_airflow_database_run_ids_and_states_are_used(data_root):

@@ -37,6 +37,11 @@ def test_dag_runs_end_to_end_with_rule_labels(dag, raw_file, tau2_dir, tmp_path)
     # without trained models the report still shows the data half, and says so
     report = json.loads((run / "report" / "report.json").read_text())
     assert report["headline"]["verdict"] == "insufficient"
+    assert report["headline"]["text"].startswith("Not enough evaluations to answer: sycophancy "
+                                                 "in the training data varied over 0, 10 and "
+                                                 "20 % with 1 training run per level")
+    assert report["design"]["runs_per_level"] == {"0": 1, "10": 1, "20": 1}
+    assert report["analysis"] is None  # nothing was trained or evaluated, by design
     assert (run / "report" / "data_funnel.png").stat().st_size > 1000
 
 

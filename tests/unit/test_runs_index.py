@@ -1,5 +1,6 @@
-"""simia.report.runs_index: run folders as the UI lists them; stages, the report's headline and
-pass^1, failures; damaged files give notes, not exceptions; only report files are served."""
+"""simia.report.runs_index: run folders as the UI lists them; stages, the report's headline (the
+run-aware verdict), training runs and pass^1 per level, failures; damaged files give notes, not
+exceptions; only report files are served."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_report import add_eval, build_data_half, decreasing
+from test_report import build_data_half, decreasing_run
 
 from simia.report import runs_index
 from simia.report import write_report
@@ -23,12 +24,12 @@ def _run(root: Path, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory) -> Path:
-    """A data root with one run holding a real report (simia.report.build) of a clear decline."""
+    """A data root with one run holding a real report (simia.report.build) of a clear decline
+    over 4 levels x 2 training runs."""
     root = tmp_path_factory.mktemp("data")
     run = _run(root, "manual__2026-01-01T00-00-00-00-00")
-    build_data_half(run)
-    for lv in (0, 5, 10, 20):
-        add_eval(run, lv, decreasing(lv))
+    build_data_half(run, replicates=2)
+    decreasing_run(run)
     write_report(run, resamples=200)
     return root
 
@@ -38,17 +39,22 @@ def test_a_reported_run_has_stages_headline_and_pass1(reported):
     assert run.name == "manual__2026-01-01T00-00-00-00-00"
     assert run.stages == ("seeds", "generate", "processed", "scores", "judge", "datasets",
                           "train", "eval", "report")
-    assert run.train_levels == ("0pct", "10pct", "20pct", "5pct")
-    assert run.eval_levels == ("0pct", "10pct", "20pct", "5pct")
+    assert run.train_levels == ("0pct", "0pct-r2", "10pct", "10pct-r2", "20pct", "20pct-r2",
+                                "5pct", "5pct-r2")
+    assert run.eval_levels == run.train_levels
     assert run.verdict == "decrease" and run.headline is not None
-    assert run.headline.text.startswith("More sycophancy lowered task success")
+    assert run.headline.text.startswith("More sycophancy lowered task success: with sycophancy "
+                                        "in the training data varied over 0, 5, 10 and 20 % "
+                                        "with 2 training runs per level (8 runs)")
     assert [lv.level for lv in run.levels] == [0, 5, 10, 20]
     first = run.levels[0]
-    assert first.pass1 == pytest.approx(27.5 / 30) and first.tasks == 30 and first.trials == 4
-    assert first.pass1_low is not None and first.pass1_low <= first.pass1 <= first.pass1_high
+    # the mean of its two runs' pass^1 (27.5/30 and 27.75/30), with a CI over runs
+    assert first.pass1 == pytest.approx(27.625 / 30) and first.tasks == 30 and first.trials == 4
+    assert first.pass1_low is not None and first.pass1_low < first.pass1 < first.pass1_high
+    assert (first.runs, first.runs_with_results) == (2, 2)
     assert first.infrastructure_errors == 0 and first.problem is None
     assert run.has_report_html and "report.md" in run.report_files
-    assert "pass_k_by_level.png" in run.report_files
+    assert "dose_response.png" in run.report_files
     assert run.failures == () and run.notes == ()
     assert run.modified > 0
 
@@ -121,6 +127,7 @@ def test_odd_level_rows_are_tolerated(tmp_path):
     zero, five = info.levels
     assert (zero.level, zero.pass1, zero.pass1_low, zero.tasks, zero.trials) == (
         0, 0.5, None, 10, None)
+    assert zero.runs is None and zero.runs_with_results is None  # a report before replicates
     assert zero.slug == "0pct"
     assert five.pass1 is None and five.problem == "no results.json"
     assert info.notes == ("report/report.json: 2 level row(s) without a numeric level skipped",)

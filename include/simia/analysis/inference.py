@@ -64,10 +64,14 @@ class RunVariance:
 
 
 def run_variance_from_analysis(path: str | Path) -> RunVariance:
-    """The run-to-run SD an earlier ``simia analyze`` JSON measured (``run_to_run``)."""
+    """The run-to-run SD an earlier ``simia analyze`` JSON measured (``run_to_run``), or
+    the one in an earlier run's ``report/report.json`` (its ``analysis``)."""
     from simia.io import read_json
 
     data = read_json(path, what="analysis JSON")
+    if isinstance(data, dict) and "run_to_run" not in data and isinstance(
+            data.get("analysis"), dict):
+        data = data["analysis"]  # a report.json: the analysis is one of its keys
     rr = data.get("run_to_run") if isinstance(data, dict) else None
     if not isinstance(rr, dict) or not isinstance(rr.get("sd_pass1"), (int, float)) \
             or not isinstance(rr.get("df"), (int, float)) or rr["df"] <= 0:
@@ -309,8 +313,9 @@ def _sufficiency(table: OutcomeTable, pass1: np.ndarray,
 def _verdict_text(verdict: str, slope: Slope, alpha: float, alternative: str) -> str:
     conf = f"{(1 - alpha) * 100:g} %"
     est = slope.estimate
-    p = f"p = {format_p(slope.p_value)}" + ("" if alternative == "two-sided" else
-                                               f", one-sided ({alternative})")
+    p_text = format_p(slope.p_value)
+    p = (f"p < {p_text[1:]}" if p_text.startswith("<") else f"p = {p_text}") + (
+        "" if alternative == "two-sided" else f", one-sided ({alternative})")
     ci = (f"{conf} CI {slope.ci_low * 100:+.1f} to {slope.ci_high * 100:+.1f}"
           if slope.ci_low is not None and slope.ci_high is not None else "")
     if verdict in ("decrease", "increase") and est is not None:

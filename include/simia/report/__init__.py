@@ -1,10 +1,12 @@
 """The experiment's answer: statistics over tau2 results, the report (Markdown, HTML,
 JSON, plots) and the index of run folders the UI lists.
 
-* :mod:`~simia.report.stats`: pass^k, bootstrap CIs, paired comparisons, trend test, power;
-* :mod:`~simia.report.load`: reading a run folder (through :class:`simia.layout.RunLayout`);
+* :mod:`~simia.report.stats`: pass^k and bootstrap CIs (the per-checkpoint numbers);
+* :mod:`~simia.report.load`: reading a run folder (through :class:`simia.layout.RunLayout`):
+  every declared training run (level x replicate) and the declared analysis settings;
 * :mod:`~simia.report.model`: the typed analysis (what the report's JSON holds);
-* :mod:`~simia.report.analysis`: computing it from the loaded run, the headline included;
+* :mod:`~simia.report.analysis`: computing it from the loaded run; the headline is the
+  verdict of the run-aware analysis (:func:`simia.analysis.analyze_runs`);
 * :mod:`~simia.report.render` with ``templates/``: the Markdown and HTML (Jinja2);
 * :mod:`~simia.report.plots`: the PNG plots;
 * :mod:`~simia.report.build`: :func:`write_report`, all of the above for one run;

@@ -1,53 +1,84 @@
-"""The report's numbers, from a loaded run: pass^k with bootstrap CIs per level, paired
-comparisons with the reference (lowest) level, the trend test, power, and the data, score,
-LLM-usage and training summaries; then the headline that answers the question.
+"""The report's numbers, from a loaded run: the verdict of the run-aware analysis
+(:func:`simia.analysis.analyze_runs`, the function behind ``simia analyze``) over every
+training run of the run, each level's pass^1 with a CI over its runs, each run's
+descriptive (per-checkpoint) numbers, and the data, score, LLM-usage and training
+summaries; then the headline that answers the question.
 
-Statistics are :mod:`simia.report.stats`; the result is a typed :class:`Analysis`.
+The verdict's unit is the training run (a level's replicate): the declared design (levels
+x replicates, :attr:`simia.report.load.RunData.declared`) is the analysis's
+``expected_levels``, so a run whose evaluation never ran makes it ``invalid``, and with
+fewer than two runs at two or more levels it is ``insufficient`` for the data question
+(the checkpoints' differences are still shown). The per-checkpoint bootstrap CIs describe
+one trained model's evaluation noise and never drive the headline.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
+from simia.analysis import AnalysisResult, analyze_runs
+from simia.analysis.outcomes import RunSpec
+from simia.errors import SimiaError
 from simia.evaluation.tau2_results import Tau2Results
-from simia.report.formatting import ci, num, p_value, pct
-from simia.report.load import LLM_STAGES, LevelEvaluation, RunData
-from simia.report.model import (Analysis, DataSection, DatasetLevel, Datasets, Design,
-                                EvalCost, GenerateCounts, Headline, JudgeCounts, LevelRow,
-                                LevelStats, LLMUsage, Participant, Power, ProcessedCounts,
-                                Scores, SeedCounts, Settings, StageUsage, pick)
-from simia.report.stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, PairedComparison, TrendTest,
-                                bootstrap_pass_hat_k, mde_design, paired_comparison,
-                                trend_test)
+from simia.report.load import LLM_STAGES, RunData, RunEvaluation
+from simia.report.model import (Analysis, DataSection, DatasetLevel, Datasets,
+                                DeclaredDesign, Design, EvalCost, GenerateCounts, Headline,
+                                JudgeCounts, LevelPass1, LevelRow, LLMUsage, Participant,
+                                ProcessedCounts, RunRow, RunStats, Scores, SeedCounts,
+                                Settings, StageUsage, pick)
+from simia.report.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, Estimate, bootstrap_pass_hat_k
+from simia.report.stats import pass_hat_k as matrix_pass_hat_k
 
-__all__ = ["ALPHA", "CONFIDENCE", "POWER", "QUESTION", "analyze"]
+__all__ = ["CONFIDENCE", "QUESTION", "analyze", "replicate_name"]
 
 QUESTION = ("Does more sycophancy in the training data lower task success, and how sure "
             "are we?")
-ALPHA = 0.05
-POWER = 0.8
 CONFIDENCE = 0.95
-SUCCESS_RULE = ("reward within 1e-6 of 1.0; missing simulations, infrastructure errors and "
-                "simulations without a reward count as failures")
-MDE_DESIGN_ASSUMPTION = (
-    "every task succeeds with the reference level's pass^1 as its probability at both "
-    "levels, trials independent (binomial variance p(1-p)/trials per task and level): "
-    "MDE = (z_0.975 + z_0.8) * sqrt(2 p (1-p) / (trials * tasks))")
-MDE_OBSERVED_FORMULA = ("MDE = (z_0.975 + z_0.8) * SD(per-task differences) / sqrt(tasks), "
-                        "from the paired comparison with the reference")
-MDE_HEADLINE_RULE = "the larger of mde_design and the observed MDE against the highest level"
+SUCCESS_RULE = ("reward within 1e-6 of 1.0; infrastructure errors and simulations that never "
+                "ran are missing data, not failures (pass^1 over the trials that ran); the "
+                "sensitivity row counts them as failures")
+#: the headline's opening per verdict
+OPENINGS = {
+    "decrease": "More sycophancy lowered task success",
+    "increase": "More sycophancy raised task success",
+    "no_effect": "No detectable effect of sycophancy on task success",
+    "invalid": "No verdict (invalid)",
+    "insufficient": "Not enough training runs to answer the data question",
+}
+NO_EVALUATION = "Not enough evaluations to answer"
 
-Matrices = dict[float, dict[str, tuple[bool, ...]]]  # level -> task id -> trial successes
+
+def replicate_name(replicate: int) -> str:
+    """The analysis's name of replicate ``replicate`` (``r1``, ``r2``, ...)."""
+    return f"r{replicate}"
 
 
-def _level_stats(r: Tau2Results, *, resamples: int, seed: int) -> LevelStats:
-    boot = bootstrap_pass_hat_k(r.matrix, resamples=resamples, seed=seed,
-                                confidence=CONFIDENCE)
-    return LevelStats(
+# --------------------------------------------------------------------------- per run
+
+def _judged_pass_hat_k(r: Tau2Results, *, resamples: int, seed: int) -> dict[str, Estimate]:
+    """pass^k over the trials that ran (a task with fewer judged trials than k left out of
+    pass^k, as the analysis does), each with a bootstrap CI over tasks."""
+    rows = [tuple(x for x in row if x is not None) for row in r.outcome_matrix()]
+    rows = [row for row in rows if row]
+    out: dict[str, Estimate] = {}
+    for k in range(1, r.trials + 1):
+        matrix = [row for row in rows if len(row) >= k]
+        if not matrix:
+            break
+        out[str(k)] = bootstrap_pass_hat_k(matrix, [k], resamples=resamples, seed=seed,
+                                           confidence=CONFIDENCE)[k]
+    return out
+
+
+def _run_stats(r: Tau2Results, *, resamples: int, seed: int) -> RunStats:
+    judged = sum(1 for row in r.outcome_matrix() for x in row if x is not None)
+    return RunStats(
         tasks=len(r.task_ids), trials=r.trials, cells=len(r.task_ids) * r.trials,
-        successes=r.successes, pass_hat_k={str(k): v for k, v in boot.items()},
-        avg_reward=r.avg_reward,
+        judged_cells=judged, successes=r.successes,
+        pass_hat_k=_judged_pass_hat_k(r, resamples=resamples, seed=seed),
+        pass1_as_failures=matrix_pass_hat_k(r.matrix, 1), avg_reward=r.avg_reward,
         tau2_pass_hat_k={str(k): v for k, v in r.tau2_pass_hat_k.items()},
         tau2_avg_reward=r.tau2_avg_reward,
         tau2_evaluated_simulations=r.tau2_evaluated_simulations,
@@ -63,44 +94,231 @@ def _level_stats(r: Tau2Results, *, resamples: int, seed: int) -> LevelStats:
         notes=list(r.notes))
 
 
-def _level_row(ev: LevelEvaluation, stats: LevelStats | None,
-               paired: PairedComparison | None) -> LevelRow:
-    return LevelRow(level=ev.level, slug=ev.slug, results=ev.results_path,
-                    evaluator=ev.summary.get("evaluator"), backend=ev.summary.get("backend"),
-                    model=ev.summary.get("model"), problem=ev.problem, stats=stats,
-                    paired_vs_reference=paired)
+def _has_results(ev: RunEvaluation) -> bool:
+    return ev.results is not None and bool(ev.results.task_ids)
 
 
-def _power(by_level: Matrices, reference: float | None,
-           comparisons: dict[str, PairedComparison]) -> Power | None:
-    if reference is None:
-        return None
-    ref = by_level[reference]
-    trials = min(len(row) for row in ref.values())
-    p = sum(sum(row) / len(row) for row in ref.values()) / len(ref)
-    design = mde_design(p, len(ref), trials, alpha=ALPHA, power=POWER)
-    observed = {lv: c.mde for lv, c in comparisons.items() if c.mde is not None}
-    highest = max(by_level)
-    # the headline quotes the larger (more cautious) of the two
-    headline = max(observed.get(f"{highest:g}", 0.0), design)
-    return Power(alpha=ALPHA, power=POWER, tasks=len(ref), trials=trials, reference_pass1=p,
-                 mde_design=design, mde_design_assumption=MDE_DESIGN_ASSUMPTION,
-                 mde_observed=observed, mde_observed_formula=MDE_OBSERVED_FORMULA,
-                 mde_headline=headline, mde_headline_rule=MDE_HEADLINE_RULE)
+def _run_row(ev: RunEvaluation, *, resamples: int, seed: int) -> RunRow:
+    stats = _run_stats(ev.results, resamples=resamples, seed=seed) \
+        if ev.results is not None and _has_results(ev) else None
+    return RunRow(level=ev.level, replicate=ev.replicate, slug=ev.slug, results=ev.results_path,
+                  evaluator=ev.summary.get("evaluator"), backend=ev.summary.get("backend"),
+                  model=ev.summary.get("model"), problem=ev.problem, stats=stats)
 
+
+# --------------------------------------------------------------------------- the verdict
+
+def _run_aware(run: RunData) -> tuple[AnalysisResult | None, list[str]]:
+    """The run-aware analysis over every training run (a run without readable results is
+    one whose evaluation never ran), and the problems met; None when nothing could be
+    analysed (no run evaluated by design, or unreadable inputs)."""
+    if not any(_has_results(ev) for ev in run.evaluations) and (
+            not run.evaluates or not run.evaluations):
+        return None, []
+    specs = [RunSpec(ev.level, replicate_name(ev.replicate),
+                     str(ev.results_file) if _has_results(ev) else None)
+             for ev in run.evaluations]
+    settings, problems = run.analysis_settings, []
+    while True:
+        try:
+            return analyze_runs(specs, settings, expected_levels=run.declared), problems
+        except SimiaError as exc:
+            if settings.run_variance_from:
+                problems.append(f"run_variance_from ({settings.run_variance_from}) unusable, "
+                                f"analysed without it: {exc}")
+                settings = settings.model_copy(update={"run_variance_from": None})
+                continue
+            problems.append(f"the run-aware analysis could not read the results: {exc}")
+            return None, problems
+
+
+def _t_quantile(q: float, df: float) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(q, df))
+
+
+def _level_rows(run: RunData, runs: list[RunRow],
+                result: AnalysisResult | None) -> list[LevelRow]:
+    """One row per declared level: its runs' pass^1 (the analysis's: over the trials that
+    ran) with a CI over runs from the run-to-run SD."""
+    alpha = result.alpha if result is not None else 1 - CONFIDENCE
+    rr = result.run_to_run if result is not None else None
+    per_run = {(s.level, s.replicate): s for s in result.runs} if result is not None else {}
+    rows = []
+    for level, declared in sorted(run.declared.items()):
+        mine = [r for r in runs if r.level == level]
+        pass1: dict[str, float | None] = {}
+        ks: list[dict[str, float]] = []
+        for r in mine:
+            s = per_run.get((level, replicate_name(r.replicate)))
+            value = s.pass_hat_k.get("1") if s is not None and r.stats is not None else None
+            pass1[str(r.replicate)] = value
+            if value is not None and s is not None:
+                ks.append(s.pass_hat_k)
+        values = [v for v in pass1.values() if v is not None]
+        mean = sum(values) / len(values) if values else None
+        low = high = None
+        sd = rr.sd_pass1 if rr is not None else None
+        df = rr.df if rr is not None and rr.df > 0 else None
+        if mean is not None and sd is not None and df is not None:
+            half = _t_quantile(1 - alpha / 2, df) * sd / math.sqrt(len(values))
+            low, high = mean - half, mean + half
+        by_k = {"1": LevelPass1(mean, low, high, 1 - alpha, sd if low is not None else None,
+                                df if low is not None else None)}
+        common = set.intersection(*(set(k) for k in ks)) if ks else set()
+        for k in sorted(common - {"1"}, key=int):
+            by_k[k] = LevelPass1(sum(x[k] for x in ks) / len(ks), None, None, 1 - alpha,
+                                 None, None)
+        stats = [r.stats for r in mine if r.stats is not None]
+        without = [f"replicate {r.replicate} ({r.problem or 'no results'})"
+                   for r in mine if r.stats is None]
+        rows.append(LevelRow(
+            level=level, slug=mine[0].slug if mine else f"{level:g}pct", runs=declared,
+            runs_with_results=len(values), pass_hat_k=by_k, runs_pass1=pass1,
+            tasks=max((s.tasks for s in stats), default=None),
+            trials=max((s.trials for s in stats), default=None),
+            infrastructure_errors=sum(s.infrastructure_errors for s in stats),
+            missing_cells=sum(s.missing_cells for s in stats),
+            problem="no results for " + "; ".join(without) if without else None))
+    return rows
+
+
+def _levels_text(levels: list[float]) -> str:
+    """``0, 10 and 20 %``."""
+    names = [f"{lv:g}" for lv in levels]
+    if len(names) <= 1:
+        return f"{''.join(names)} %"
+    return f"{', '.join(names[:-1])} and {names[-1]} %"
+
+
+def _design_text(design: DeclaredDesign) -> str:
+    """What was varied and how many runs: ``sycophancy in the training data varied over 0
+    and 10 % with 2 training runs per level (4 runs)``."""
+    counts = set(design.runs_per_level.values())
+    if len(counts) == 1:
+        n = counts.pop()
+        reps = f"{n} training run{'s' if n != 1 else ''} per level"
+    else:
+        reps = "training runs per level " + ", ".join(
+            f"{lv} %: {n}" for lv, n in design.runs_per_level.items())
+    total = f"{design.runs} run{'s' if design.runs != 1 else ''}"
+    if design.runs_with_results != design.runs:
+        total += f", {design.runs_with_results} with results"
+    what = "varied over" if len(design.levels) > 1 else "at"
+    return f"sycophancy in the training data {what} {_levels_text(design.levels)} with {reps} " \
+           f"({total})"
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith(".") else text + "."
+
+
+def _lcfirst(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _headline(run: RunData, design: DeclaredDesign, runs: list[RunRow],
+              result: AnalysisResult | None, problems: list[str]) -> Headline:
+    warnings = []
+    without = [r for r in runs if r.stats is None]
+    if without and run.evaluates:
+        warnings.append("no evaluation for " + "; ".join(
+            f"{r.level:g} % replicate {r.replicate} ({r.problem or 'no results'})"
+            for r in without))
+    evaluated = [r.stats for r in runs if r.stats is not None]
+    infra = sum(s.infrastructure_errors for s in evaluated)
+    missing = sum(s.missing_cells for s in evaluated)
+    if infra or missing:
+        warnings.append(f"{infra} infrastructure error(s) and {missing} missing simulation(s) "
+                        "are analysed as missing data, not failures (the sensitivity row "
+                        "counts them as failures)")
+    stand_ins = sorted({str(r.evaluator) for r in runs
+                        if r.evaluator not in (None, "tau2") and r.stats is not None})
+    if stand_ins:
+        warnings.append(f"evaluated with {', '.join(stand_ins)}, not tau2-bench: these "
+                        "numbers test the pipeline, not the hypothesis")
+    if design.levels and min(design.levels) != 0:
+        warnings.append(f"no 0 % level: {min(design.levels):g} % is the lowest level")
+    what = _design_text(design) if design.levels else ""
+    if result is None:
+        if problems:
+            reasons = problems
+        elif not run.evaluates:
+            reasons = ["this run trains or evaluates no models (train_models or "
+                       "evaluate_models is off)"]
+        else:
+            reasons = ["no training run was declared or evaluated in this run folder"]
+        verdict = "invalid" if problems else "insufficient"
+        opening = OPENINGS["invalid"] if problems else NO_EVALUATION
+        text = f"{opening}: " + (f"{what}; " if what else "") + "; ".join(reasons)
+        return Headline(verdict, _sentence(text), warnings, reasons)
+    verdict, reasons = result.verdict, list(result.reasons)
+    if verdict in ("invalid", "insufficient"):
+        named = [f"{r.level:g} % replicate {r.replicate} has no results ({r.problem})"
+                 for r in without if r.problem]
+        detail = result.verdict_text.removeprefix(f"{verdict}: ").replace(
+            "give this file as run_variance_from", "give this run's report.json as "
+            "run_variance_from")
+        if verdict == "invalid" and named:
+            reasons = named + reasons
+            detail = "; ".join(named + [detail])
+        text = f"{OPENINGS[verdict]}: with {what}, " + "; ".join([detail, *problems])
+        return Headline(verdict, _sentence(text), warnings, reasons + problems)
+    detail = result.verdict_text.removeprefix("No effect shown: ")
+    text = f"{OPENINGS[verdict]}: with {what}, {_lcfirst(detail)}"
+    return Headline(verdict, _sentence(text), warnings, [])
+
+
+def _method(run: RunData, design: DeclaredDesign, result: AnalysisResult | None) -> list[str]:
+    """The first screen's method note: the model, the unit of inference, what is not
+    covered."""
+    s = run.analysis_settings
+    declared = (f"Declared with the run: {s.primary_endpoint}, alternative '{s.alternative}', "
+                f"alpha {s.alpha:g} (run.json's analysis settings, defaults where absent); "
+                f"training runs per level from {design.source or 'nowhere (none found)'}.")
+    if result is not None:
+        model = f"Model: {result.method}. {declared}"
+    else:
+        model = (f"Model: OLS of each training run's pass^1 on the level, t test of the slope "
+                 f"with runs as the unit; not computed: no training run has results. {declared}")
+    unit = ("Unit of inference: the training run (a level's replicate, its own dataset draw and "
+            f"seed): {design.runs_with_results} of {design.runs} declared runs have results. "
+            "Tasks and trials within a run are its evaluation, not more runs; with one run per "
+            "level the level is confounded with the checkpoint and the verdict is "
+            "'insufficient'.")
+    missing = ("Missing data: infrastructure errors and simulations that never ran are left "
+               "out (pass^1 over the trials that ran); a level losing more than "
+               f"{s.max_excluded_fraction:.0%} of its cells, or a declared run without "
+               "results, makes the verdict 'invalid'.")
+    not_covered = ("Not covered: other base models, training recipes, domains and user "
+                   "simulators than this run's; effects smaller than the design can detect "
+                   f"(smallest effect of interest {s.smallest_effect_per_10pp * 100:g} points "
+                   "of pass^1 per 10 points, simia plan-power); a dose response that is not "
+                   "a line (see the lack-of-fit check); the secondary outcomes, which never "
+                   "make the verdict.")
+    return [model, unit, missing, not_covered]
+
+
+# --------------------------------------------------------------------------- the rest
 
 def _data_section(run: RunData) -> DataSection:
     def counts(stage: str, cls: Any) -> Any:
         summary = run.summaries.get(stage, {})
         return pick(cls, summary) if summary else None
 
+    def order(item: tuple[str, Any]) -> tuple[float, float]:
+        d = item[1]
+        level = d.get("level_pct", 0) if isinstance(d.get("level_pct", 0), (int, float)) else 0
+        rep = d.get("replicate", 1) if isinstance(d.get("replicate", 1), (int, float)) else 1
+        return float(level), float(rep)
+
     datasets = None
     meta = run.datasets
     if meta:
-        levels = [pick(DatasetLevel, d, name=name) for name, d in sorted(
-            (meta.get("datasets") or {}).items(),
-            key=lambda kv: kv[1].get("level_pct", 0) if isinstance(kv[1], dict) else 0)
-            if isinstance(d, dict)]
+        entries = [(n, d) for n, d in (meta.get("datasets") or {}).items() if isinstance(d, dict)]
+        levels = [pick(DatasetLevel, d, name=name) for name, d in sorted(entries, key=order)]
         datasets = Datasets(pools=meta.get("pools"), label_source=meta.get("label_source"),
                             format=meta.get("format"),
                             design=pick(Design, meta.get("design") or {}), levels=levels)
@@ -144,90 +362,30 @@ def _llm_usage(run: RunData) -> LLMUsage:
     return LLMUsage(stages=stages, evaluation=evals, total_cost_usd=total)
 
 
+def _design(run: RunData, runs: list[RunRow]) -> DeclaredDesign:
+    levels = sorted(run.declared)
+    return DeclaredDesign(levels=levels,
+                          runs_per_level={f"{lv:g}": n for lv, n in sorted(run.declared.items())},
+                          runs=sum(run.declared.values()),
+                          runs_with_results=sum(1 for r in runs if r.stats is not None),
+                          source=run.design_source, evaluates=run.evaluates)
+
+
 def analyze(run: RunData, *, resamples: int = DEFAULT_RESAMPLES,
             seed: int = DEFAULT_SEED) -> Analysis:
     """All numbers of the report (the content of its JSON file)."""
-    stats: dict[float, LevelStats] = {}
-    by_level: Matrices = {}
-    for ev in run.evaluations:
-        r = ev.results
-        if r is not None and r.task_ids:
-            by_level[ev.level] = dict(zip(r.task_ids, r.matrix, strict=True))
-            stats[ev.level] = _level_stats(r, resamples=resamples, seed=seed)
-
-    reference = min(by_level) if by_level else None
-    comparisons: dict[str, PairedComparison] = {}
-    for lv in sorted(by_level):
-        if reference is None or lv == reference:
-            continue
-        if not set(by_level[lv]) & set(by_level[reference]):
-            continue
-        comparisons[f"{lv:g}"] = paired_comparison(
-            by_level[reference], by_level[lv], resamples=resamples, seed=seed,
-            confidence=CONFIDENCE, alpha=ALPHA, power=POWER)
-    levels = [_level_row(ev, stats.get(ev.level), comparisons.get(f"{ev.level:g}"))
-              for ev in run.evaluations]
-
-    trend = None
-    if len(by_level) >= 2:
-        try:
-            trend = trend_test(by_level, resamples=resamples, seed=seed, confidence=CONFIDENCE)
-        except ValueError as exc:
-            run.problems.append(f"trend test: {exc}")
-
-    power = _power(by_level, reference, comparisons)
+    runs = [_run_row(ev, resamples=resamples, seed=seed) for ev in run.evaluations]
+    result, problems = _run_aware(run)
+    design = _design(run, runs)
+    training = dict(sorted(run.training.items(),
+                           key=lambda kv: (kv[1].level, kv[1].replicate)))
     return Analysis(
         question=QUESTION, run_dir=str(run.run_dir),
-        settings=Settings(resamples=resamples, seed=seed, confidence=CONFIDENCE, alpha=ALPHA,
-                          power=POWER, success=SUCCESS_RULE),
-        reference_level=reference, levels=levels, trend=trend, power=power,
-        data=_data_section(run), scores=_scores(run), llm_usage=_llm_usage(run),
-        training=dict(sorted(run.training.items())), missing=sorted(set(run.missing)),
-        problems=run.problems,
-        headline=_headline(levels, trend, power))
+        settings=Settings(resamples=resamples, seed=seed, confidence=CONFIDENCE,
+                          success=SUCCESS_RULE),
+        design=design, headline=_headline(run, design, runs, result, problems),
+        method=_method(run, design, result), levels=_level_rows(run, runs, result),
+        runs=runs, analysis=result, data=_data_section(run), scores=_scores(run),
+        llm_usage=_llm_usage(run), training=training, missing=sorted(set(run.missing)),
+        problems=run.problems + problems)
 
-
-def _headline(levels: list[LevelRow], trend: TrendTest | None,
-              power: Power | None) -> Headline:
-    rows = {r.level: r.stats for r in levels if r.stats is not None}
-    warnings = []
-    infra = sum(s.infrastructure_errors for s in rows.values())
-    missing = sum(s.missing_cells for s in rows.values())
-    if infra or missing:
-        warnings.append(f"{infra} infrastructure error(s) and {missing} missing simulation(s) "
-                        "are counted as failures (tau2's own pass^1, which drops "
-                        "infrastructure errors, is in the table)")
-    stand_ins = sorted({str(r.evaluator) for r in levels if r.evaluator not in (None, "tau2")})
-    if stand_ins:
-        warnings.append(f"evaluated with {', '.join(stand_ins)}, not tau2-bench: these "
-                        "numbers test the pipeline, not the hypothesis")
-    unreadable = [f"{pct(r.level)} ({r.problem})" for r in levels if r.problem]
-    if unreadable:
-        warnings.append("no evaluation for " + "; ".join(unreadable))
-    if len(rows) < 2 or trend is None:
-        text = (f"Not enough evaluations to answer: {len(rows)} level(s) evaluated, at least "
-                "two (including 0 %) are needed.")
-        return Headline(verdict="insufficient", text=text, warnings=warnings)
-    low, high = min(rows), max(rows)
-    if low != 0:
-        warnings.append(f"no 0 % level was evaluated; {pct(low)} is the reference")
-    a1, b1 = rows[low].pass_hat_k["1"], rows[high].pass_hat_k["1"]
-    mde = power.mde_headline if power is not None else None
-    span = f"{ci(a1)} at {pct(low)}", f"{ci(b1)} at {pct(high)}"
-    detect = f"the design detects differences of >= {num(mde)}"
-    slope = trend.slope_per_10pp
-    if trend.p_decreasing < ALPHA and slope < 0:
-        verdict = "decrease"
-        text = (f"More sycophancy lowered task success: pass^1 fell from {span[0]} to "
-                f"{span[1]}; trend {p_value(trend.p_decreasing)} (one-sided); {detect}.")
-    elif trend.p_two_sided < ALPHA and slope > 0:
-        verdict = "increase"
-        text = (f"More sycophancy raised task success, against the hypothesis: pass^1 rose "
-                f"from {span[0]} to {span[1]}; trend {p_value(trend.p_two_sided)} "
-                f"(two-sided); {detect}.")
-    else:
-        verdict = "no_effect"
-        text = (f"No detectable effect of sycophancy on task success: pass^1 {span[0]} vs "
-                f"{span[1]}; trend {p_value(trend.p_decreasing)} (one-sided); {detect}, so "
-                "a smaller effect cannot be ruled out.")
-    return Headline(verdict=verdict, text=text, warnings=warnings)

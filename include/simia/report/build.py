@@ -1,11 +1,15 @@
 """``simia report RUN_DIR``: the experiment's answer, from the files of one run.
 
 Question: does more sycophancy in the training data lower task success, and how sure
-are we? The first screen of the report answers it in one sentence (a verdict from the
-trend test across levels, pass^1 with 95 % CIs at the reference and the highest level,
-and the smallest difference the design can detect), then one table row per level.
-Detail sections follow: evaluation (termination reasons, infrastructure errors, costs),
-trend and power, the data funnel, scores, LLM usage and cost, training loss.
+are we? The first screen of the report answers it: the verdict of the run-aware analysis
+(:func:`simia.analysis.analyze_runs`, ``simia analyze``'s function) over every training
+run the run declared (level x replicate), in one sentence that states what was varied and
+how many runs; the dose response (one point per run, the fitted slope and its band); a
+row per level (its runs, pass^1 with a CI over runs); and a method note (the model, the
+unit of inference, what is not covered). Detail sections follow: secondary outcomes
+(declared as such), lack of fit, sensitivity (excluded cells counted as failures), how
+the checkpoints differ, each training run's per-checkpoint numbers, evaluation details,
+the data funnel, scores, LLM usage and cost, training loss.
 
 The steps: :func:`simia.report.load.load_run` reads the run folder (every part optional;
 what is missing is listed in the report), :func:`simia.report.analysis.analyze` computes
@@ -15,9 +19,10 @@ and :mod:`simia.report.render` renders the Markdown and HTML templates.
 Writes, each atomically, into the run's report folder (:attr:`simia.layout.RunLayout.report`)
 or ``out_dir``: the Markdown (images by relative path), the HTML page (self-contained:
 the PNGs are embedded as base64 data URIs, so the page can be mailed or downloaded alone),
-the JSON (every number) and the PNG plots. The same inputs give the same bytes. No config
-dict is copied whole: LLM arguments pass through :func:`simia.redaction.redact` (keys
-ending in "key", "token", "secret" or "password" dropped).
+the JSON (every number; the run-aware analysis under ``analysis``) and the PNG plots. The
+same inputs give the same bytes. No config dict is copied whole: LLM arguments pass
+through :func:`simia.redaction.redact` (keys ending in "key", "token", "secret" or
+"password" dropped).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 from simia.io import dumps, write_bytes
 from simia.layout import ReportFiles
 from simia.report.analysis import QUESTION, analyze
-from simia.report.load import LevelEvaluation, RunData, load_run
+from simia.report.load import RunData, RunEvaluation, load_run
 from simia.report.model import Analysis, to_json
 from simia.report.plots import write_plots
 from simia.report.render import render_html, render_markdown
@@ -39,8 +44,8 @@ from simia.report.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 __all__ = [
     "QUESTION",
     "Analysis",
-    "LevelEvaluation",
     "RunData",
+    "RunEvaluation",
     "analyze",
     "load_run",
     "render_html",

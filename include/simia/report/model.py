@@ -11,15 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from simia.report.stats import Estimate, PairedComparison, TrendTest
+from simia.report.stats import Estimate
+
+if TYPE_CHECKING:
+    from simia.analysis.results import AnalysisResult
 
 __all__ = [
-    "Analysis", "DataSection", "DatasetLevel", "Datasets", "Design", "EvalCost",
-    "GenerateCounts", "Headline", "JudgeCounts", "LLMUsage", "LevelRow", "LevelStats",
-    "Participant", "Power", "ProcessedCounts", "Raw", "Scores", "SeedCounts", "Settings",
-    "StageUsage", "Training", "pick", "to_json",
+    "Analysis", "DataSection", "DatasetLevel", "Datasets", "DeclaredDesign", "Design",
+    "EvalCost", "GenerateCounts", "Headline", "JudgeCounts", "LLMUsage", "LevelPass1",
+    "LevelRow", "Participant", "ProcessedCounts", "Raw", "RunRow", "RunStats", "Scores",
+    "SeedCounts", "Settings", "StageUsage", "Training", "pick", "to_json",
 ]
 
 #: a value copied unchanged from an input file (any JSON value, None when absent)
@@ -38,10 +41,14 @@ def pick(cls: type[_T], source: Mapping[str, Any], default: Any = None, **given:
 
 def to_json(value: Any) -> Any:
     """Plain JSON data (dicts, lists, scalars) of a typed value: a dataclass becomes a dict
-    of its fields in order, unless it says otherwise with an ``as_json`` method."""
+    of its fields in order, unless it says otherwise with an ``as_json`` method; a pydantic
+    model (the run-aware analysis) its JSON dump."""
     as_json = getattr(value, "as_json", None)
     if callable(as_json):
         return as_json()
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        return dump(mode="json")
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_json(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, Mapping):
@@ -53,14 +60,24 @@ def to_json(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
-    """How the statistics were computed."""
+    """How the descriptive (per-checkpoint) statistics were computed and what a success is."""
 
     resamples: int
     seed: int
     confidence: float
-    alpha: float
-    power: float
     success: str
+
+
+@dataclass(frozen=True)
+class DeclaredDesign:
+    """The training runs the run declared (level x replicate) and where that comes from."""
+
+    levels: list[float]
+    runs_per_level: dict[str, int]  # level ("5") -> declared training runs
+    runs: int  # declared training runs in all
+    runs_with_results: int
+    source: str  # run.json, the datasets' metadata or the evaluation folders found
+    evaluates: bool  # False: the run was declared without training or evaluation
 
 
 @dataclass(frozen=True)
@@ -72,14 +89,18 @@ class Participant:
 
 
 @dataclass(frozen=True)
-class LevelStats:
-    """One level's evaluation results (a level without readable results has none)."""
+class RunStats:
+    """One training run's evaluation, described per checkpoint: pass^k over the trials that
+    ran (infrastructure errors and missing simulations left out) with a bootstrap CI over
+    tasks (this checkpoint's evaluation noise only), and the same counted as failures."""
 
     tasks: int
     trials: int
     cells: int
+    judged_cells: int  # cells whose simulation ran and was judged
     successes: int
-    pass_hat_k: dict[str, Estimate]  # "1".."trials": ours, every cell counted
+    pass_hat_k: dict[str, Estimate]  # "1".."trials": over judged cells, bootstrap over tasks
+    pass1_as_failures: float  # pass^1 with every excluded cell counted as a failure
     avg_reward: float
     tau2_pass_hat_k: dict[str, float]  # tau2's own (infrastructure errors dropped)
     tau2_avg_reward: float | None
@@ -101,45 +122,59 @@ class LevelStats:
 
 
 @dataclass(frozen=True)
-class LevelRow:
-    """One sycophancy level: where its evaluation came from, its results (``stats``, None
-    with a ``problem`` when there are none) and its comparison with the reference level."""
+class RunRow:
+    """One training run (a level's replicate): where its evaluation came from, its results
+    (``stats``, None with a ``problem`` when there are none)."""
 
     level: float
+    replicate: int
     slug: str
     results: str  # the results file, relative to the run folder when inside it
     evaluator: Raw
     backend: Raw
     model: Raw
     problem: str | None
-    stats: LevelStats | None = None
-    paired_vs_reference: PairedComparison | None = None
+    stats: RunStats | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The row as the report's JSON has it: the results' fields inline (absent without)."""
         out = {f.name: to_json(getattr(self, f.name)) for f in fields(self)
-               if f.name not in ("stats", "paired_vs_reference")}
+               if f.name != "stats"}
         if self.stats is not None:
             out.update(to_json(self.stats))
-        out["paired_vs_reference"] = to_json(self.paired_vs_reference)
         return out
 
 
 @dataclass(frozen=True)
-class Power:
-    """Minimum detectable differences of pass^1 (design-based and observed)."""
+class LevelPass1:
+    """A level's pass^1: the mean of its training runs' pass^1 with a run-aware CI (the
+    run-to-run SD over sqrt(runs), t quantile on its df); no interval without a run-to-run
+    SD (one run per level)."""
 
-    alpha: float
-    power: float
-    tasks: int
-    trials: int
-    reference_pass1: float
-    mde_design: float
-    mde_design_assumption: str
-    mde_observed: dict[str, float]  # level ("5", "10", ...) -> MDE against the reference
-    mde_observed_formula: str
-    mde_headline: float
-    mde_headline_rule: str
+    estimate: float | None
+    low: float | None
+    high: float | None
+    confidence: float
+    sd: float | None  # the run-to-run SD used
+    df: float | None
+
+
+@dataclass(frozen=True)
+class LevelRow:
+    """One sycophancy level: its training runs and their pass^1 (``pass_hat_k["1"]``, run
+    aware; higher k: the runs' mean, no interval)."""
+
+    level: float
+    slug: str  # replicate 1's folder name
+    runs: int  # declared training runs
+    runs_with_results: int
+    pass_hat_k: dict[str, LevelPass1]
+    runs_pass1: dict[str, float | None]  # replicate ("1", "2") -> that run's pass^1
+    tasks: int | None
+    trials: int | None
+    infrastructure_errors: int
+    missing_cells: int
+    problem: str | None  # the runs without results, named
 
 
 @dataclass(frozen=True)
@@ -204,6 +239,7 @@ class DatasetLevel:
 
     name: str
     level_pct: Raw
+    replicate: Raw
     total: Raw
     clean: Raw
     sycophantic: Raw
@@ -271,19 +307,21 @@ class LLMUsage:
     """LLM calls and estimated cost per stage and per evaluated level."""
 
     stages: dict[str, StageUsage]  # seeds / generate / judge
-    evaluation: dict[str, EvalCost]  # level slug -> cost
+    evaluation: dict[str, EvalCost]  # run slug -> cost, by level then replicate
     total_cost_usd: float
 
 
 @dataclass(frozen=True)
 class Training:
-    """One level's training: the fields of its training summary that the file has (in
-    ``keys``), or those derived from LLaMA-Factory's trainer state; ``source`` says which
-    file. A field the file lacks is None here and absent from the report's JSON."""
+    """One training run's training: the fields of its training summary that the file has
+    (in ``keys``), or those derived from LLaMA-Factory's trainer state; ``source`` says
+    which file. A field the file lacks is None here and absent from the report's JSON."""
 
     source: str
     keys: tuple[str, ...]
-    level: Raw = None
+    level: float
+    replicate: int
+    slug: str
     dataset: Raw = None
     final_loss: Raw = None
     train_loss: Raw = None
@@ -294,17 +332,20 @@ class Training:
     loss_curve: Raw = None  # [[step, loss], ...]
 
     def as_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.keys} | {"source": self.source}
+        return ({"level": self.level, "replicate": self.replicate}
+                | {k: getattr(self, k) for k in self.keys} | {"source": self.source})
 
 
 @dataclass(frozen=True)
 class Headline:
-    """The answer in one sentence: ``verdict`` is decrease, increase, no_effect or
-    insufficient; ``warnings`` qualify it."""
+    """The answer in one sentence. ``verdict``: the run-aware analysis's (decrease,
+    increase, no_effect, invalid, insufficient); ``reasons`` why invalid or insufficient;
+    ``warnings`` qualify it."""
 
     verdict: str
     text: str
     warnings: list[str]
+    reasons: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -314,34 +355,36 @@ class Analysis:
     question: str
     run_dir: str
     settings: Settings
-    reference_level: float | None  # the lowest evaluated level
+    design: DeclaredDesign
+    headline: Headline
+    method: list[str]  # the method note of the first screen
     levels: list[LevelRow]
-    trend: TrendTest | None
-    power: Power | None
+    runs: list[RunRow]  # every training run, by level then replicate
+    #: the run-aware analysis (simia analyze's JSON); None when no run was evaluated
+    analysis: AnalysisResult | None
     data: DataSection
     scores: Scores | None
     llm_usage: LLMUsage
-    training: dict[str, Training]  # level slug -> training
+    training: dict[str, Training]  # run slug -> training, by level then replicate
     missing: list[str]
     problems: list[str]
-    headline: Headline
     plots: list[str] = field(default_factory=list)  # file names of the plots drawn
 
     @property
-    def evaluated(self) -> list[LevelRow]:
-        """The levels with results, in level order."""
-        return [r for r in self.levels if r.stats is not None]
+    def evaluated(self) -> list[RunRow]:
+        """The training runs with results, by level then replicate."""
+        return [r for r in self.runs if r.stats is not None]
 
     @property
     def max_k(self) -> int:
-        """The largest k of pass^k over the levels (1 without results)."""
-        return max((int(k) for r in self.levels if r.stats is not None
+        """The largest k of pass^k over the runs (1 without results)."""
+        return max((int(k) for r in self.runs if r.stats is not None
                     for k in r.stats.pass_hat_k), default=1)
 
     @property
     def termination_reasons(self) -> list[str]:
-        """The termination reasons any evaluated level has (``user_stop`` when none has)."""
-        rows = [r.stats for r in self.levels if r.stats is not None]
+        """The termination reasons any evaluated run has (``user_stop`` when none has)."""
+        rows = [r.stats for r in self.runs if r.stats is not None]
         if not rows:
             return []
         return [k for k in rows[0].termination_counts

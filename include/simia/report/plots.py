@@ -24,50 +24,58 @@ def _fig_bytes(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _plot_pass_k(a: Analysis, plt: Any) -> Any | None:
-    rows = [(r.level, r.stats) for r in a.levels if r.stats is not None]
-    if not rows:
+def _dose_response(a: Analysis) -> tuple[list[tuple[float, int, float]], Any] | None:
+    """(level, replicate, pass^1) per training run with results, and the analysis."""
+    result = a.analysis
+    if result is None:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ks = sorted({int(k) for _, s in rows for k in s.pass_hat_k})
-    for k in ks:
-        pts = [(lv, s.pass_hat_k[str(k)]) for lv, s in rows if str(k) in s.pass_hat_k]
-        x = [p[0] for p in pts]
-        y = [p[1].estimate for p in pts]
-        err = [[p[1].estimate - p[1].low for p in pts], [p[1].high - p[1].estimate for p in pts]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label=f"pass^{k}")
-    tau2 = [(lv, s.tau2_pass_hat_k.get("1")) for lv, s in rows
-            if s.tau2_pass_hat_k.get("1") is not None]
-    if tau2:
-        ax.plot([t[0] for t in tau2], [t[1] for t in tau2], "k--", marker="x", alpha=.6,
-                label="tau2's pass^1 (drops infra errors)")
+    pts = [(r.level, int(r.replicate[1:]) if r.replicate[1:].isdigit() else 1,
+            r.pass_hat_k["1"]) for r in result.runs if "1" in r.pass_hat_k]
+    return (pts, result) if pts else None
+
+
+def _plot_dose_response(a: Analysis, plt: Any) -> Any | None:
+    """One point per training run (pass^1 on the level), the fitted OLS line and its
+    (1 - alpha) confidence band (the run-to-run residual, or the supplied SD, on its df)."""
+    found = _dose_response(a)
+    if found is None:
+        return None
+    import numpy as np
+    from scipy import stats
+
+    pts, result = found
+    x = np.array([p[0] for p in pts]) / 10.0
+    y = np.array([p[2] for p in pts])
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    span = max(float(x.max() - x.min()) * 10, 1.0)
+    jitter = [(p[1] - 1) * span * 0.008 for p in pts]  # replicates side by side
+    ax.scatter([p[0] + j for p, j in zip(pts, jitter, strict=True)], y, color="C0", zorder=3,
+               label=f"training runs ({len(pts)})")
+    slope = result.slope_per_10pp
+    if slope.estimate is not None and len(set(x.tolist())) >= 2:
+        b = slope.estimate
+        a0 = float(y.mean() - b * x.mean())
+        grid = np.linspace(float(x.min()), float(x.max()), 50)
+        fit = a0 + b * grid
+        tested = slope.se is not None and slope.df is not None
+        label = f"OLS slope {b * 100:+.1f} points per 10 points"
+        ax.plot(grid * 10, fit, color="C3", ls="-" if tested else "--",
+                label=label + ("" if tested else " (not tested: too few runs)"))
+        if tested:
+            sxx = float(np.sum((x - x.mean()) ** 2))
+            s = slope.se * np.sqrt(sxx)  # the residual (or supplied) SD of a run's pass^1
+            q = float(stats.t.ppf(1 - result.alpha / 2, slope.df))
+            half = q * s * np.sqrt(1 / len(x) + (grid - x.mean()) ** 2 / sxx)
+            ax.fill_between(grid * 10, fit - half, fit + half, color="C3", alpha=.15,
+                            label=f"{(1 - result.alpha) * 100:g} % confidence band")
+    levels = sorted({p[0] for p in pts})
+    ax.set_xticks(levels)
     ax.set_xlabel("sycophancy in training data (%)")
-    ax.set_ylabel("pass^k (95 % bootstrap CI)")
+    ax.set_ylabel("pass^1 of the training run")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xticks([lv for lv, _ in rows])
     ax.legend(fontsize=8)
-    ax.set_title("Task success by sycophancy level")
-    return fig
-
-
-def _plot_paired(a: Analysis, plt: Any) -> Any | None:
-    rows = [(r.level, r.paired_vs_reference) for r in a.levels if r.paired_vs_reference]
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    x = [lv for lv, _ in rows]
-    pcs = [pc for _, pc in rows]
-    y = [p.mean_diff for p in pcs]
-    err = [[p.mean_diff - p.ci.low for p in pcs], [p.ci.high - p.mean_diff for p in pcs]]
-    ax.errorbar(x, y, yerr=err, marker="o", capsize=4, color="C3")
-    ax.axhline(0, color="k", lw=.8)
-    for xi, yi, p in zip(x, y, pcs, strict=True):
-        ax.annotate(p_value(p.p_two_sided), (xi, yi), textcoords="offset points",
-                    xytext=(6, 6), fontsize=8)
-    ax.set_xticks(x)
-    ax.set_xlabel("sycophancy in training data (%)")
-    ax.set_ylabel(f"Δ pass^1 vs {pct(a.reference_level)}")
-    ax.set_title("Paired difference per level (95 % CI over tasks)")
+    ax.set_title(f"Dose response: verdict {result.verdict} ({p_value(result.p_value)}, "
+                 f"{result.alternative})")
     return fig
 
 
@@ -137,7 +145,7 @@ def _plot_usage(a: Analysis, plt: Any) -> Any | None:
 
 
 def _plot_loss(a: Analysis, plt: Any) -> Any | None:
-    curves = {s: t.loss_curve for s, t in a.training.items() if t.loss_curve}
+    curves = {s: t.loss_curve for s, t in a.training.items() if t.loss_curve}  # by level
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -147,7 +155,7 @@ def _plot_loss(a: Analysis, plt: Any) -> Any | None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=slug)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
-    ax.set_title("Training loss per level")
+    ax.set_title("Training loss per training run")
     ax.legend(fontsize=8)
     return fig
 
@@ -168,8 +176,7 @@ def _plot_scores(a: Analysis, plt: Any) -> Any | None:
 
 
 #: plot name (as the templates refer to it), file name, drawing function
-PLOTS = (("pass_k", "pass_k_by_level.png", _plot_pass_k),
-         ("paired", "paired_diff_vs_reference.png", _plot_paired),
+PLOTS = (("dose_response", "dose_response.png", _plot_dose_response),
          ("funnel", "data_funnel.png", _plot_funnel),
          ("usage", "llm_usage_cost.png", _plot_usage),
          ("loss", "training_loss.png", _plot_loss),

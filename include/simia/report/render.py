@@ -31,7 +31,10 @@ def _environment(html: bool) -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, extensions=["jinja2.ext.do"])
     env.filters.update(pct=formatting.pct, g=formatting.g, num=formatting.num,
                        ci=formatting.ci, interval=formatting.interval,
-                       p_value=formatting.p_value, json=formatting.to_json_text)
+                       bounds=formatting.bounds, points=formatting.points,
+                       effect=formatting.effect,
+                       p=formatting.p_short, p_value=formatting.p_value,
+                       json=formatting.to_json_text)
     return env
 
 

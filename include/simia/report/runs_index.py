@@ -3,10 +3,11 @@
 Each run of the DAG writes under ``<data_root>/simia_sycophancy_experiment/<folder>/``
 where ``folder`` is :func:`simia.layout.safe_name` of the Airflow run id. This module reads
 those folders (never writes), every path through :class:`simia.layout.RunLayout`, and
-returns typed summaries: which stages have output, the report's headline and per-level
-pass^1 (from the report's JSON), failures recorded by the failure callback (or in the
-failure summary of earlier runs), and the report files that may be served. It never
-raises for a damaged run folder: what cannot be read becomes a note.
+returns typed summaries: which stages have output, the report's headline (the run-aware
+verdict) and per level its training runs and pass^1 with its CI (from the report's JSON;
+reports written before replicates have no run counts), failures recorded by the failure
+callback (or in the failure summary of earlier runs), and the report files that may be
+served. It never raises for a damaged run folder: what cannot be read becomes a note.
 
 Only the fields listed here are taken from the files; settings and configuration
 dictionaries (which may name endpoints or carry credentials) are never read out.
@@ -61,7 +62,7 @@ _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 @dataclass(frozen=True)
 class Headline:
     """The report JSON's ``headline``: the verdict (decrease / increase / no_effect /
-    insufficient), its one-line text and warnings."""
+    invalid / insufficient), its one-line text and warnings."""
 
     verdict: str
     text: str
@@ -70,14 +71,17 @@ class Headline:
 
 @dataclass(frozen=True)
 class LevelResult:
-    """One sycophancy level of the report: pass^1 with its 95 % CI (None when the level
-    has no evaluation; ``problem`` says why)."""
+    """One sycophancy level of the report: its training runs (declared, with results) and
+    pass^1 with its CI over runs (None when no run of the level has results, or without
+    a run-to-run SD; ``problem`` names the runs without results)."""
 
     level: float
     slug: str
     pass1: float | None = None
     pass1_low: float | None = None
     pass1_high: float | None = None
+    runs: int | None = None  # declared training runs (None: a report from before replicates)
+    runs_with_results: int | None = None
     tasks: int | None = None
     trials: int | None = None
     infrastructure_errors: int | None = None
@@ -300,7 +304,8 @@ def _levels(report: dict[str, Any], notes: list[str]) -> tuple[LevelResult, ...]
         out.append(LevelResult(
             level=level, slug=_text(row.get("slug"), 100) or f"{level:g}pct",
             pass1=_number(pass1.get("estimate")), pass1_low=_number(pass1.get("low")),
-            pass1_high=_number(pass1.get("high")), tasks=_int(row.get("tasks")),
+            pass1_high=_number(pass1.get("high")), runs=_int(row.get("runs")),
+            runs_with_results=_int(row.get("runs_with_results")), tasks=_int(row.get("tasks")),
             trials=_int(row.get("trials")),
             infrastructure_errors=_int(row.get("infrastructure_errors")),
             problem=_text(row.get("problem"), 500) or None))
