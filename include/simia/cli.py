@@ -147,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
                     help=f"bootstrap resamples over tasks (default {DEFAULT_RESAMPLES})")
     rp.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                    help="seed of the bootstrap and of Monte Carlo permutations")
+                    help="seed of the per-run bootstrap CIs")
     return p
 
 

@@ -148,6 +148,10 @@ def test_slope_test_by_hand():
     s = slope_test([0, 0, 10, 10, 20], y + [math.nan])
     assert s.estimate == pytest.approx(SLOPE) and s.df == 2
     assert slope_test([0, 0], [0.5, 0.6]).estimate is None
+    # runs that all score the same leave nothing to test against (not "no residual df")
+    flat = slope_test([0, 0, 10, 10], [0.5] * 4)
+    assert flat.p_value is None and flat.estimate == pytest.approx(0)
+    assert "no variation between runs" in flat.variance
 
 
 def test_slope_test_with_supplied_variance_by_hand():

@@ -139,6 +139,10 @@ def slope_test(levels: Sequence[float] | np.ndarray, y: Sequence[float] | np.nda
     else:
         return Slope(estimate=est, confidence=conf, alternative=alternative,
                      variance="no residual degrees of freedom")
+    if abs(se) <= _TINY and abs(est) <= _TINY:
+        return Slope(estimate=est, confidence=conf, alternative=alternative,
+                     variance="every run's pass^1 lies on a flat line: no variation between "
+                          "runs to test a slope against")
     t = _t_stat(est, se)
     q2 = float(stats.t.ppf(1 - alpha / 2, df))
     q1 = float(stats.t.ppf(1 - alpha, df))
@@ -428,7 +432,7 @@ def analyze(table: OutcomeTable, settings: AnalysisSettings | None = None, *,
     else:
         verdict, reasons = _decide(slope, alpha, alt), []
     if verdict == "insufficient" and not short:
-        reasons = ["the slope could not be tested (no residual degrees of freedom)"]
+        reasons = [f"the slope could not be tested ({slope.variance})"]
     text = _verdict_text(verdict, slope, alpha, alt) if not reasons else \
         f"{verdict}: " + "; ".join(reasons)
     if design == "a/a" and math.isfinite(own_sd):

@@ -158,13 +158,13 @@ def checkpoint_diffs(table: OutcomeTable, *, alpha: float = 0.05) -> list[Checkp
         a, b = rates[i][both], rates[0][both]
         diff = float(np.mean(a - b)) if both.any() else None
         lo = hi = p = None
-        if both.sum() >= 2 and np.any(a != b):
+        if both.sum() >= 2 and np.ptp(a - b) > 0:
             res = stats.ttest_rel(a, b)
             ci = res.confidence_interval(1 - alpha)
             lo, hi, p = float(ci.low), float(ci.high), float(res.pvalue)
-        elif both.sum() >= 2:
-            lo = hi = 0.0
-            p = 1.0
+        elif both.sum() >= 2:  # every task differs by the same amount: no spread to test
+            lo = hi = diff
+            p = 1.0 if diff == 0 else None
         out.append(CheckpointDiff(level=float(table.levels[i]), replicate=table.replicates[i],
                                   reference=ref, tasks=int(both.sum()), diff=diff, ci_low=lo,
                                   ci_high=hi, p_value=p))
