@@ -46,7 +46,9 @@ rule everywhere: a text's tokens are its characters / 4, rounded up; a prefix's 
 of its texts joined, and ``inputTokens`` is the whole input's less the cached prefix's,
 so the three input counts add up to what the same request reports without cache points.
 Requests without cache points report no cache fields. Errors (faults, throttling) touch
-no cache entry.
+no cache entry. A cache point before a shorter prefix is ignored, or, with
+``reject_short_cache_points``, refused with a ``ValidationException`` (what Bedrock does
+is not documented; the client never sends one).
 
 Latency, a requests-per-second limit and fault injection are set in :class:`ServerConfig`.
 Faults are deterministic: see :func:`_fault`.
@@ -142,6 +144,8 @@ class ServerConfig:
     :param seed: salt of the fault decisions.
     :param cache_ttl_s: lifetime of a prompt-cache entry, refreshed on every hit.
     :param cache_min_tokens: the shortest prefix (in tokens) a cache point caches.
+    :param reject_short_cache_points: refuse a request with a cache point before a
+        shorter prefix (``ValidationException``) instead of ignoring the point.
     """
 
     latency_s: float = 0.0
@@ -152,6 +156,7 @@ class ServerConfig:
     seed: int = 0
     cache_ttl_s: float = 300.0
     cache_min_tokens: int = 1024
+    reject_short_cache_points: bool = False
 
     def __post_init__(self) -> None:
         self.fault_kinds = tuple(self.fault_kinds)
@@ -708,6 +713,10 @@ class ConverseServer:
         input_tokens = _tokens(request.system + "".join(t for _, t in request.messages))
         if not request.cache_points:
             return _Reply(text, stop_reason, input_tokens)
+        if self.config.reject_short_cache_points and any(
+                p.tokens < self.config.cache_min_tokens for p in request.cache_points):
+            return _Error("ValidationException", "A cachePoint comes before fewer than "
+                          f"{self.config.cache_min_tokens} tokens.")
         read, write = self._use_cache(
             request, max(0.0, ticket.started + ticket.delay - time.monotonic()))
         return _Reply(text, stop_reason, input_tokens - read - write, read, write)

@@ -213,8 +213,11 @@ def test_openai_compatible_backend(converse_server, tmp_path, seeds_file):
 def test_prompt_caching_off_sends_no_cache_point_and_the_same_input(converse_server, tmp_path,
                                                                     seeds_file, tau2_dir):
     """Caching on and off see the same replies and the same input tokens in all; off, the
-    server sees no cache point (its cache counts no request)."""
-    gen = GenerationSettings(target=12, mode="strict")
+    server sees no cache point (its cache counts no request). On, no cache point comes
+    before a prefix under 1,024 tokens (the server would refuse it): the sycophantic
+    generation instructions alone are 1,023 by the shared estimate."""
+    gen = GenerationSettings(target=12, mode="sycophantic")
+    converse_server.configure(reject_short_cache_points=True)
     usage = {}
     for caching in (True, False):
         converse_server.reset()

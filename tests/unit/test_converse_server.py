@@ -459,6 +459,14 @@ def test_cache_needs_a_1024_token_prefix(srv, client):
     assert cached_ask(client, long_system(4093), USER)["cacheReadInputTokens"] == 1024
 
 
+def test_short_prefix_cache_points_can_be_refused(srv, client):
+    srv.configure(reject_short_cache_points=True)
+    with pytest.raises(ClientError) as exc:
+        cached_ask(client, long_system(4092), USER)
+    assert error_code(exc.value) == "ValidationException"
+    assert cached_ask(client, long_system(4093), USER)["cacheWriteInputTokens"] == 1024
+
+
 def test_cache_is_keyed_by_model_and_exact_prefix(srv, client):
     cached_ask(client, long_system(6000), USER)
     assert cached_ask(client, long_system(6000), USER + " other item")[

@@ -447,7 +447,7 @@ def test_run_items_reports_progress_at_a_steady_rhythm(tmp_path):
 
 # --------------------------------------------------------------------------- prompt caching
 
-def _stubbed_bedrock(prompt_caching: bool):
+def _stubbed_bedrock(prompt_caching: bool, cache_min_tokens: int = 1):
     """A BedrockBackend on a real boto3 client with botocore's Stubber and parameter
     validation on: requests and replies are checked against botocore's Converse model."""
     import boto3
@@ -461,7 +461,8 @@ def _stubbed_bedrock(prompt_caching: bool):
                         config=Config(parameter_validation=True))
     stub = Stubber(boto)
     stub.activate()
-    return BedrockBackend(boto, "m", prompt_caching=prompt_caching), stub
+    return BedrockBackend(boto, "m", prompt_caching=prompt_caching,
+                          cache_min_tokens=cache_min_tokens), stub
 
 
 _CONVERSE_REPLY = {"output": {"message": {"role": "assistant", "content": [{"text": "ok"}]}},
@@ -501,6 +502,32 @@ def test_bedrock_request_without_caching_has_no_cache_point_and_the_same_text():
                        10, 0.0)
     stub.assert_no_pending_responses()
     assert (got.input_tokens, got.cache_read_tokens, got.cache_write_tokens) == (9, 0, 0)
+
+
+def test_no_cache_point_before_a_prefix_under_the_minimum():
+    """Bedrock caches no prefix under the model's minimum (1,024 tokens for Sonnet 4,
+    estimated at 4 characters a token): no cache point is sent before one."""
+    from simia.llm.prompts import CACHE_POINT
+
+    backend, stub = _stubbed_bedrock(True, cache_min_tokens=1024)
+    point = {"cachePoint": {"type": "default"}}
+    short, seed = "s" * 4092, "x" * 4  # 1,023 tokens, then 1,024 with the seed part
+    stub.add_response("converse", _CONVERSE_REPLY, {
+        "modelId": "m", "system": [{"text": short}],
+        "messages": [{"role": "user", "content": [{"text": seed}, point, {"text": "v"}]}],
+        "inferenceConfig": {"maxTokens": 10, "temperature": 0.0}})
+    backend.send(short, [{"role": "user", "text": f"{seed}{CACHE_POINT}v"}], 10, 0.0)
+    stub.add_response("converse", _CONVERSE_REPLY, {
+        "modelId": "m", "system": [{"text": short + "s"}, point],
+        "messages": [{"role": "user", "content": [{"text": "y"}, point, {"text": "v"}]}],
+        "inferenceConfig": {"maxTokens": 10, "temperature": 0.0}})
+    backend.send(short + "s", [{"role": "user", "text": f"y{CACHE_POINT}v"}], 10, 0.0)
+    stub.add_response("converse", _CONVERSE_REPLY, {
+        "modelId": "m", "system": [{"text": "tiny"}],
+        "messages": [{"role": "user", "content": [{"text": "y"}, {"text": "v"}]}],
+        "inferenceConfig": {"maxTokens": 10, "temperature": 0.0}})
+    backend.send("tiny", [{"role": "user", "text": f"y{CACHE_POINT}v"}], 10, 0.0)
+    stub.assert_no_pending_responses()
 
 
 def test_make_client_follows_the_prompt_caching_setting():

@@ -23,9 +23,11 @@
   system prompt (a stage's shared part) with a ``{"cachePoint": {"type": "default"}}``
   block, and turns every :data:`~simia.llm.prompts.CACHE_POINT` marker a template put
   in a message into one; Bedrock then reads that prefix from its cache (5 minutes,
-  refreshed on every hit; prefixes under the model's minimum, 1,024 tokens for Claude
-  Sonnet 4, are not cached). Off, and on the OpenAI-compatible backend, the markers are
-  removed and no cache point is sent: the model sees the same text either way.
+  refreshed on every hit). A point whose prefix is under ``cache_min_tokens`` (1,024,
+  Claude Sonnet 4's minimum; estimated at 4 characters a token) is left out: Bedrock
+  would not cache it (and may refuse the request). Off, and on the OpenAI-compatible
+  backend, the markers are removed and no cache point is sent: the model sees the same
+  text either way.
 - **Accounting.** Every call's tokens (uncached input, output, cache read, cache write:
   Bedrock's ``inputTokens`` counts only the input that was neither read from nor written
   to the cache) and duration go into the stage's :class:`Usage`; every call logs one line
@@ -159,18 +161,21 @@ class BedrockBackend:
     """Bedrock Converse through a boto3 ``bedrock-runtime`` client.
 
     With ``prompt_caching``, the system prompt ends with a cache point and each
-    :data:`~simia.llm.prompts.CACHE_POINT` marker in a message becomes one; without, the
-    markers are removed. With a ``pacer``, every HTTP attempt the client makes (botocore's own retries
+    :data:`~simia.llm.prompts.CACHE_POINT` marker in a message becomes one, unless the
+    prefix before it is under ``cache_min_tokens`` (estimated as characters / 4, rounded
+    up: the rule of ``tests/converse_server.py``); without, the markers are removed.
+    With a ``pacer``, every HTTP attempt the client makes (botocore's own retries
     included) waits for its slot (botocore's ``before-send`` event) and reports whether
     it was throttled (``needs-retry``), through the client's event hooks.
     """
 
     def __init__(self, client: Any, model_id: str, pacer: RatePacer | None = None, *,
-                 prompt_caching: bool = False) -> None:
+                 prompt_caching: bool = False, cache_min_tokens: int = 1024) -> None:
         self.client = client
         self.model_id = model_id
         self.pacer = pacer
         self.prompt_caching = prompt_caching
+        self.cache_min_tokens = cache_min_tokens
         if pacer is not None and pacer.active:
             events = client.meta.events
             events.register("before-send.bedrock-runtime", self._before_send,
@@ -191,34 +196,45 @@ class BedrockBackend:
         code = (parsed or {}).get("Error", {}).get("Code") if isinstance(parsed, dict) else None
         self.pacer.record(getattr(http, "status_code", 0) == 429 or code in _THROTTLE_CODES)
 
-    def _blocks(self, text: str) -> list[dict[str, Any]]:
-        """Content blocks of ``text``: its parts between markers, with a cache point
-        between two parts when caching (and none before the first text)."""
+    def _cacheable(self, chars: int) -> bool:
+        """Whether a prefix of ``chars`` characters is long enough for a cache point."""
+        return -(-chars // 4) >= self.cache_min_tokens
+
+    def _blocks(self, text: str, chars: int) -> tuple[list[dict[str, Any]], int]:
+        """(content blocks of ``text``, characters sent so far) given ``chars`` sent
+        before it: its parts between markers, with a cache point between two parts when
+        caching and the prefix is long enough."""
         if CACHE_POINT not in text:
-            return [{"text": text}]
+            return [{"text": text}], chars + len(text)
         if not self.prompt_caching:
-            return [{"text": strip_cache_points(text)}]
+            text = strip_cache_points(text)
+            return [{"text": text}], chars + len(text)
         blocks: list[dict[str, Any]] = []
         for i, part in enumerate(split_cache_points(text)):
-            if i and blocks and blocks[-1] is not CACHE_POINT_BLOCK:
+            if i and blocks and blocks[-1] is not CACHE_POINT_BLOCK \
+                    and self._cacheable(chars):
                 blocks.append(CACHE_POINT_BLOCK)
             if part:
                 blocks.append({"text": part})
-        return blocks
+                chars += len(part)
+        return blocks, chars
 
     def request(self, system: str | None, messages: list[dict[str, str]], max_tokens: int,
                 temperature: float) -> dict[str, Any]:
         """The keyword arguments of ``converse`` for this call."""
+        blocks, chars = self._blocks(system, 0) if system else ([], 0)
+        if blocks and self.prompt_caching and blocks[-1] is not CACHE_POINT_BLOCK \
+                and self._cacheable(chars):
+            blocks.append(CACHE_POINT_BLOCK)
+        content = []
+        for m in messages:
+            message_blocks, chars = self._blocks(m["text"], chars)
+            content.append({"role": m["role"], "content": message_blocks})
         request: dict[str, Any] = {
-            "modelId": self.model_id,
-            "messages": [{"role": m["role"], "content": self._blocks(m["text"])}
-                         for m in messages],
+            "modelId": self.model_id, "messages": content,
             "inferenceConfig": {"maxTokens": max_tokens, "temperature": temperature},
         }
-        blocks = self._blocks(system) if system else []
         if blocks:
-            if self.prompt_caching and blocks[-1] is not CACHE_POINT_BLOCK:
-                blocks.append(CACHE_POINT_BLOCK)
             request["system"] = blocks
         return request
 
@@ -348,7 +364,8 @@ def make_client(settings: LLMSettings, *, bedrock_client: Any = None) -> LLMClie
                                           endpoint_url=settings.endpoint_url,
                                           config=botocore_config(settings))
         backend = BedrockBackend(bedrock_client, settings.model_id, pacer,
-                                 prompt_caching=settings.prompt_caching)
+                                 prompt_caching=settings.prompt_caching,
+                                 cache_min_tokens=settings.cache_min_tokens)
     return LLMClient(backend, settings)
 
 

@@ -145,6 +145,10 @@ class LLMSettings(SettingsModel):
                     "a Bedrock cache point: later calls read it from the cache at a tenth "
                     "of the input price. Off: no cache point. The OpenAI-compatible "
                     "backend ignores it.")
+    #: the shortest prefix (in tokens, estimated at 4 characters a token) that gets a
+    #: cache point: the model's minimum on Bedrock (Claude Sonnet 4: 1,024; some models
+    #: need more), under which Bedrock does not cache it
+    cache_min_tokens: int = Field(1024, ge=1)
 
     @field_validator("model_id")
     @classmethod
