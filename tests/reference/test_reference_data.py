@@ -107,7 +107,7 @@ def test_judge_reads_most_input_from_the_prompt_cache(reference_data, converse_s
     """The judge over the real processed sycophantic 200, against the local Converse server
     (100 ms a call, 8 in flight: the first 8 calls all miss and write, as on Bedrock; two
     shards, run one after the other). Measured: 59 conversations, 78.1 % of the input
-    read from the cache, $0.736 against $1.833 without (README "Prompt caching")."""
+    read from the cache, $0.736 against $1.832 without (README "Prompt caching")."""
     from simia.data.stages import process_stage
     from simia.llm.client import LLMSettings, make_client
     from simia.llm.judge import JudgeSettings, judge_shard, merge_judge
