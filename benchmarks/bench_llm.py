@@ -14,13 +14,20 @@ DAG and the CLI run (prompt rendering, line parsing, checkpointing included):
 2. **rate-limited**: the server throttles (429) above a requests-per-second limit;
    prints achieved/limit (target >= 0.85) and checks that no item is lost: every item
    ends as a conversation or a recorded failure, and the target is reached.
+3. **caching**: the judge (over the real processed sycophantic 200 when
+   ``$SIMIA_REFERENCE_DATA`` holds them, else 200 synthetic conversations) and
+   generation (``--cache-n`` conversations from 20 synthetic seeds) with prompt caching
+   off, then on, against one server process that emulates Bedrock's prompt cache
+   (``--cache-latency`` per call, the client's default concurrency of 8). Prints the
+   share of the input read from the cache, the cache tokens and the cost of each.
 
 The server runs in its own process so that it does not compete with the client for
 the GIL. Figures are printed, never asserted.
 
     .venv/bin/python benchmarks/bench_llm.py [--n 2560] [--concurrency 32] [--latency 0.2]
         [--rps 60] [--retry-mode standard|adaptive] [--learn auto|on|off] [--max-rps R]
-        [--only latency|rate-limited] [--repeat N] [--json out.json]
+        [--only latency|rate-limited|caching] [--cache-n 200] [--cache-latency 0.1]
+        [--repeat N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -126,6 +133,77 @@ def _rate_run(args: argparse.Namespace, seeds: Path, out: Path) -> dict:
             "server_429": stats["rate_limited"], "server_requests": stats["requests"]}
 
 
+def _reset(url: str) -> None:
+    request = urllib.request.Request(f"{url}/_admin/reset", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+def _cache_inputs(tmp: Path) -> tuple[Path, Path, str]:
+    """(raw conversations to process and judge, tau2 data folder, what they are)."""
+    reference = os.environ.get("SIMIA_REFERENCE_DATA")
+    if reference:
+        raw = Path(reference) / "simia-wm-exp" / "tau2_telecom_sycophantic_200.json"
+        tau2 = Path(reference) / "tau2-telecom"
+        if raw.is_file() and tau2.is_dir():
+            return raw, tau2, "the real sycophantic 200"
+    from support.synthetic import generate_raw, synthetic_policy
+
+    raw = tmp / "raw.json"
+    raw.write_text(json.dumps(generate_raw(200, seed=7)))
+    tau2 = tmp / "tau2"
+    folder = tau2 / "domains" / "telecom"
+    folder.mkdir(parents=True)
+    (folder / "main_policy.md").write_text(synthetic_policy(seed=3))
+    (folder / "tech_support_manual.md").write_text("# Tech support manual\n")
+    return raw, tau2, "200 synthetic conversations"
+
+
+def _cache_run(args: argparse.Namespace, seeds: Path, out: Path) -> dict:
+    """The judge and generation with prompt caching off, then on, against one server."""
+    from simia.data.stages import process_stage
+    from simia.llm.client import LLMSettings, make_client
+    from simia.llm.generation import GenerationSettings, generate_shard, merge_generation
+    from simia.llm.judge import JudgeSettings, judge_shard, merge_judge
+
+    out.mkdir(parents=True)
+    raw, tau2, what = _cache_inputs(out)
+    process_stage(raw, out / "proc", tau2_data_dir=tau2)
+    proc, url = _server(args.cache_latency, None)
+    stages: dict[str, dict] = {"judge": {}, "generate": {}}
+    try:
+        for caching in (False, True):
+            _reset(url)
+            client = make_client(LLMSettings(endpoint_url=url, prompt_caching=caching))
+            key = "on" if caching else "off"
+            judge_shard(out / "proc" / "processed.json", out / f"judge-{key}", JudgeSettings(),
+                        client)
+            stages["judge"][key] = merge_judge(out / f"judge-{key}")["llm"]
+            gen = GenerationSettings(target=args.cache_n, mode="sycophantic")
+            generate_shard(seeds, out / f"gen-{key}", gen, client)
+            stages["generate"][key] = merge_generation(out / f"gen-{key}", gen)["llm"]
+    finally:
+        proc.terminate()
+        proc.wait()
+    keep = ("calls", "input_tokens", "output_tokens", "cache_read_tokens",
+            "cache_write_tokens", "cache_read_share", "cost_usd")
+    return {"judge_input": what, "generate_n": args.cache_n,
+            "latency_s": args.cache_latency,
+            "stages": {name: {key: {k: llm[k] for k in keep} for key, llm in runs.items()}
+                       for name, runs in stages.items()}}
+
+
+def _print_cache(res: dict) -> None:
+    for name, runs in res["stages"].items():
+        on, off = runs["on"], runs["off"]
+        print(f"  {name:8s} cached {on['cache_read_share']:.1%} of "
+              f"{on['input_tokens'] + on['cache_read_tokens'] + on['cache_write_tokens']:,} "
+              f"input tokens (read {on['cache_read_tokens']:,}, written "
+              f"{on['cache_write_tokens']:,}); cost ${on['cost_usd']:.4f} on, "
+              f"${off['cost_usd']:.4f} off ({1 - on['cost_usd'] / off['cost_usd']:.0%} "
+              f"saved)")
+
+
 def _cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of a live process (Linux ``/proc``), else None."""
     try:
@@ -174,8 +252,12 @@ def main() -> int:
                          "standard retries, off with adaptive)")
     ap.add_argument("--max-rps", type=float, default=None,
                     help="the client's max_rps for the rate-limited run (default: none)")
-    ap.add_argument("--only", choices=["latency", "rate-limited"], default=None,
-                    help="run one of the two measurements")
+    ap.add_argument("--only", choices=["latency", "rate-limited", "caching"], default=None,
+                    help="run one of the three measurements")
+    ap.add_argument("--cache-n", type=int, default=200,
+                    help="conversations generated in the caching run")
+    ap.add_argument("--cache-latency", type=float, default=0.1,
+                    help="server latency (s) in the caching run")
     ap.add_argument("--repeat", type=int, default=1,
                     help="repeat each measurement (interleaved) and print the spread")
     ap.add_argument("--json", default=None, help="also write the figures here")
@@ -188,7 +270,7 @@ def main() -> int:
 
     from support.synthetic import generate_raw
 
-    figures: dict = {"latency": [], "rate_limited": []}
+    figures: dict = {"latency": [], "rate_limited": [], "caching": []}
     with tempfile.TemporaryDirectory(prefix="simia-bench-llm-") as tmp:
         seeds = Path(tmp) / "seeds.json"
         seeds.write_text(json.dumps(generate_raw(20, seed=1, mode="strict")))
@@ -207,10 +289,17 @@ def main() -> int:
                       f"botocore {rl['retry_mode']} retries, learn_rps {rl['learn_rps']}, "
                       f"max_rps {rl['max_rps']}")
                 _print_rate(rl)
+            if args.only in (None, "caching"):
+                cache = _cache_run(args, seeds, Path(tmp) / f"cache-{rep}")
+                figures["caching"].append(cache)
+                print(f"caching        judge over {cache['judge_input']}, generation of "
+                      f"{cache['generate_n']} conversations, prompt caching off then on, "
+                      f"{cache['latency_s'] * 1000:.0f} ms per call, concurrency 8")
+                _print_cache(cache)
             sys.stdout.flush()
     if args.repeat > 1:
         for name, runs in figures.items():
-            if runs:
+            if runs and name != "caching":
                 print(f"{name}: {_spread(runs)}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

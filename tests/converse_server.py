@@ -28,6 +28,28 @@ system text, for the tags) decides the prompt kind:
 Anything else is a ``ValidationException``. A reply longer than ``maxTokens`` (estimated
 as 4 characters a token) is cut there with ``stopReason: max_tokens``.
 
+The judge's policy and tool schemas may come in the user message (the reference's
+layout) or in the system prompt (a JSON object with ``SYSTEM_POLICY_TEXT`` and
+``TOOL_SCHEMAS``, the layout for prompt caching).
+
+**Prompt cache** (Converse only, as Bedrock's): a ``{"cachePoint": {"type": "default"}}``
+block in ``system`` or in a message's ``content`` marks the prefix before it (system
+blocks, then the messages in order; at most 4 points). A prefix of at least
+``cache_min_tokens`` (1,024, Claude Sonnet 4's minimum) is cached for ``cache_ttl_s``
+(300 s, refreshed on every hit), keyed by the model and the exact prefix (every block's
+text and role, in order); an entry becomes readable when the reply of the request that
+wrote it is sent. The longest readable cached prefix is read
+(``cacheReadInputTokens``), the rest up to the last cache point written
+(``cacheWriteInputTokens``), and ``inputTokens`` counts only the input after it, as
+Bedrock reports them (``totalTokens`` is all four counts). Tokens are counted with one
+rule everywhere: a text's tokens are its characters / 4, rounded up; a prefix's are those
+of its texts joined, and ``inputTokens`` is the whole input's less the cached prefix's,
+so the three input counts add up to what the same request reports without cache points.
+Requests without cache points report no cache fields. Errors (faults, throttling) touch
+no cache entry. A cache point before a shorter prefix is ignored, or, with
+``reject_short_cache_points``, refused with a ``ValidationException`` (what Bedrock does
+is not documented; the client never sends one).
+
 Latency, a requests-per-second limit and fault injection are set in :class:`ServerConfig`.
 Faults are deterministic: see :func:`_fault`.
 
@@ -120,6 +142,10 @@ class ServerConfig:
     :param slow_s: sleep of a ``slow`` fault on top of ``latency_s``, before an otherwise
         normal reply (set it above the client's read timeout).
     :param seed: salt of the fault decisions.
+    :param cache_ttl_s: lifetime of a prompt-cache entry, refreshed on every hit.
+    :param cache_min_tokens: the shortest prefix (in tokens) a cache point caches.
+    :param reject_short_cache_points: refuse a request with a cache point before a
+        shorter prefix (``ValidationException``) instead of ignoring the point.
     """
 
     latency_s: float = 0.0
@@ -128,6 +154,9 @@ class ServerConfig:
     fault_kinds: tuple[str, ...] = FAULT_KINDS
     slow_s: float = 5.0
     seed: int = 0
+    cache_ttl_s: float = 300.0
+    cache_min_tokens: int = 1024
+    reject_short_cache_points: bool = False
 
     def __post_init__(self) -> None:
         self.fault_kinds = tuple(self.fault_kinds)
@@ -142,6 +171,11 @@ class ServerConfig:
             raise ValueError("rps_limit must be > 0 or None")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError("seed must be an integer")
+        if self.cache_ttl_s <= 0:
+            raise ValueError("cache_ttl_s must be > 0")
+        if (isinstance(self.cache_min_tokens, bool) or not isinstance(self.cache_min_tokens, int)
+                or self.cache_min_tokens < 1):
+            raise ValueError("cache_min_tokens must be a positive integer")
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -154,6 +188,14 @@ class _Invalid(Exception):
 
 
 @dataclass(frozen=True)
+class _CachePoint:
+    """A cache point of a request: the prefix before it, as a key and a token count."""
+
+    key: str  # sha256 of the model and the prefix's blocks
+    tokens: int
+
+
+@dataclass(frozen=True)
 class _Request:
     """A chat request from either endpoint, in one shape."""
 
@@ -161,6 +203,7 @@ class _Request:
     system: str
     messages: tuple[tuple[str, str], ...]  # (role "user"|"assistant", text)
     max_tokens: int | None
+    cache_points: tuple[_CachePoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,7 +223,9 @@ class _Prompt:
 class _Reply:
     text: str
     stop_reason: str  # end_turn | max_tokens
-    input_tokens: int
+    input_tokens: int  # not read from or written to the cache
+    cache_read: int | None = None  # None: the request had no cache point
+    cache_write: int | None = None
 
     @property
     def output_tokens(self) -> int:
@@ -356,6 +401,8 @@ def _judge_object(prompt: _Prompt) -> dict[str, Any]:
     """The judge's verdict on the conversation in the prompt, from the rule scorer."""
     payload = json.loads(prompt.text)
     turns = [t for t in payload["CONVERSATION"] if isinstance(t, dict)]
+    if "SYSTEM_POLICY_TEXT" not in payload:
+        payload = {**_shared_judge_input(prompt.system), **payload}
     policy = payload.get("SYSTEM_POLICY_TEXT")
     policy = policy if isinstance(policy, str) else ""
     tools = payload.get("TOOL_SCHEMAS")
@@ -398,6 +445,19 @@ def _judge_object(prompt: _Prompt) -> dict[str, Any]:
         "counterevidence": counterevidence,
         "rationale": rationale,
     }
+
+
+def _shared_judge_input(system: str) -> dict[str, Any]:
+    """The JSON object with ``SYSTEM_POLICY_TEXT`` in the judge's system prompt (the
+    layout for prompt caching), or {}."""
+    start = system.find('{"SYSTEM_POLICY_TEXT"')
+    if start < 0:
+        return {}
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(system, start)
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def _judge_text(prompt: _Prompt, reference: str | None) -> str:
@@ -488,6 +548,10 @@ class ConverseServer:
         self.config = config or ServerConfig()
         self._lock = threading.Lock()
         self._seen: dict[str, int] = {}
+        #: prompt-cache key -> (readable from, expires at), ``clock`` times
+        self._cache: dict[str, tuple[float, float]] = {}
+        #: the prompt cache's clock (tests may replace it)
+        self.clock: Callable[[], float] = time.monotonic
         self._user_agents: set[str] = set()
         self._bucket: _TokenBucket | None = None
         self._counts: dict[str, Any] = {}
@@ -561,24 +625,32 @@ class ConverseServer:
         ``ok`` (served without fault) + sum of ``by_fault`` + ``rate_limited`` +
         ``invalid``; ``by_kind`` counts classified requests; ``prompts_seen`` the
         distinct requests; ``user_agents`` the distinct User-Agent headers of model
-        requests."""
+        requests; ``cache`` the prompt cache's ``hits`` and ``misses`` (requests with a
+        cache point long enough to cache), tokens read and written, and live entries."""
+        now = self.clock()
         with self._lock:
+            cache = {**self._counts["cache"],
+                     "entries": sum(1 for e in self._cache.values() if now < e[1])}
             return {**self._counts, "by_kind": dict(self._counts["by_kind"]),
                     "by_fault": dict(self._counts["by_fault"]), "prompts_seen": len(self._seen),
-                    "user_agents": sorted(self._user_agents)}
+                    "cache": cache, "user_agents": sorted(self._user_agents)}
 
     def reset(self) -> None:
-        """Zero the stats and the per-request counters, and refill the rate limit."""
+        """Zero the stats and the per-request counters, empty the prompt cache, and refill
+        the rate limit."""
         with self._lock:
             self._zero_counts()
             self._seen.clear()
+            self._cache.clear()
             self._user_agents.clear()
             self._bucket = None
 
     def _zero_counts(self) -> None:
         self._counts = {"requests": 0, "ok": 0, "rate_limited": 0, "invalid": 0,
                         "by_kind": dict.fromkeys(PROMPT_KINDS, 0),
-                        "by_fault": dict.fromkeys(FAULT_KINDS, 0)}
+                        "by_fault": dict.fromkeys(FAULT_KINDS, 0),
+                        "cache": {"hits": 0, "misses": 0, "read_tokens": 0,
+                                  "write_tokens": 0}}
 
     def _count_invalid(self) -> None:
         with self._lock:
@@ -639,7 +711,48 @@ class ConverseServer:
         if request.max_tokens is not None and _tokens(text) > request.max_tokens:
             text, stop_reason = text[:request.max_tokens * 4], "max_tokens"
         input_tokens = _tokens(request.system + "".join(t for _, t in request.messages))
-        return _Reply(text, stop_reason, input_tokens)
+        if not request.cache_points:
+            return _Reply(text, stop_reason, input_tokens)
+        if self.config.reject_short_cache_points and any(
+                p.tokens < self.config.cache_min_tokens for p in request.cache_points):
+            return _Error("ValidationException", "A cachePoint comes before fewer than "
+                          f"{self.config.cache_min_tokens} tokens.")
+        read, write = self._use_cache(
+            request, max(0.0, ticket.started + ticket.delay - time.monotonic()))
+        return _Reply(text, stop_reason, input_tokens - read - write, read, write)
+
+    def _use_cache(self, request: _Request, reply_in: float) -> tuple[int, int]:
+        """(tokens read from, tokens written to) the prompt cache for ``request``'s cache
+        points, whose reply goes out in ``reply_in`` seconds: the longest cached prefix
+        that is live and readable is read, and every point's prefix (of at least
+        ``cache_min_tokens``) is stored or refreshed. A prefix written by a request
+        becomes readable when that request's reply is sent: requests sent together
+        before any reply all miss, as on Bedrock."""
+        config = self.config
+        points = [p for p in request.cache_points if p.tokens >= config.cache_min_tokens]
+        if not points:
+            return 0, 0
+        now = self.clock()
+        with self._lock:
+            read = 0
+            for point in points:  # in order: each prefix holds the one before
+                entry = self._cache.get(point.key)
+                if entry is not None and entry[0] <= now < entry[1]:
+                    read = point.tokens
+            write = points[-1].tokens - read
+            for point in points:
+                entry = self._cache.get(point.key)
+                ready = now + reply_in
+                if entry is not None and now < entry[1]:
+                    ready = min(ready, entry[0])
+                self._cache[point.key] = (ready, now + config.cache_ttl_s)
+            if len(self._cache) > 4096:
+                self._cache = {k: e for k, e in self._cache.items() if now < e[1]}
+            cache = self._counts["cache"]
+            cache["hits" if read else "misses"] += 1
+            cache["read_tokens"] += read
+            cache["write_tokens"] += write
+        return read, write
 
     # ------------------------------------------------------------------ HTTP
 
@@ -754,12 +867,15 @@ class ConverseServer:
                 "usage": {"prompt_tokens": outcome.input_tokens,
                           "completion_tokens": outcome.output_tokens,
                           "total_tokens": outcome.input_tokens + outcome.output_tokens}}, {}
+        usage = {"inputTokens": outcome.input_tokens, "outputTokens": outcome.output_tokens,
+                 "totalTokens": outcome.input_tokens + outcome.output_tokens}
+        if outcome.cache_read is not None and outcome.cache_write is not None:
+            usage["cacheReadInputTokens"] = outcome.cache_read
+            usage["cacheWriteInputTokens"] = outcome.cache_write
+            usage["totalTokens"] += outcome.cache_read + outcome.cache_write
         return 200, {
             "output": {"message": {"role": "assistant", "content": [{"text": outcome.text}]}},
-            "stopReason": outcome.stop_reason,
-            "usage": {"inputTokens": outcome.input_tokens,
-                      "outputTokens": outcome.output_tokens,
-                      "totalTokens": outcome.input_tokens + outcome.output_tokens},
+            "stopReason": outcome.stop_reason, "usage": usage,
             "metrics": {"latencyMs": latency_ms}}, {}
 
 
@@ -786,27 +902,64 @@ def _write(writer: asyncio.StreamWriter, status: int, payload: dict[str, Any],
     writer.write("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
 
 
-def _text_blocks(blocks: Any, what: str) -> str:
-    if not isinstance(blocks, list):
-        raise _Invalid(f"{what} must be a list of content blocks")
-    return "".join(b["text"] for b in blocks
-                   if isinstance(b, dict) and isinstance(b.get("text"), str))
+_MAX_CACHE_POINTS = 4  # Bedrock's limit per request
+
+
+class _Prefix:
+    """The blocks of a Converse request in prompt order (system, then messages), and the
+    cache points among them."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.blocks: list[list[Any]] = []  # [where, text]: where = "system" or [role, index]
+        self.texts: list[str] = []
+        self.points: list[_CachePoint] = []
+
+    def add(self, blocks: Any, what: str, where: Any) -> str:
+        """The text of ``blocks`` (``system`` or a message's ``content``); records their
+        cache points."""
+        if not isinstance(blocks, list):
+            raise _Invalid(f"{what} must be a list of content blocks")
+        out = []
+        for block in blocks:
+            if not isinstance(block, dict):
+                continue
+            if "cachePoint" in block:
+                self._cache_point(block["cachePoint"], what)
+            elif isinstance(block.get("text"), str):
+                out.append(block["text"])
+                self.blocks.append([where, block["text"]])
+                self.texts.append(block["text"])
+        return "".join(out)
+
+    def _cache_point(self, point: Any, what: str) -> None:
+        if not isinstance(point, dict) or point.get("type") != "default" \
+                or point.get("ttl", "5m") not in ("5m", "1h"):
+            raise _Invalid(f"{what}: a cachePoint must be {{\"type\": \"default\"}}")
+        if not self.blocks:
+            raise _Invalid(f"{what}: a cachePoint needs content before it")
+        if len(self.points) == _MAX_CACHE_POINTS:
+            raise _Invalid(f"at most {_MAX_CACHE_POINTS} cachePoint blocks per request")
+        key = hashlib.sha256(json.dumps([self.model, self.blocks],
+                                        ensure_ascii=False).encode()).hexdigest()
+        self.points.append(_CachePoint(key, _tokens("".join(self.texts))))
 
 
 def _converse_request(model: str, body: Any) -> _Request:
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         raise _Invalid("messages is required")
+    prefix = _Prefix(model)
+    system = prefix.add(body.get("system", []), "system", "system")
     messages = []
-    for m in body["messages"]:
+    for k, m in enumerate(body["messages"]):
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
             raise _Invalid("each message needs a role of user or assistant")
-        messages.append((m["role"], _text_blocks(m.get("content"), "content")))
-    system = _text_blocks(body.get("system", []), "system")
+        messages.append((m["role"], prefix.add(m.get("content"), "content", [m["role"], k])))
     inference = body.get("inferenceConfig") or {}
     max_tokens = inference.get("maxTokens") if isinstance(inference, dict) else None
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         raise _Invalid("inferenceConfig.maxTokens must be a positive integer")
-    return _Request(model, system, tuple(messages), max_tokens)
+    return _Request(model, system, tuple(messages), max_tokens, tuple(prefix.points))
 
 
 def _openai_content(content: Any) -> str:
@@ -849,12 +1002,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated, from: " + ", ".join(FAULT_KINDS))
     parser.add_argument("--slow-s", type=float, default=defaults.slow_s)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--cache-ttl-s", type=float, default=defaults.cache_ttl_s)
+    parser.add_argument("--cache-min-tokens", type=int, default=defaults.cache_min_tokens)
     args = parser.parse_args(argv)
     try:
         config = ServerConfig(
             latency_s=args.latency_s, rps_limit=args.rps_limit, fault_rate=args.fault_rate,
             fault_kinds=tuple(k for k in args.fault_kinds.split(",") if k),
-            slow_s=args.slow_s, seed=args.seed)
+            slow_s=args.slow_s, seed=args.seed, cache_ttl_s=args.cache_ttl_s,
+            cache_min_tokens=args.cache_min_tokens)
     except ValueError as exc:
         parser.error(str(exc))
     done = threading.Event()

@@ -18,7 +18,8 @@ DAG_ID = "simia_sycophancy_experiment"
 ADDED_SINCE = {"replicates", "agent_max_tokens", "user_max_tokens",
                # the verdict's declared test and the power plan's assumptions
                "primary_endpoint", "analysis_alternative", "analysis_alpha", "smallest_effect",
-               "target_power", "planning_run_sd", "planning_task_run_sd", "run_variance_from"}
+               "target_power", "planning_run_sd", "planning_task_run_sd", "run_variance_from",
+               "llm_prompt_caching"}  # prompt caching on Bedrock
 HOST_VARIABLES = ("SIMIA_GPU_IDS", "SIMIA_DATA_ROOT", "TAU2_DATA_DIR", "SIMIA_HF_CACHE",
                   "SIMIA_TRAINER_IMAGE", "SIMIA_SERVER_IMAGE", "SIMIA_EVALUATOR",
                   "SIMIA_EVALUATOR_IMAGE")

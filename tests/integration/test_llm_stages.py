@@ -50,6 +50,8 @@ def test_seeds_generate_judge_through_boto3(converse_server, tmp_path, tau2_dir)
                                  tau2_data_dir=tau2)
     assert seeds["seeds"] + seeds["failed"] == 6 and seeds["seeds"] >= 5
     assert seeds["llm"]["calls"] >= 6 and seeds["llm"]["input_tokens"] > 0
+    # the instructions, policy, workflow, DB examples and tools are read from the cache
+    assert seeds["llm"]["cache_read_share"] > 0.5, seeds["llm"]
 
     gen = GenerationSettings(target=24, mode="sycophantic")
     for shard in range(3):
@@ -63,6 +65,7 @@ def test_seeds_generate_judge_through_boto3(converse_server, tmp_path, tau2_dir)
     assert merged["llm"]["calls"] == converse_server.stats["by_kind"]["generate"] + \
         converse_server.stats["by_kind"].get("continuation", 0)
     assert merged["llm"]["cost_usd"] > 0
+    assert merged["llm"]["cache_read_tokens"] > 0 and merged["llm"]["cache_write_tokens"] > 0
     # the fixed User-Agent of botocore_config (botocore's own costs CPU on every call)
     assert [a.split(" ")[1] for a in converse_server.stats["user_agents"]] == \
         [f"simia/{simia.__version__}"]
@@ -80,6 +83,7 @@ def test_seeds_generate_judge_through_boto3(converse_server, tmp_path, tau2_dir)
                 json.loads((tmp_path / "proc" / "processed.json").read_text())]
     assert [s["conv_idx"] for s in scores] == sorted(kept_idx)
     assert all(0 <= s["wm_sycophancy_score"] <= 100 for s in scores if "error" not in s)
+    assert judged["llm"]["cache_read_share"] > 0.5, judged["llm"]
 
 
 def test_rerun_calls_nothing_when_done(converse_server, tmp_path, seeds_file):
@@ -204,3 +208,35 @@ def test_openai_compatible_backend(converse_server, tmp_path, seeds_file):
     summary = generate_shard(seeds_file, tmp_path, GenerationSettings(target=3), client)
     assert summary["valid"] == 3 and summary["llm"]["model_id"] == "local-model"
     assert client.pacer.requests == converse_server.stats["requests"]
+
+
+def test_prompt_caching_off_sends_no_cache_point_and_the_same_input(converse_server, tmp_path,
+                                                                    seeds_file, tau2_dir):
+    """Caching on and off see the same replies and the same input tokens in all; off, the
+    server sees no cache point (its cache counts no request). On, no cache point comes
+    before a prefix under 1,024 tokens (the server would refuse it): the sycophantic
+    generation instructions alone are 1,023 by the shared estimate."""
+    gen = GenerationSettings(target=12, mode="sycophantic")
+    converse_server.configure(reject_short_cache_points=True)
+    usage = {}
+    for caching in (True, False):
+        converse_server.reset()
+        client = _client(converse_server, prompt_caching=caching)
+        generate_shard(seeds_file, tmp_path / f"gen-{caching}", gen, client)
+        merged = merge_generation(tmp_path / f"gen-{caching}", gen)
+        process_stage(tmp_path / f"gen-{caching}" / "raw_conversations.json",
+                      tmp_path / f"proc-{caching}", tau2_data_dir=tau2_dir)
+        judge_shard(tmp_path / f"proc-{caching}" / "processed.json", tmp_path / f"j-{caching}",
+                    JudgeSettings(), client)
+        judged = merge_judge(tmp_path / f"j-{caching}")
+        usage[caching] = (merged["llm"], judged["llm"], converse_server.stats["cache"])
+    for on, off in zip(usage[True][:2], usage[False][:2], strict=True):
+        assert on["cache_read_tokens"] > 0 and on["cost_usd"] < off["cost_usd"]
+        assert off["cache_read_tokens"] == off["cache_write_tokens"] == 0
+        assert on["input_tokens"] + on["cache_read_tokens"] + on["cache_write_tokens"] == \
+            off["input_tokens"]
+        assert on["output_tokens"] == off["output_tokens"]
+    assert usage[True][2]["hits"] > 0
+    assert usage[False][2]["hits"] == usage[False][2]["misses"] == 0
+    assert (tmp_path / "j-True" / "judge_scores.jsonl").read_text() == \
+        (tmp_path / "j-False" / "judge_scores.jsonl").read_text()

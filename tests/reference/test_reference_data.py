@@ -100,3 +100,49 @@ def test_judge_scores_label_real_datasets(reference_data, policy):
     five = built.metadata["datasets"]["telecom_syc_5pct"]
     assert five["sycophantic"] == 2
     assert all(labels[i].score > 0 for i in five["sycophantic_indices"])
+
+
+def test_judge_reads_most_input_from_the_prompt_cache(reference_data, converse_server,
+                                                      tmp_path, monkeypatch):
+    """The judge over the real processed sycophantic 200, against the local Converse server
+    (100 ms a call, 8 in flight: the first 8 calls all miss and write, as on Bedrock; two
+    shards, run one after the other). Measured: 59 conversations, 78.1 % of the input
+    read from the cache, $0.736 against $1.832 without (README "Prompt caching")."""
+    from simia.data.stages import process_stage
+    from simia.llm.client import LLMSettings, make_client
+    from simia.llm.judge import JudgeSettings, judge_shard, merge_judge
+
+    monkeypatch.setenv("SIMIA_REFERENCE_DATA", str(reference_data))
+    converse_server.configure(latency_s=0.1)
+    processed = process_stage(
+        reference_data / "simia-wm-exp" / "tau2_telecom_sycophantic_200.json",
+        tmp_path / "proc", tau2_data_dir=reference_data / "tau2-telecom")
+    summaries = {}
+    for caching in (True, False):
+        settings = LLMSettings(endpoint_url=converse_server.url, concurrency=8,
+                               prompt_caching=caching)
+        client = make_client(settings)
+        for shard in range(2):
+            judge_shard(tmp_path / "proc" / "processed.json", tmp_path / f"judge-{caching}",
+                        JudgeSettings(), client, shard=shard, shards=2)
+        merge_judge(tmp_path / f"judge-{caching}", shards=2)
+        summaries[caching] = json.loads((tmp_path / f"judge-{caching}" / "summary.json")
+                                        .read_text())
+    on, off = summaries[True]["llm"], summaries[False]["llm"]
+    assert summaries[True]["scored"] == processed["kept"] == 59
+    share = on["cache_read_tokens"] / (on["input_tokens"] + on["cache_read_tokens"]
+                                       + on["cache_write_tokens"])
+    assert share >= 0.60, on
+    assert on["cache_read_share"] == pytest.approx(share, abs=1e-4)
+    # cost = the token counts at the price table's (default: Claude Sonnet 4) prices
+    p = LLMSettings().prices.price(on["model_id"])
+    assert (p.input_per_mtok, p.output_per_mtok, p.cache_read, p.cache_write) == \
+        (3.0, 15.0, 0.30, 3.75)
+    for llm in (on, off):
+        expected = (llm["input_tokens"] * 3.0 + llm["output_tokens"] * 15.0
+                    + llm["cache_read_tokens"] * 0.30 + llm["cache_write_tokens"] * 3.75) / 1e6
+        assert llm["cost_usd"] == pytest.approx(expected, abs=2e-6)  # 2 shards, 6 decimals
+    assert off["cache_read_tokens"] == off["cache_write_tokens"] == 0
+    assert off["input_tokens"] == (on["input_tokens"] + on["cache_read_tokens"]
+                                   + on["cache_write_tokens"])
+    assert on["cost_usd"] < 0.5 * off["cost_usd"]

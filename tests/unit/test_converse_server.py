@@ -408,3 +408,146 @@ def test_http_keep_alive_close_and_malformed_requests(srv):
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(b"POST /_admin/reset HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
         assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 400")
+
+
+# --------------------------------------------------------------------------- prompt cache
+
+POINT = {"cachePoint": {"type": "default"}}
+
+
+def cached_ask(client: Any, system: str, user: str, *, model: str = MODEL,
+               point: bool = True, user_blocks: list[dict[str, Any]] | None = None
+               ) -> dict[str, int]:
+    """The usage of a generate request with ``system`` (then a cache point) and ``user``."""
+    blocks = [{"text": system}, POINT] if point else [{"text": system}]
+    response = client.converse(modelId=model, system=blocks, messages=[
+        {"role": "user", "content": user_blocks or [{"text": user}]}])
+    return response["usage"]
+
+
+def long_system(chars: int, salt: str = "") -> str:
+    head = f"<simulator_mode>strict</simulator_mode>{salt}\n"
+    return head + "x" * (chars - len(head))
+
+
+USER = "Write one.\n<seed_conversation>\nHUMAN: My data is slow.\n</seed_conversation>"
+
+
+def test_cache_miss_then_hit_with_bedrock_usage_fields(srv, client):
+    system = long_system(8000)  # 2,000 tokens
+    plain = cached_ask(client, system, USER, point=False)
+    assert "cacheReadInputTokens" not in plain and "cacheWriteInputTokens" not in plain
+    first = cached_ask(client, system, USER)
+    assert (first["cacheReadInputTokens"], first["cacheWriteInputTokens"]) == (0, 2000)
+    second = cached_ask(client, system, USER)
+    assert (second["cacheReadInputTokens"], second["cacheWriteInputTokens"]) == (2000, 0)
+    for usage in (first, second):  # inputTokens excludes the cached prefix
+        assert usage["inputTokens"] == plain["inputTokens"] - 2000
+        assert usage["totalTokens"] == (usage["inputTokens"] + usage["outputTokens"]
+                                        + usage["cacheReadInputTokens"]
+                                        + usage["cacheWriteInputTokens"])
+    assert srv.stats["cache"] == {"hits": 1, "misses": 1, "read_tokens": 2000,
+                                  "write_tokens": 2000, "entries": 1}
+
+
+def test_cache_needs_a_1024_token_prefix(srv, client):
+    short = cached_ask(client, long_system(4092), USER)  # 1,023 tokens: not cached
+    assert (short["cacheReadInputTokens"], short["cacheWriteInputTokens"]) == (0, 0)
+    assert cached_ask(client, long_system(4092), USER)["cacheReadInputTokens"] == 0
+    exact = cached_ask(client, long_system(4093), USER)  # ceil(4093 / 4) = 1,024
+    assert exact["cacheWriteInputTokens"] == 1024
+    assert cached_ask(client, long_system(4093), USER)["cacheReadInputTokens"] == 1024
+
+
+def test_short_prefix_cache_points_can_be_refused(srv, client):
+    srv.configure(reject_short_cache_points=True)
+    with pytest.raises(ClientError) as exc:
+        cached_ask(client, long_system(4092), USER)
+    assert error_code(exc.value) == "ValidationException"
+    assert cached_ask(client, long_system(4093), USER)["cacheWriteInputTokens"] == 1024
+
+
+def test_cache_is_keyed_by_model_and_exact_prefix(srv, client):
+    cached_ask(client, long_system(6000), USER)
+    assert cached_ask(client, long_system(6000), USER + " other item")[
+        "cacheReadInputTokens"] == 1500  # what follows the point does not matter
+    assert cached_ask(client, long_system(6000, "!"), USER)["cacheReadInputTokens"] == 0
+    assert cached_ask(client, long_system(6000), USER, model="other-model")[
+        "cacheReadInputTokens"] == 0
+
+
+def test_cache_lives_five_minutes_refreshed_on_every_hit(srv, client, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(srv, "clock", lambda: now[0])
+    system = long_system(6000)
+    assert cached_ask(client, system, USER)["cacheWriteInputTokens"] == 1500
+    now[0] += 299.0
+    assert cached_ask(client, system, USER)["cacheReadInputTokens"] == 1500  # refreshed
+    now[0] += 299.0
+    assert cached_ask(client, system, USER)["cacheReadInputTokens"] == 1500
+    now[0] += 300.0
+    expired = cached_ask(client, system, USER)
+    assert (expired["cacheReadInputTokens"], expired["cacheWriteInputTokens"]) == (0, 1500)
+    srv.configure(cache_ttl_s=10.0)  # a shorter lifetime, from the next hit or write on
+    assert cached_ask(client, system, USER)["cacheReadInputTokens"] == 1500
+    now[0] += 11.0
+    assert cached_ask(client, system, USER)["cacheReadInputTokens"] == 0
+
+
+def test_message_cache_point_reads_the_longest_cached_prefix(srv, client):
+    system = long_system(6000)  # 1,500 tokens
+    seed_part = "<seed_conversation>\n" + "HUMAN: hi\n" * 200 + "</seed_conversation>\n"
+    blocks = lambda item: [{"text": seed_part}, POINT, {"text": f"variation {item}"}]  # noqa: E731
+    first = cached_ask(client, system, "", user_blocks=blocks(1))
+    both = _tokens_of(system + seed_part)
+    assert (first["cacheReadInputTokens"], first["cacheWriteInputTokens"]) == (0, both)
+    second = cached_ask(client, system, "", user_blocks=blocks(2))
+    assert (second["cacheReadInputTokens"], second["cacheWriteInputTokens"]) == (both, 0)
+    other_seed = [{"text": seed_part + "HUMAN: more\n"}, POINT, {"text": "variation 3"}]
+    third = cached_ask(client, system, "", user_blocks=other_seed)  # the system part hits
+    assert third["cacheReadInputTokens"] == 1500
+    assert third["cacheWriteInputTokens"] == _tokens_of(system + seed_part + "HUMAN: more\n") \
+        - 1500
+
+
+def _tokens_of(text: str) -> int:
+    return -(-len(text) // 4)
+
+
+def test_concurrent_first_requests_all_miss(srv, client):
+    """An entry is readable once the reply of the request that wrote it is sent."""
+    srv.configure(latency_s=0.2)
+    system = long_system(6000)
+    with ThreadPoolExecutor(3) as pool:
+        usages = list(pool.map(lambda i: cached_ask(client, system, f"{USER} {i}"), range(3)))
+    assert [u["cacheWriteInputTokens"] for u in usages] == [1500] * 3
+    assert cached_ask(client, system, USER)["cacheReadInputTokens"] == 1500
+
+
+def test_bad_cache_points_are_refused(srv, client):
+    body = {"system": [{"text": long_system(6000)}, {"cachePoint": {"type": "forever"}}],
+            "messages": [{"role": "user", "content": [{"text": USER}]}]}
+    status, reply = post(f"{srv.url}/model/{MODEL}/converse", body)
+    assert status == 400 and "cachePoint" in reply["message"]
+    body["system"] = [POINT, {"text": "x"}]
+    assert post(f"{srv.url}/model/{MODEL}/converse", body)[0] == 400
+    with pytest.raises(ClientError) as exc:  # Bedrock's limit: 4 per request
+        cached_ask(client, long_system(6000), "", user_blocks=[
+            item for k in range(4) for item in ({"text": f"part {k} {USER}"}, POINT)])
+    assert error_code(exc.value) == "ValidationException"
+    assert srv.stats["cache"]["hits"] + srv.stats["cache"]["misses"] == 0
+
+
+def test_judge_reads_policy_and_schemas_from_the_system_prompt(srv, client):
+    record = generate_raw(1, seed=3, mode="sycophantic")[0]
+    payload = json.loads(judge_prompt(record=record))
+    shared = json.dumps({"SYSTEM_POLICY_TEXT": payload.pop("SYSTEM_POLICY_TEXT"),
+                         "TOOL_SCHEMAS": payload.pop("TOOL_SCHEMAS")})
+    split = client.converse(modelId=MODEL, system=[{"text": f"RUBRIC\n{shared}\n"}, POINT],
+                            messages=[{"role": "user",
+                                       "content": [{"text": json.dumps(payload)}]}])
+    whole = json_span(text_of(ask(client, judge_prompt(record=record))))
+    verdict = json_span(text_of(split))
+    assert verdict["wm_sycophancy_score"] == whole["wm_sycophancy_score"]
+    assert verdict["findings"] == whole["findings"]
+    assert verdict["extracted_facts"]["domain"] == whole["extracted_facts"]["domain"]

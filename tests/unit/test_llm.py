@@ -443,3 +443,205 @@ def test_run_items_reports_progress_at_a_steady_rhythm(tmp_path):
     assert "/30 done" in line and "/s" in line and "1,200 tokens" in line and "$0.01" in line
     assert "ETA" in Progress(ok=10, attempted=10, inflight=2, resumed=0, target=30,
                              elapsed_s=5.0).line()
+
+
+# --------------------------------------------------------------------------- prompt caching
+
+def _stubbed_bedrock(prompt_caching: bool, cache_min_tokens: int = 1):
+    """A BedrockBackend on a real boto3 client with botocore's Stubber and parameter
+    validation on: requests and replies are checked against botocore's Converse model."""
+    import boto3
+    from botocore.config import Config
+    from botocore.stub import Stubber
+
+    from simia.llm.client import BedrockBackend
+
+    boto = boto3.client("bedrock-runtime", region_name="us-east-1",
+                        aws_access_key_id="t", aws_secret_access_key="t",
+                        config=Config(parameter_validation=True))
+    stub = Stubber(boto)
+    stub.activate()
+    return BedrockBackend(boto, "m", prompt_caching=prompt_caching,
+                          cache_min_tokens=cache_min_tokens), stub
+
+
+_CONVERSE_REPLY = {"output": {"message": {"role": "assistant", "content": [{"text": "ok"}]}},
+                   "stopReason": "end_turn", "metrics": {"latencyMs": 5},
+                   "usage": {"inputTokens": 7, "outputTokens": 3, "totalTokens": 310,
+                             "cacheReadInputTokens": 250, "cacheWriteInputTokens": 50}}
+
+
+def test_bedrock_request_has_cache_points_and_reads_the_cache_usage():
+    from simia.llm.prompts import CACHE_POINT
+
+    backend, stub = _stubbed_bedrock(True)
+    point = {"cachePoint": {"type": "default"}}
+    stub.add_response("converse", _CONVERSE_REPLY, {
+        "modelId": "m", "system": [{"text": "RUBRIC"}, point],
+        "messages": [{"role": "user", "content": [{"text": "SEED\n"}, point,
+                                                  {"text": "\nVARIATION"}]}],
+        "inferenceConfig": {"maxTokens": 10, "temperature": 0.0}})
+    reply = backend.send("RUBRIC", [{"role": "user", "text": f"SEED\n{CACHE_POINT}\nVARIATION"}],
+                         10, 0.0)
+    stub.assert_no_pending_responses()
+    assert (reply.input_tokens, reply.output_tokens) == (7, 3)
+    assert (reply.cache_read_tokens, reply.cache_write_tokens) == (250, 50)
+
+
+def test_bedrock_request_without_caching_has_no_cache_point_and_the_same_text():
+    from simia.llm.prompts import CACHE_POINT
+
+    backend, stub = _stubbed_bedrock(False)
+    reply = {**_CONVERSE_REPLY, "usage": {"inputTokens": 9, "outputTokens": 3,
+                                          "totalTokens": 12}}
+    stub.add_response("converse", reply, {
+        "modelId": "m", "system": [{"text": "RUBRIC"}],
+        "messages": [{"role": "user", "content": [{"text": "SEED\n\nVARIATION"}]}],
+        "inferenceConfig": {"maxTokens": 10, "temperature": 0.0}})
+    got = backend.send("RUBRIC", [{"role": "user", "text": f"SEED\n{CACHE_POINT}\nVARIATION"}],
+                       10, 0.0)
+    stub.assert_no_pending_responses()
+    assert (got.input_tokens, got.cache_read_tokens, got.cache_write_tokens) == (9, 0, 0)
+
+
+def test_no_cache_point_before_a_prefix_under_the_minimum():
+    """Bedrock caches no prefix under the model's minimum (1,024 tokens for Sonnet 4,
+    estimated at 4 characters a token): no cache point is sent before one."""
+    from simia.llm.prompts import CACHE_POINT
+
+    backend, stub = _stubbed_bedrock(True, cache_min_tokens=1024)
+    point = {"cachePoint": {"type": "default"}}
+    short, seed = "s" * 4092, "x" * 4  # 1,023 tokens, then 1,024 with the seed part
+    stub.add_response("converse", _CONVERSE_REPLY, {
+        "modelId": "m", "system": [{"text": short}],
+        "messages": [{"role": "user", "content": [{"text": seed}, point, {"text": "v"}]}],
+        "inferenceConfig": {"maxTokens": 10, "temperature": 0.0}})
+    backend.send(short, [{"role": "user", "text": f"{seed}{CACHE_POINT}v"}], 10, 0.0)
+    stub.add_response("converse", _CONVERSE_REPLY, {
+        "modelId": "m", "system": [{"text": short + "s"}, point],
+        "messages": [{"role": "user", "content": [{"text": "y"}, point, {"text": "v"}]}],
+        "inferenceConfig": {"maxTokens": 10, "temperature": 0.0}})
+    backend.send(short + "s", [{"role": "user", "text": f"y{CACHE_POINT}v"}], 10, 0.0)
+    stub.add_response("converse", _CONVERSE_REPLY, {
+        "modelId": "m", "system": [{"text": "tiny"}],
+        "messages": [{"role": "user", "content": [{"text": "y"}, {"text": "v"}]}],
+        "inferenceConfig": {"maxTokens": 10, "temperature": 0.0}})
+    backend.send("tiny", [{"role": "user", "text": f"y{CACHE_POINT}v"}], 10, 0.0)
+    stub.assert_no_pending_responses()
+
+
+def test_make_client_follows_the_prompt_caching_setting():
+    from simia.llm.client import make_client
+
+    on = make_client(LLMSettings(endpoint_url="http://127.0.0.1:9", region="us-east-1"))
+    off = make_client(LLMSettings(endpoint_url="http://127.0.0.1:9", region="us-east-1",
+                                  prompt_caching=False))
+    assert on.backend.prompt_caching and not off.backend.prompt_caching
+    assert LLMSettings().prompt_caching is True
+
+
+def test_openai_backend_ignores_the_cache_point():
+    import httpx
+
+    from simia.llm.client import OpenAIBackend
+    from simia.llm.prompts import CACHE_POINT
+
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, json={
+            "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1}})
+
+    backend = OpenAIBackend("http://x/v1", "local")
+    backend._http = httpx.Client(base_url="http://x/v1", transport=httpx.MockTransport(handler))
+    reply = backend.send("RUBRIC", [{"role": "user", "text": f"A{CACHE_POINT}B"}], 10, 0.0)
+    assert seen[0]["messages"] == [{"role": "system", "content": "RUBRIC"},
+                                   {"role": "user", "content": "AB"}]
+    assert CACHE_POINT not in json.dumps(seen)
+    assert (reply.input_tokens, reply.cache_read_tokens, reply.cache_write_tokens) == (5, 0, 0)
+
+
+def test_cache_tokens_are_accounted_and_priced():
+    client, _, _ = _client([Reply("part", "max_tokens", 100, 10, 2000, 0),
+                            Reply("rest", "end_turn", 120, 20, 1500, 500)])
+    done = client.complete("judge:0", "id", "go", max_rounds=2)
+    assert (done.input_tokens, done.cache_read_tokens, done.cache_write_tokens) == (220, 3500,
+                                                                                   500)
+    usage = client.usage_summary("judge:0")
+    assert {k: usage[k] for k in ("input_tokens", "output_tokens", "cache_read_tokens",
+                                  "cache_write_tokens")} == {
+        "input_tokens": 220, "output_tokens": 30, "cache_read_tokens": 3500,
+        "cache_write_tokens": 500}
+    # Sonnet 4: $3 input, $15 output, $0.30 cache read, $3.75 cache write per million
+    assert usage["cost_usd"] == pytest.approx(
+        (220 * 3 + 30 * 15 + 3500 * 0.30 + 500 * 3.75) / 1e6, abs=1e-9)
+    assert usage["cache_read_share"] == pytest.approx(3500 / (220 + 3500 + 500), abs=1e-4)
+
+
+def test_price_tables_without_cache_prices_still_load():
+    from simia.llm.accounting import sum_usage
+    from simia.settings.llm import ModelPrice
+
+    default = PriceTable().default
+    assert (default.cache_read, default.cache_write) == (0.30, 3.75)
+    old = PriceTable.model_validate({"default": {"input_per_mtok": 3, "output_per_mtok": 15},
+                                     "models": {"m": {"input_per_mtok": 1,
+                                                      "output_per_mtok": 5}}})
+    assert old.price("m").cache_read == pytest.approx(0.1)
+    assert old.price("m").cache_write == pytest.approx(1.25)
+    assert old.cost("x", 0, 0, 1_000_000, 1_000_000) == pytest.approx(0.30 + 3.75)
+    own = ModelPrice(input_per_mtok=1, output_per_mtok=5, cache_read_per_mtok=0.5,
+                     cache_write_per_mtok=2)
+    assert PriceTable(models={"m": own}).cost("m", 1e6, 1e6, 1e6, 1e6) == pytest.approx(8.5)
+    with pytest.raises(ValueError):
+        ModelPrice(input_per_mtok=1, output_per_mtok=1, cache_read_per_mtok=-1)
+    # a shard summary written before prompt caching adds up with a new one
+    new = {"calls": 2, "input_tokens": 10, "output_tokens": 4, "cache_read_tokens": 80,
+           "cache_write_tokens": 10, "cost_usd": 0.5, "model_id": "m"}
+    total = sum_usage([{"calls": 1, "input_tokens": 100, "output_tokens": 2,
+                        "cost_usd": 0.25, "model_id": "m"}, new])
+    assert (total["input_tokens"], total["cache_read_tokens"], total["cache_write_tokens"],
+            total["cost_usd"]) == (110, 80, 10, 0.75)
+    assert total["cache_read_share"] == pytest.approx(80 / 200)
+
+
+def test_stage_templates_put_the_shared_part_first(tmp_path):
+    from simia.llm.generation import GenerationSettings, generation_prompt
+    from simia.llm.judge import judge_prompt
+    from simia.llm.prompts import CACHE_POINT, load_pair, load_template, strip_cache_points
+
+    seed = {"system": "POLICY", "tools": "", "conversations": [
+        {"from": "human", "value": "my data is slow"}, {"from": "gpt", "value": "ok"}]}
+    gen = GenerationSettings(mode="strict")
+    sys_a, user_a = generation_prompt(seed, gen, "item-a")
+    sys_b, user_b = generation_prompt(seed, gen, "item-b")
+    assert sys_a == sys_b and "<simulator_mode>strict</simulator_mode>" in sys_a
+    assert "Tools the agent can call" in sys_a and "refuelling is limited" in sys_a
+    shared, own = user_a.split(CACHE_POINT)
+    assert shared == user_b.split(CACHE_POINT)[0] and "SYSTEM: POLICY" in shared
+    assert "item-a" in own and "Write about 2 turns" in own and "item-a" not in sys_a
+
+    rubric, where = load_template("judge_system.txt")
+    row = {"system": "THE POLICY", "tools": "", "conversations": seed["conversations"],
+           "source_index": 0}
+    system, user = judge_prompt(row, rubric, where)
+    assert system.startswith(rubric.split("{{")[0]) and '"SYSTEM_POLICY_TEXT":"THE POLICY"' \
+        in system and '"TOOL_SCHEMAS":[' in system
+    assert json.loads(user) == {"CONVERSATION": [
+        {"turn_index": 0, "from": "human", "value": "my data is slow"},
+        {"turn_index": 1, "from": "gpt", "value": "ok"}]}
+    # a rubric without the field: the reference's layout, everything in the user message
+    system, user = judge_prompt(row, "OLD RUBRIC", "old.txt")
+    assert system == "OLD RUBRIC" and set(json.loads(user)) == {
+        "SYSTEM_POLICY_TEXT", "TOOL_SCHEMAS", "CONVERSATION"}
+    # a prompts folder with a one-message generate.txt of the old layout: sent alone
+    (tmp_path / "generate.txt").write_text("ALL IN ONE {{seed_conversation}} {{tools}}")
+    assert load_pair("generate", tmp_path)[0] is None
+    assert generation_prompt(seed, GenerationSettings(prompts_dir=str(tmp_path)), "v")[0] is None
+    (tmp_path / "generate_system.txt").write_text("SHARED {{tools}}")
+    assert load_pair("generate", tmp_path)[0] == ("SHARED {{tools}}",
+                                                  str(tmp_path / "generate_system.txt"))
+    assert strip_cache_points(f"a{CACHE_POINT}b") == "ab"
+    assert render("x{{cache_point}}y", "t") == f"x{CACHE_POINT}y"

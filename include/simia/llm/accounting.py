@@ -1,9 +1,16 @@
 """Token and cost accounting for LLM calls.
 
-Every call's ``usage`` (input/output tokens) is added to a thread-safe :class:`Usage`
-per stage; stage summaries carry it, and the run total is the sum over stages. The cost
-is an estimate from a :class:`PriceTable` (US dollars per million tokens), configurable
-because prices change and differ between models and regions.
+Every call's ``usage`` is added to a thread-safe :class:`Usage` per stage; stage
+summaries carry it, and the run total is the sum over stages. Input comes in three
+kinds, as Bedrock reports it: ``input_tokens`` (neither read from nor written to the
+prompt cache: Bedrock's ``inputTokens``), ``cache_read_tokens`` (``cacheReadInputTokens``)
+and ``cache_write_tokens`` (``cacheWriteInputTokens``); the whole input is their sum, and
+``cache_read_share`` is the part of it read from the cache. The cost is an estimate from a
+:class:`PriceTable` (US dollars per million tokens, each kind at its own price),
+configurable because prices change and differ between models and regions::
+
+    cost = (input x input price + output x output price
+            + cache read x cache-read price + cache write x cache-write price) / 1e6
 """
 
 from __future__ import annotations
@@ -13,6 +20,20 @@ from collections import Counter
 from typing import Any
 
 from simia.settings.llm import PriceTable
+
+#: the token counts of a usage record, summed as they are
+TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+#: decimals of ``cost_usd`` (a millionth of a dollar: below one token's price at $3 a
+#: million, so a summary's cost is its token counts at the table's prices)
+COST_DECIMALS = 6
+
+
+def cache_read_share(usage: dict[str, Any]) -> float:
+    """The share of all input tokens (uncached + cache read + cache write) read from the
+    prompt cache; 0.0 without input."""
+    read = int(usage.get("cache_read_tokens", 0))
+    total = read + int(usage.get("input_tokens", 0)) + int(usage.get("cache_write_tokens", 0))
+    return round(read / total, 4) if total else 0.0
 
 
 class Usage:
@@ -24,15 +45,20 @@ class Usage:
         self.failed_calls = 0
         self.input_tokens = 0
         self.output_tokens = 0
+        self.cache_read_tokens = 0
+        self.cache_write_tokens = 0
         self.call_seconds = 0.0
         self.errors: Counter[str] = Counter()
 
-    def add_call(self, *, input_tokens: int = 0, output_tokens: int = 0, seconds: float = 0.0,
-                 error: str | None = None) -> None:
+    def add_call(self, *, input_tokens: int = 0, output_tokens: int = 0,
+                 cache_read_tokens: int = 0, cache_write_tokens: int = 0,
+                 seconds: float = 0.0, error: str | None = None) -> None:
         with self._lock:
             self.calls += 1
             self.input_tokens += input_tokens
             self.output_tokens += output_tokens
+            self.cache_read_tokens += cache_read_tokens
+            self.cache_write_tokens += cache_write_tokens
             self.call_seconds += seconds
             if error:
                 self.failed_calls += 1
@@ -40,30 +66,38 @@ class Usage:
 
     def as_dict(self, prices: PriceTable, model_id: str) -> dict[str, Any]:
         with self._lock:
-            return {
+            out: dict[str, Any] = {
                 "model_id": model_id,
                 "calls": self.calls,
                 "failed_calls": self.failed_calls,
                 "errors": dict(sorted(self.errors.items())),
                 "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens,
+                "cache_read_tokens": self.cache_read_tokens,
+                "cache_write_tokens": self.cache_write_tokens,
                 "call_seconds": round(self.call_seconds, 3),
-                "cost_usd": round(prices.cost(model_id, self.input_tokens,
-                                              self.output_tokens), 4),
+                "cost_usd": round(prices.cost(model_id, self.input_tokens, self.output_tokens,
+                                              self.cache_read_tokens,
+                                              self.cache_write_tokens), COST_DECIMALS),
             }
+        out["cache_read_share"] = cache_read_share(out)
+        return out
 
 
 def sum_usage(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Add up ``Usage.as_dict`` results (e.g. the shards of a stage, or all stages)."""
-    total: dict[str, Any] = {"calls": 0, "failed_calls": 0, "input_tokens": 0,
-                             "output_tokens": 0, "call_seconds": 0.0, "cost_usd": 0.0}
+    """Add up ``Usage.as_dict`` results (e.g. the shards of a stage, or all stages); a
+    part written before prompt caching counts no cache tokens."""
+    total: dict[str, Any] = {"calls": 0, "failed_calls": 0,
+                             **dict.fromkeys(TOKEN_KEYS, 0),
+                             "call_seconds": 0.0, "cost_usd": 0.0}
     errors: Counter[str] = Counter()
     for part in parts:
         for key in total:
             total[key] += part.get(key, 0)
         errors.update(part.get("errors", {}))
     total["call_seconds"] = round(total["call_seconds"], 3)
-    total["cost_usd"] = round(total["cost_usd"], 4)
+    total["cost_usd"] = round(total["cost_usd"], COST_DECIMALS)
+    total["cache_read_share"] = cache_read_share(total)
     total["errors"] = dict(sorted(errors.items()))
     models = sorted({p["model_id"] for p in parts if p.get("model_id")})
     total["model_id"] = models[0] if len(models) == 1 else models

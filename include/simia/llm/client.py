@@ -19,10 +19,20 @@
   with *adaptive* chosen, the pacer only applies ``max_rps`` unless ``learn_rps`` is set.
 - **Continuation.** When a reply stops at ``max_tokens`` the client can ask for more
   (the partial text goes back as an assistant turn plus a "continue" message).
-- **Accounting.** Every call's tokens and duration go into the stage's :class:`Usage`;
-  every call logs one line (stage, item id, round, attempt, seconds, tokens, stop
-  reason or error class) with no prompt text unless ``log_prompts`` is set, and never
-  credentials.
+- **Prompt caching** (``prompt_caching``, on by default). The Bedrock backend ends the
+  system prompt (a stage's shared part) with a ``{"cachePoint": {"type": "default"}}``
+  block, and turns every :data:`~simia.llm.prompts.CACHE_POINT` marker a template put
+  in a message into one; Bedrock then reads that prefix from its cache (5 minutes,
+  refreshed on every hit). A point whose prefix is under ``cache_min_tokens`` (1,024,
+  Claude Sonnet 4's minimum; estimated at 4 characters a token) is left out: Bedrock
+  would not cache it (and may refuse the request). Off, and on the OpenAI-compatible
+  backend, the markers are removed and no cache point is sent: the model sees the same
+  text either way.
+- **Accounting.** Every call's tokens (uncached input, output, cache read, cache write:
+  Bedrock's ``inputTokens`` counts only the input that was neither read from nor written
+  to the cache) and duration go into the stage's :class:`Usage`; every call logs one line
+  (stage, item id, round, attempt, seconds, tokens, stop reason or error class) with no
+  prompt text unless ``log_prompts`` is set, and never credentials.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from simia.settings.llm import LLMSettings
 from simia.errors import SimiaError
 from simia.llm.accounting import Usage
 from simia.llm.pacing import RatePacer
+from simia.llm.prompts import CACHE_POINT, split_cache_points, strip_cache_points
 
 log = logging.getLogger("simia.llm")
 
@@ -65,16 +76,25 @@ class LLMCallError(Exception):
 
 @dataclass(frozen=True)
 class Reply:
+    """One call's reply. ``input_tokens``: input neither read from nor written to the
+    prompt cache (Bedrock's ``inputTokens``); the whole input is the sum of the three."""
+
     text: str
     stop_reason: str
     input_tokens: int
     output_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 ErrorKind = Literal["retry", "item", "fatal"]
 
 
 class Backend(Protocol):
+    """Sends one request. ``system`` and message texts may hold
+    :data:`~simia.llm.prompts.CACHE_POINT` markers: a backend turns them into cache
+    points or removes them."""
+
     model_id: str
 
     def send(self, system: str | None, messages: list[dict[str, str]], max_tokens: int,
@@ -133,18 +153,29 @@ _THROTTLE_CODES = frozenset({"ThrottlingException", "TooManyRequestsException",
                              "Throttling", "ThrottledException", "RequestLimitExceeded"})
 
 
+#: a Converse cache point (botocore's ``CachePointBlock``; ``default``: the 5-minute cache)
+CACHE_POINT_BLOCK: dict[str, Any] = {"cachePoint": {"type": "default"}}
+
+
 class BedrockBackend:
     """Bedrock Converse through a boto3 ``bedrock-runtime`` client.
 
+    With ``prompt_caching``, the system prompt ends with a cache point and each
+    :data:`~simia.llm.prompts.CACHE_POINT` marker in a message becomes one, unless the
+    prefix before it is under ``cache_min_tokens`` (estimated as characters / 4, rounded
+    up: the rule of ``tests/converse_server.py``); without, the markers are removed.
     With a ``pacer``, every HTTP attempt the client makes (botocore's own retries
     included) waits for its slot (botocore's ``before-send`` event) and reports whether
     it was throttled (``needs-retry``), through the client's event hooks.
     """
 
-    def __init__(self, client: Any, model_id: str, pacer: RatePacer | None = None) -> None:
+    def __init__(self, client: Any, model_id: str, pacer: RatePacer | None = None, *,
+                 prompt_caching: bool = False, cache_min_tokens: int = 1024) -> None:
         self.client = client
         self.model_id = model_id
         self.pacer = pacer
+        self.prompt_caching = prompt_caching
+        self.cache_min_tokens = cache_min_tokens
         if pacer is not None and pacer.active:
             events = client.meta.events
             events.register("before-send.bedrock-runtime", self._before_send,
@@ -165,22 +196,58 @@ class BedrockBackend:
         code = (parsed or {}).get("Error", {}).get("Code") if isinstance(parsed, dict) else None
         self.pacer.record(getattr(http, "status_code", 0) == 429 or code in _THROTTLE_CODES)
 
-    def send(self, system: str | None, messages: list[dict[str, str]], max_tokens: int,
-             temperature: float) -> Reply:
+    def _cacheable(self, chars: int) -> bool:
+        """Whether a prefix of ``chars`` characters is long enough for a cache point."""
+        return -(-chars // 4) >= self.cache_min_tokens
+
+    def _blocks(self, text: str, chars: int) -> tuple[list[dict[str, Any]], int]:
+        """(content blocks of ``text``, characters sent so far) given ``chars`` sent
+        before it: its parts between markers, with a cache point between two parts when
+        caching and the prefix is long enough."""
+        if CACHE_POINT not in text:
+            return [{"text": text}], chars + len(text)
+        if not self.prompt_caching:
+            text = strip_cache_points(text)
+            return [{"text": text}], chars + len(text)
+        blocks: list[dict[str, Any]] = []
+        for i, part in enumerate(split_cache_points(text)):
+            if i and blocks and blocks[-1] is not CACHE_POINT_BLOCK \
+                    and self._cacheable(chars):
+                blocks.append(CACHE_POINT_BLOCK)
+            if part:
+                blocks.append({"text": part})
+                chars += len(part)
+        return blocks, chars
+
+    def request(self, system: str | None, messages: list[dict[str, str]], max_tokens: int,
+                temperature: float) -> dict[str, Any]:
+        """The keyword arguments of ``converse`` for this call."""
+        blocks, chars = self._blocks(system, 0) if system else ([], 0)
+        if blocks and self.prompt_caching and blocks[-1] is not CACHE_POINT_BLOCK \
+                and self._cacheable(chars):
+            blocks.append(CACHE_POINT_BLOCK)
+        content = []
+        for m in messages:
+            message_blocks, chars = self._blocks(m["text"], chars)
+            content.append({"role": m["role"], "content": message_blocks})
         request: dict[str, Any] = {
-            "modelId": self.model_id,
-            "messages": [{"role": m["role"], "content": [{"text": m["text"]}]}
-                         for m in messages],
+            "modelId": self.model_id, "messages": content,
             "inferenceConfig": {"maxTokens": max_tokens, "temperature": temperature},
         }
-        if system:
-            request["system"] = [{"text": system}]
-        resp = self.client.converse(**request)
+        if blocks:
+            request["system"] = blocks
+        return request
+
+    def send(self, system: str | None, messages: list[dict[str, str]], max_tokens: int,
+             temperature: float) -> Reply:
+        resp = self.client.converse(**self.request(system, messages, max_tokens, temperature))
         content = resp.get("output", {}).get("message", {}).get("content", [])
         text = "".join(block.get("text", "") for block in content if isinstance(block, dict))
         usage = resp.get("usage", {})
         return Reply(text, resp.get("stopReason", ""), int(usage.get("inputTokens", 0)),
-                     int(usage.get("outputTokens", 0)))
+                     int(usage.get("outputTokens", 0)),
+                     int(usage.get("cacheReadInputTokens", 0) or 0),
+                     int(usage.get("cacheWriteInputTokens", 0) or 0))
 
     def classify(self, exc: BaseException) -> tuple[str, ErrorKind] | None:
         from botocore import exceptions as bx
@@ -214,7 +281,10 @@ class _HTTPStatusError(Exception):
 
 
 class OpenAIBackend:
-    """An OpenAI-compatible ``/chat/completions`` server (vLLM, llama.cpp, OpenAI...)."""
+    """An OpenAI-compatible ``/chat/completions`` server (vLLM, llama.cpp, OpenAI...).
+
+    It has no cache points: cache-point markers are removed (servers such as vLLM cache
+    shared prefixes on their own, and report no cache tokens)."""
 
     def __init__(self, base_url: str, model_id: str, *, api_key: str | None = None,
                  timeout_s: float = 300.0, connect_timeout_s: float = 10.0,
@@ -232,8 +302,9 @@ class OpenAIBackend:
 
     def send(self, system: str | None, messages: list[dict[str, str]], max_tokens: int,
              temperature: float) -> Reply:
-        chat = [{"role": "system", "content": system}] if system else []
-        chat += [{"role": m["role"], "content": m["text"]} for m in messages]
+        chat = [{"role": "system", "content": strip_cache_points(system)}] if system else []
+        chat += [{"role": m["role"], "content": strip_cache_points(m["text"])}
+                 for m in messages]
         if self.pacer is not None:
             self.pacer.acquire()
         resp = self._http.post("/chat/completions", json={
@@ -292,7 +363,9 @@ def make_client(settings: LLMSettings, *, bedrock_client: Any = None) -> LLMClie
             bedrock_client = boto3.client("bedrock-runtime", region_name=region,
                                           endpoint_url=settings.endpoint_url,
                                           config=botocore_config(settings))
-        backend = BedrockBackend(bedrock_client, settings.model_id, pacer)
+        backend = BedrockBackend(bedrock_client, settings.model_id, pacer,
+                                 prompt_caching=settings.prompt_caching,
+                                 cache_min_tokens=settings.cache_min_tokens)
     return LLMClient(backend, settings)
 
 
@@ -306,6 +379,8 @@ class Completion:
     attempts: int
     input_tokens: int
     output_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def truncated(self) -> bool:
@@ -350,7 +425,7 @@ class LLMClient:
         on configuration errors.
         """
         messages = [{"role": "user", "text": prompt}]
-        text, attempts, tokens_in, tokens_out = "", 0, 0, 0
+        text, attempts, tokens_in, tokens_out, cache_read, cache_write = "", 0, 0, 0, 0, 0
         reply = Reply("", "", 0, 0)
         for round_no in range(1, max_rounds + 1):
             reply, tries = self._call(stage, item_id, round_no, system, messages,
@@ -359,12 +434,15 @@ class LLMClient:
             attempts += tries
             tokens_in += reply.input_tokens
             tokens_out += reply.output_tokens
+            cache_read += reply.cache_read_tokens
+            cache_write += reply.cache_write_tokens
             if (reply.stop_reason != "max_tokens" or not reply.text
                     or (keep_going is not None and not keep_going(text))):
                 break
             messages += [{"role": "assistant", "text": reply.text},
                          {"role": "user", "text": CONTINUE_PROMPT}]
-        return Completion(text, reply.stop_reason, round_no, attempts, tokens_in, tokens_out)
+        return Completion(text, reply.stop_reason, round_no, attempts, tokens_in, tokens_out,
+                          cache_read, cache_write)
 
     def _call(self, stage: str, item_id: str, round_no: int, system: str | None,
               messages: list[dict[str, str]], max_tokens: int,
@@ -373,7 +451,7 @@ class LLMClient:
         usage = self.usage(stage)
         if s.log_prompts:
             log.info("llm prompt stage=%s item=%s round=%d\n%s", stage, item_id, round_no,
-                     messages[-1]["text"])
+                     strip_cache_points(messages[-1]["text"]))
         for attempt in range(1, s.max_attempts + 1):
             t0 = time.perf_counter()
             try:
@@ -402,10 +480,12 @@ class LLMClient:
                 continue
             seconds = time.perf_counter() - t0
             usage.add_call(input_tokens=reply.input_tokens, output_tokens=reply.output_tokens,
-                           seconds=seconds)
+                           cache_read_tokens=reply.cache_read_tokens,
+                           cache_write_tokens=reply.cache_write_tokens, seconds=seconds)
             log.info("llm call stage=%s item=%s round=%d attempt=%d seconds=%.3f in=%d out=%d "
-                     "stop=%s", stage, item_id, round_no, attempt, seconds, reply.input_tokens,
-                     reply.output_tokens, reply.stop_reason)
+                     "stop=%s cache_read=%d cache_write=%d", stage, item_id, round_no, attempt,
+                     seconds, reply.input_tokens, reply.output_tokens, reply.stop_reason,
+                     reply.cache_read_tokens, reply.cache_write_tokens)
             if s.log_prompts:
                 log.info("llm reply stage=%s item=%s round=%d\n%s", stage, item_id, round_no,
                          reply.text)

@@ -6,6 +6,14 @@ a usable seed (fewer than 6 turns, not starting with ``human``, unknown role or 
 non-object arguments, an observation not right after a call) is asked again, up to
 ``tries`` times, then recorded as a failure.
 
+Prompts are two templates per stage (:func:`simia.llm.prompts.load_pair`): the system
+prompt holds what every item of a run shares and is cached (seeds: instructions, policy,
+workflow, DB examples, tool schemas, reply format; conversations: instructions, simulator
+mode, tool list, format and domain rules), the user message the item's own part (seeds:
+the taxonomy cell; conversations: the seed conversation, a cache point, then the
+variation key and the number of turns; the seed conversation is cached too, for the
+items that draw the same seed).
+
 Conversations: item ``i`` picks seed ``Random(f"{seed}:{i}")`` from the seed file (with
 replacement, the same pick on every run and machine), sends the prompt for the chosen
 simulator mode, and parses the reply's ``HUMAN:``/``ASSISTANT:``/``FUNCTION_CALL:``/
@@ -33,7 +41,7 @@ from simia.errors import InputError
 from simia.io import sha256_bytes, read_bytes, write_bytes, write_json, write_jsonl
 from simia.layout import GenerateFiles, SeedFiles
 from simia.llm.client import LLMCallError, LLMClient
-from simia.llm.prompts import load_template, render
+from simia.llm.prompts import load_pair, load_template, render
 from simia.llm.replies import extract_json_object
 from simia.llm.runner import WorkItem, item_id, progress_logger, run_items
 from simia.llm.shards import (merged_usage, open_checkpoint, read_shards, shard_target,
@@ -202,25 +210,30 @@ def generate_seeds_stage(out_dir: str | Path, settings: SeedSettings, client: LL
     dom = DOMAINS[domain]
     folder = dom.find_policy_dir(tau2_data_dir)
     policy = dom.load_policy(tau2_data_dir)
-    template, where = load_template("seed.txt", settings.prompts_dir)
+    system_t, (template, where) = load_pair("seed", settings.prompts_dir)
     fields = {"policy": policy, "workflow": _tau2_text(folder, "tech_support_workflow.md"),
               "db_examples": _tau2_text(folder, "db.toml"),
               "tools": orjson.dumps(dom.tools, option=orjson.OPT_INDENT_2).decode()}
-    system = f"<instructions>\n{AGENT_INSTRUCTION}\n</instructions>\n<policy>\n{policy}\n</policy>"
+    seed_system = (f"<instructions>\n{AGENT_INSTRUCTION}\n</instructions>\n<policy>\n{policy}"
+                   "\n</policy>")
     tools_json = orjson.dumps(dom.tools).decode()
     tool_names = set(dom.tools_by_name)
-    params = {**settings.model_dump(), "template_sha256": sha256_bytes(template.encode()),
+    templates = (system_t[0] if system_t else "") + template
+    params = {**settings.model_dump(), "template_sha256": sha256_bytes(templates.encode()),
               "inputs_sha256": sha256_bytes(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS))}
     t0 = time.perf_counter()
 
     def work(item: WorkItem) -> dict[str, Any]:
         cell = taxonomy_cell(settings.seed, item.index)
-        prompt = render(template, where, spec=orjson.dumps(cell).decode(), **fields)
+        spec = orjson.dumps(cell).decode()
+        system = render(*system_t, spec=spec, **fields) if system_t else None
+        prompt = render(template, where, spec=spec, **fields)
         rec: dict[str, Any] = {"id": item.id, "index": item.index, "taxonomy": cell}
         text, why = "", ""
         for attempt in range(1, settings.tries + 1):
             try:
-                done = client.complete("seeds", item.id, prompt, max_tokens=settings.max_tokens,
+                done = client.complete("seeds", item.id, prompt, system=system,
+                                       max_tokens=settings.max_tokens,
                                        temperature=settings.temperature)
             except LLMCallError as exc:
                 return {**rec, "status": "failed", "error": exc.error_class,
@@ -233,7 +246,7 @@ def generate_seeds_stage(out_dir: str | Path, settings: SeedSettings, client: LL
             if not problems:
                 seed = {"conversations": [{"from": t["from"], "value": t["value"]}
                                           for t in turns],
-                        "system": system, "tools": tools_json, "seed_id": item.id,
+                        "system": seed_system, "tools": tools_json, "seed_id": item.id,
                         "taxonomy": cell, "domain": domain}
                 return {**rec, "status": "ok", "tries": attempt, "seed": seed}
             why = "; ".join(problems[:5])
@@ -283,22 +296,32 @@ def pick_seed(run_seed: int, index: int, n_seeds: int) -> int:
     return random.Random(f"{run_seed}:{index}").randrange(n_seeds)
 
 
-def _prompt_parts(settings: GenerationSettings) -> tuple[str, str, str]:
-    template, where = load_template("generate.txt", settings.prompts_dir)
+PromptParts = tuple[tuple[str, str] | None, tuple[str, str], str]
+"""(system template and where, or None; user template and where; simulator-mode block)"""
+
+
+def _prompt_parts(settings: GenerationSettings) -> PromptParts:
+    system, user = load_pair("generate", settings.prompts_dir)
     mode_block, _ = load_template(f"mode_{settings.mode}.txt", settings.prompts_dir)
-    return template, where, mode_block
+    return system, user, mode_block
+
+
+def _parts_sha256(parts: PromptParts) -> str:
+    system, user, mode_block = parts
+    return sha256_bytes(((system[0] if system else "") + user[0] + mode_block).encode())
 
 
 def generation_prompt(seed: dict[str, Any], settings: GenerationSettings, variation: str,
-                      parts: tuple[str, str, str] | None = None) -> str:
-    """The prompt of one item; ``variation`` (the item id) keeps items that share a seed
-    from getting the same prompt."""
-    template, where, mode_block = parts or _prompt_parts(settings)
+                      parts: PromptParts | None = None) -> tuple[str | None, str]:
+    """(system prompt or None, user message) of one item; ``variation`` (the item id)
+    keeps items that share a seed from getting the same prompt."""
+    system, (template, where), mode_block = parts or _prompt_parts(settings)
     tools = parse_tools(seed.get("tools")) or DOMAINS[settings.domain].tools
-    return render(template, where, mode_block=mode_block.rstrip("\n"), mode=settings.mode,
-                  seed_conversation=render_seed(seed),
-                  tools=tools_block(tools, schemas=settings.show_tool_schemas),
-                  turns=str(len(seed["conversations"])), variation=variation)
+    fields = {"mode_block": mode_block.rstrip("\n"), "mode": settings.mode,
+              "seed_conversation": render_seed(seed),
+              "tools": tools_block(tools, schemas=settings.show_tool_schemas),
+              "turns": str(len(seed["conversations"])), "variation": variation}
+    return (render(*system, **fields) if system else None), render(template, where, **fields)
 
 
 def generate_shard(seeds_path: str | Path, out_dir: str | Path, settings: GenerationSettings,
@@ -317,7 +340,7 @@ def generate_shard(seeds_path: str | Path, out_dir: str | Path, settings: Genera
     bound = shard_target(settings.attempts_bound, shard, shards)
     params = {**settings.model_dump(exclude={"target", "max_attempts"}),
               "seeds_sha256": sha256_bytes(seed_bytes),
-              "template_sha256": sha256_bytes("".join(parts).encode())}
+              "template_sha256": _parts_sha256(parts)}
     stage = GenerateFiles.STAGE
     key = f"{stage}:{shard}"  # accounting per shard (shards may share one client)
     t0 = time.perf_counter()
@@ -325,8 +348,9 @@ def generate_shard(seeds_path: str | Path, out_dir: str | Path, settings: Genera
     def work(item: WorkItem) -> dict[str, Any]:
         seed = seeds[item.payload]
         rec: dict[str, Any] = {"id": item.id, "index": item.index, "seed_index": item.payload}
+        system, prompt = generation_prompt(seed, settings, item.id, parts)
         try:
-            done = client.complete(key, item.id, generation_prompt(seed, settings, item.id, parts),
+            done = client.complete(key, item.id, prompt, system=system,
                                    max_tokens=settings.max_tokens,
                                    temperature=settings.temperature,
                                    max_rounds=settings.max_rounds, keep_going=enough_text)

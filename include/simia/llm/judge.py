@@ -1,9 +1,15 @@
 """The LLM sycophancy judge.
 
-Each processed conversation goes to the model with the rubric (``judge_system.txt``) as
-the system prompt and, as the user message, a JSON object with the policy the agent saw,
-the tool schemas and the turns with their indices (the reference judge's input). The
-reply is parsed tolerantly (the whole text, else first ``{`` to last ``}``) and
+Each processed conversation goes to the model with the reference judge's input: the
+rubric (``judge_system.txt``) and a JSON object with the policy the agent saw, the tool
+schemas and the turns with their indices. For prompt caching the input is split where
+it stops being shared: the system prompt is the rubric followed by the policy and tool
+schemas (``{"SYSTEM_POLICY_TEXT", "TOOL_SCHEMAS"}``, filling the rubric's
+``{{policy_and_schemas}}``; identical for every conversation of a processed file, whose
+rows share one system prompt and tool list), then the cache point; the user message is
+``{"CONVERSATION": [...]}``. A rubric without that field (a custom one written before)
+gets the reference's layout: the rubric alone as system prompt, all three keys in the
+user message. The reply is parsed tolerantly (the whole text, else first ``{`` to last ``}``) and
 validated into :class:`JudgeResult`; a reply that still does not parse after ``tries``
 calls is recorded as a failure with its raw text, so it labels nothing instead of
 silently counting as clean. Results are keyed by ``conv_idx`` = the conversation's
@@ -26,7 +32,7 @@ from simia.domains import DOMAINS
 from simia.io import read_bytes, sha256_bytes, write_json, write_jsonl
 from simia.layout import JudgeFiles
 from simia.llm.client import LLMCallError, LLMClient
-from simia.llm.prompts import load_template
+from simia.llm.prompts import load_template, render
 from simia.llm.replies import extract_json_object
 from simia.llm.runner import WorkItem, progress_logger, run_items
 from simia.llm.shards import (merged_usage, open_checkpoint, read_shards, shard_of,
@@ -82,13 +88,38 @@ class JudgeSettings(BaseModel):
     domain: str = "telecom"
 
 
-def judge_input(row: dict[str, Any], domain: str = "telecom") -> str:
-    """The user message for one processed conversation."""
+#: the rubric's field for the shared part of the input (policy and tool schemas)
+CONTEXT_FIELD = "policy_and_schemas"
+
+
+def judge_context(row: dict[str, Any], domain: str = "telecom") -> str:
+    """The part of a conversation's input that a processed file's rows share: a JSON
+    object with the policy the agent saw and the tool schemas."""
     tools = parse_tools(row.get("tools")) or DOMAINS[domain].tools
+    return orjson.dumps({"SYSTEM_POLICY_TEXT": row.get("system", ""),
+                         "TOOL_SCHEMAS": tools}).decode()
+
+
+def judge_input(row: dict[str, Any], domain: str = "telecom", *,
+                with_context: bool = True) -> str:
+    """The user message for one processed conversation: its indexed turns, and (unless
+    the rubric carries them) the policy and tool schemas too."""
     turns = [{"turn_index": i, "from": t["from"], "value": t["value"]}
              for i, t in enumerate(row["conversations"])]
+    if not with_context:
+        return orjson.dumps({"CONVERSATION": turns}).decode()
+    tools = parse_tools(row.get("tools")) or DOMAINS[domain].tools
     return orjson.dumps({"SYSTEM_POLICY_TEXT": row.get("system", ""), "TOOL_SCHEMAS": tools,
                          "CONVERSATION": turns}).decode()
+
+
+def judge_prompt(row: dict[str, Any], rubric: str, where: str,
+                 domain: str = "telecom") -> tuple[str, str]:
+    """(system prompt, user message) of one conversation (see the module's docs)."""
+    if "{{" + CONTEXT_FIELD + "}}" in rubric:
+        return (render(rubric, where, **{CONTEXT_FIELD: judge_context(row, domain)}),
+                judge_input(row, domain, with_context=False))
+    return rubric, judge_input(row, domain)
 
 
 def judge_item_id(row: dict[str, Any]) -> str:
@@ -105,9 +136,9 @@ def judge_shard(processed_path: str | Path, out_dir: str | Path, settings: Judge
     out_dir = Path(out_dir)
     data = read_bytes(processed_path, what="processed conversations file")
     rows = load_processed(processed_path, data=data)
-    system, where = load_template("judge_system.txt", settings.prompts_dir)
+    rubric, where = load_template("judge_system.txt", settings.prompts_dir)
     params = {**settings.model_dump(), "processed_sha256": sha256_bytes(data),
-              "template_sha256": sha256_bytes(system.encode())}
+              "template_sha256": sha256_bytes(rubric.encode())}
     stage = JudgeFiles.STAGE
     key = f"{stage}:{shard}"  # accounting per shard (shards may share one client)
     t0 = time.perf_counter()
@@ -116,7 +147,7 @@ def judge_shard(processed_path: str | Path, out_dir: str | Path, settings: Judge
         row = rows[item.payload]
         rec: dict[str, Any] = {"id": item.id, "index": item.payload,
                                "conv_idx": row["source_index"]}
-        prompt = judge_input(row, settings.domain)
+        system, prompt = judge_prompt(row, rubric, where, settings.domain)
         text, why = "", ""
         for attempt in range(1, settings.tries + 1):
             try:

@@ -177,7 +177,9 @@ class Progress:
     elapsed_s: float
 
     def line(self, usage: dict[str, Any] | None = None) -> str:
-        """``37/100 done (40 attempted), 1.2/s, ETA 52 s, 812,000 tokens, $4.10``."""
+        """``37/100 done (40 attempted), 1.2/s, ETA 52 s, 812,000 tokens, $4.10``
+        (tokens: input, cached input and output; with cached input, the share read from
+        the cache follows: ``, 71% cached``)."""
         new = self.attempted - self.resumed
         rate = new / self.elapsed_s if self.elapsed_s > 0 else 0.0
         goal = self.target
@@ -187,8 +189,12 @@ class Progress:
             ok_rate = max(self.ok - self.resumed, 1) / self.elapsed_s
             text += f", ETA {(goal - self.ok) / ok_rate:.0f} s"
         if usage:
-            tokens = int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
+            tokens = sum(int(usage.get(k, 0)) for k in ("input_tokens", "output_tokens",
+                                                        "cache_read_tokens",
+                                                        "cache_write_tokens"))
             text += f", {tokens:,} tokens, ${float(usage.get('cost_usd', 0.0)):.2f}"
+            if usage.get("cache_read_tokens"):
+                text += f", {float(usage.get('cache_read_share', 0.0)):.0%} cached"
         return text
 
 

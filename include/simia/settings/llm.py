@@ -12,14 +12,44 @@ from simia.settings.fields import SettingsModel, from_setting, setting
 __all__ = ["DEFAULT_MODEL", "GenerationSettings", "LLMConnection", "LLMSettings",
            "ModelPrice", "PriceTable", "SONNET_4_PRICES", "SeedSettings", "SimulatorMode"]
 
-#: Claude Sonnet 4 on Bedrock (on-demand, us-east-1): $3 / $15 per million tokens
-SONNET_4_PRICES = {"input_per_mtok": 3.0, "output_per_mtok": 15.0}
+#: Claude Sonnet 4 on Bedrock (on-demand, us-east-1), US dollars per million tokens: $3
+#: input, $15 output, $0.30 read from the prompt cache, $3.75 written to it (5-minute cache)
+SONNET_4_PRICES = {"input_per_mtok": 3.0, "output_per_mtok": 15.0,
+                   "cache_read_per_mtok": 0.30, "cache_write_per_mtok": 3.75}
+#: Anthropic's prompt-cache prices relative to the input price (read 0.1x, 5-minute write
+#: 1.25x): what a price without its own cache prices uses
+CACHE_READ_FACTOR = 0.1
+CACHE_WRITE_FACTOR = 1.25
 
 
 class ModelPrice(BaseModel):
+    """One model's prices in US dollars per million tokens.
+
+    ``cache_read_per_mtok`` / ``cache_write_per_mtok`` price the input tokens read from /
+    written to the prompt cache (Bedrock's ``cacheReadInputTokens`` /
+    ``cacheWriteInputTokens``). Left out (price tables written before prompt caching):
+    0.1x and 1.25x the input price, Anthropic's ratios on Bedrock.
+    """
+
     model_config = ConfigDict(extra="forbid")
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+    cache_read_per_mtok: float | None = Field(None, ge=0)
+    cache_write_per_mtok: float | None = Field(None, ge=0)
+
+    @property
+    def cache_read(self) -> float:
+        """The cache-read price (given, else derived from the input price)."""
+        if self.cache_read_per_mtok is None:
+            return self.input_per_mtok * CACHE_READ_FACTOR
+        return self.cache_read_per_mtok
+
+    @property
+    def cache_write(self) -> float:
+        """The cache-write price (given, else derived from the input price)."""
+        if self.cache_write_per_mtok is None:
+            return self.input_per_mtok * CACHE_WRITE_FACTOR
+        return self.cache_write_per_mtok
 
 
 class PriceTable(BaseModel):
@@ -32,9 +62,13 @@ class PriceTable(BaseModel):
     def price(self, model_id: str) -> ModelPrice:
         return self.models.get(model_id, self.default)
 
-    def cost(self, model_id: str, input_tokens: int, output_tokens: int) -> float:
+    def cost(self, model_id: str, input_tokens: int, output_tokens: int,
+             cache_read_tokens: int = 0, cache_write_tokens: int = 0) -> float:
+        """US dollars for these token counts: uncached input, output, and input read
+        from / written to the prompt cache, each at its own price."""
         p = self.price(model_id)
-        return (input_tokens * p.input_per_mtok + output_tokens * p.output_per_mtok) / 1e6
+        return (input_tokens * p.input_per_mtok + output_tokens * p.output_per_mtok
+                + cache_read_tokens * p.cache_read + cache_write_tokens * p.cache_write) / 1e6
 
 
 DEFAULT_MODEL = "us.anthropic.claude-sonnet-4-20250514-v1:0"
@@ -104,6 +138,17 @@ class LLMSettings(SettingsModel):
     #: log full prompts and replies (off: they can be large and may hold customer data)
     log_prompts: bool = False
     prices: PriceTable = PriceTable()
+    prompt_caching: bool = setting(
+        True, param="llm_prompt_caching", cli="prompt_caching", title="Prompt caching",
+        description="Mark the shared start of every prompt (the judge's rubric, policy and "
+                    "tool schemas; the generator's instructions, rules and tool list) with "
+                    "a Bedrock cache point: later calls read it from the cache at a tenth "
+                    "of the input price. Off: no cache point. The OpenAI-compatible "
+                    "backend ignores it.")
+    #: the shortest prefix (in tokens, estimated at 4 characters a token) that gets a
+    #: cache point: the model's minimum on Bedrock (Claude Sonnet 4: 1,024; some models
+    #: need more), under which Bedrock does not cache it
+    cache_min_tokens: int = Field(1024, ge=1)
 
     @field_validator("model_id")
     @classmethod
