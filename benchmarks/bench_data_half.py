@@ -115,7 +115,8 @@ def data_half(raw: Path, out: Path, tau2_dir: Path,
 
 def design_from_dict(d: dict[str, Any]) -> DatasetDesign:
     return DatasetDesign(levels=tuple(d["levels"]), size=int(d["size"]),
-                         shared_clean=int(d["shared_clean"]), seed=int(d.get("seed", 42)))
+                         shared_clean=int(d["shared_clean"]), seed=int(d.get("seed", 42)),
+                         replicates=1)  # the reference builds one split
 
 
 def _fits(levels: tuple[float, ...], size: int, shared: int, clean: int, syco: int) -> bool:
@@ -421,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # Untimed warm-up: process + score, to learn the pools and pick a design that fits.
         print("warm-up run (untimed) ...", file=sys.stderr)
-        warm = data_half(raw, out, tau2, DatasetDesign())
+        warm = data_half(raw, out, tau2, DatasetDesign(replicates=1))
         warm[0][1]()
         warm[1][1]()
         n_proc, n_clean, n_syco = pools(out)

@@ -26,7 +26,8 @@ def _datasets(raw: Path, tmp: Path, fmt: str, tau2_dir: Path, size: int) -> Path
                       tmp / "scores.jsonl")
     out = tmp / "datasets"
     build_datasets_stage(tmp / "processed" / "processed.json", tmp / "scores.jsonl", out,
-                         DatasetDesign(levels=(0,), size=size, shared_clean=size))
+                         DatasetDesign(levels=(0,), size=size, shared_clean=size,
+                                       replicates=1))
     return out
 
 
