@@ -21,7 +21,7 @@ import statsmodels.api as sm
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from simia.analysis.inference import RunVariance, _t_stat, slope_test
+from simia.analysis.inference import _TINY, RunVariance, _t_stat, slope_test
 from simia.analysis.outcomes import OutcomeTable, issue_type, level_key, persona
 from simia.analysis.results import CheckpointDiff, Contrast, OutcomeFamily, Stratum
 
@@ -67,6 +67,9 @@ def level_contrasts(levels: Sequence[float] | np.ndarray, y: Sequence[float] | n
             df = variance.df
         else:
             se, df = float(fit.bse[j]), float(fit.df_resid)
+        if se <= _TINY:  # the runs of each level agree exactly: no spread to test against
+            rows.append(Contrast(level=u, reference=ref, estimate=est))
+            continue
         t = _t_stat(est, se)
         q = float(stats.t.ppf(1 - alpha / 2, df))
         p = float(2 * stats.t.sf(abs(t), df)) if not math.isnan(t) else None
