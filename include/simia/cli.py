@@ -138,8 +138,8 @@ def _parser() -> argparse.ArgumentParser:
 
     from simia.report.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 
-    rp = sub.add_parser("report", help="the experiment's answer: pass^k per level with CIs, "
-                                       "paired and trend tests, data, cost and training")
+    rp = sub.add_parser("report", help="the experiment's answer: the run-aware verdict, "
+                                       "pass^k per run, data, cost and training")
     rp.add_argument("run_dir", help="the run directory (eval/, train/, datasets/, ...)")
     rp.add_argument("-o", "--out-dir", default=None,
                     help="writes report.md, report.html, report.json and PNGs here "

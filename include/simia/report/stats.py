@@ -137,13 +137,3 @@ def _mean_of(values: Sequence[float]) -> Callable[[list[int]], float]:
     def stat(idx: list[int]) -> float:
         return sum(values[i] for i in idx) / len(idx)
     return stat
-
-
-# ------------------------------------------------------------- exact permutation support
-
-
-# --------------------------------------------------------------------- paired comparison
-
-
-# ---------------------------------------------------------------------------- trend test
-
