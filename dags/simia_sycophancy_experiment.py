@@ -170,10 +170,13 @@ def simia_sycophancy_experiment():
     def validate_params() -> dict:
         """Check the run's Params together (what one Param's schema cannot) and record the
         run in run.json; every problem is listed, each naming its Param."""
+        from simia_airflow.llm import llm_connection_problems
+
         ctx = get_current_context()
         return _step("validate", dag_id=DAG_ID, run_id=ctx["run_id"],
                      run_type=str(getattr(ctx["dag_run"], "run_type", "")),
-                     logical_date=str(ctx.get("logical_date") or ""))
+                     logical_date=str(ctx.get("logical_date") or ""),
+                     check_connections=llm_connection_problems)
 
     @task(execution_timeout=timedelta(hours=6))
     def generate_seeds(valid: dict) -> str:

@@ -54,15 +54,19 @@ def _reusing(p: Params, stage: str) -> bool:
 # --------------------------------------------------------------------------- data half
 
 def validate(p: Params, run: RunLayout, *, dag_id: str, run_id: str, run_type: str = "",
-             logical_date: str = "") -> Done:
-    """Check the run's Params together and record them in ``run.json`` (kept when it
-    exists: a retried run keeps its first record)."""
+             logical_date: str = "",
+             check_connections: Callable[[Params], list[str]] | None = None) -> Done:
+    """Check the run's Params together (and, with ``check_connections``, the connections
+    they name) and record them in ``run.json`` (kept when it exists: a retried run keeps
+    its first record)."""
     from simia import __version__
     from simia.io import write_json
     from simia.run_config import check_run_params, power_plan
 
     power = None
     problems = check_run_params(p)
+    if check_connections is not None:
+        problems += check_connections(p)
     if not problems:
         try:
             power = power_plan(p)

@@ -31,8 +31,8 @@ from simia.settings import (AnalysisSettings, ContainerSettings, DatasetDesign, 
                             LLMSettings, SeedSettings, ServerSettings, ServingRunSettings,
                             TrainingConfig, TrainingRunSettings, build, require, run_settings)
 
-__all__ = ["check_run_params", "datasets_dir", "eval_settings", "level_plans", "power_plan",
-           "training_config"]
+__all__ = ["calls_the_llm", "check_run_params", "datasets_dir", "eval_settings",
+           "level_plans", "power_plan", "training_config"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -149,6 +149,15 @@ def check_run_params(p: Mapping[str, Any]) -> list[str]:
     if analysis is not None and analysis.run_variance_from:
         _must_exist(problems, "run_variance_from", analysis.run_variance_from)
     return list(dict.fromkeys(problems))
+
+
+def calls_the_llm(p: Mapping[str, Any]) -> bool:
+    """Whether the run calls the LLM: it generates (no raw file, nothing reused) or the
+    LLM judge labels what it processes."""
+    start = p.get("start_from", "beginning")
+    generates = start == "beginning" and not p.get("raw_conversations")
+    judges = p.get("label_source") == "judge" and start in ("beginning", "processed")
+    return generates or judges
 
 
 def power_plan(p: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -255,3 +255,32 @@ def test_simia_commands_errors_name_the_file(recorded_run, tmp_path, capsys):
     (tmp_path / "run.json").write_text(json.dumps(record))
     assert main(["commands", str(tmp_path)]) == 2
     assert "'trainer_image'" in capsys.readouterr().err
+
+
+def test_the_bedrock_connection_is_checked_before_any_work(defaults, tmp_path, monkeypatch):
+    """A run that calls the LLM names a missing connection, or one without a region, at
+    once (not botocore's NoRegionError traceback in the first LLM task, retried)."""
+    sys.path.insert(0, str(ROOT / "plugins"))
+    from simia_airflow.llm import llm_connection_problems
+
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    p = {**defaults, "raw_conversations": "", "label_source": "rules",
+         "aws_conn_id": "simia_no_such_conn"}
+    assert any(m.startswith("aws_conn_id: there is no Airflow connection 'simia_no_such_conn'")
+               for m in llm_connection_problems(p))
+    monkeypatch.setenv("AIRFLOW_CONN_SIMIA_REGIONLESS", json.dumps({"conn_type": "aws"}))
+    assert any("names no region" in m for m in llm_connection_problems(
+        {**p, "aws_conn_id": "simia_regionless"}))
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")  # the workers' environment
+    assert llm_connection_problems({**p, "aws_conn_id": "simia_regionless"}) == []
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AIRFLOW_CONN_SIMIA_WITH_REGION", json.dumps(
+        {"conn_type": "aws", "extra": {"region_name": "us-east-1"}}))
+    assert llm_connection_problems({**p, "aws_conn_id": "simia_with_region"}) == []
+    # runs that call no LLM, or an OpenAI-compatible server, need no AWS connection
+    assert llm_connection_problems({**p, "raw_conversations": "/raw.json"}) == []
+    assert llm_connection_problems({**p, "llm_backend": "openai"}) == []
+    assert llm_connection_problems({**p, "raw_conversations": "/raw.json",
+                                    "label_source": "judge"}) != []

@@ -48,6 +48,20 @@ def test_bad_combinations_stop_the_run_before_any_work(dag, raw_file, tau2_dir, 
     assert "judge_scores" in failure["error"] and failure["task_id"] == "validate_params"
 
 
+def test_a_run_that_calls_the_llm_without_its_connection_stops_at_once(dag, tau2_dir,
+                                                                        tmp_path, capfd):
+    conf = {"raw_conversations": "", "seeds_file": "", "data_root": str(tmp_path),
+            "tau2_data_dir": str(tau2_dir), "train_models": False, "label_source": "rules",
+            "aws_conn_id": "simia_missing_connection", "llm_backend": "bedrock"}
+    dr = dag.test(run_conf=conf)
+    states = _states(dr)
+    assert dr.state == "failed" and states["validate_params"] == "failed"
+    assert states["generate_seeds"] == "upstream_failed"  # no LLM task tried (or retried)
+    text = "".join(capfd.readouterr())
+    assert "aws_conn_id: there is no Airflow connection 'simia_missing_connection'" in text
+    assert "NoRegionError" not in text
+
+
 def test_a_run_starts_from_an_earlier_runs_artifacts(dag, raw_file, tau2_dir, tmp_path):
     base = {"raw_conversations": str(raw_file), "tau2_data_dir": str(tau2_dir),
             "train_models": False, "levels": [0, 10, 20], "dataset_size": 20,
