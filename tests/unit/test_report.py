@@ -62,7 +62,9 @@ def build_data_half(run: Path, replicates: int = 1) -> None:
         "attempted": 131, "mode": "sycophantic", "llm": _usage(140, 2_100_000, 880_000)})
     _jdump(run / "judge" / "summary.json", {
         "stage": "judge", "conversations": 110, "scored": 108, "failed": 2,
-        "sycophantic": 40, "clean": 68, "threshold": 0.0, "llm": _usage(112, 900_000, 60_000)})
+        "sycophantic": 40, "clean": 68, "threshold": 0.0,
+        "llm": {**_usage(112, 900_000, 60_000), "cache_read_tokens": 700_000,
+                "cache_write_tokens": 20_000}})
     _jdump(run / "processed" / "summary.json", {
         "format": "native", "input": 120, "kept": 110, "rejected": 10, "kept_fraction": 0.9167,
         "rejected_by_reason": {"bad_json_arguments": 4, "unknown_tool": 3, "empty_turn": 3},
@@ -222,6 +224,12 @@ def test_a_clear_drop_over_replicates_is_a_decrease_with_every_file(full_run):
     assert report["data"]["processed"]["rejected_by_reason"]["unknown_tool"] == 3
     assert report["scores"]["count"] == 110 and report["scores"]["above_threshold"] == 40
     assert report["llm_usage"]["stages"]["generate"]["input_tokens"] == 2_100_000
+    # prompt caching: the judge's cached input is shown beside the rest (0 where a stage's
+    # summary predates caching)
+    assert report["llm_usage"]["stages"]["judge"]["cache_read_tokens"] == 700_000
+    assert report["llm_usage"]["stages"]["generate"]["cache_read_tokens"] == 0
+    usage = _section(md, "LLM usage and cost\n")
+    assert "| Cache read | Cache write |" in usage and "| 700000 | 20000 |" in usage
     html = (rdir / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(PLOTS)
     assert "More sycophancy lowered task success" in html

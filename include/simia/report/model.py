@@ -287,8 +287,10 @@ class StageUsage:
 
     calls: Raw
     failed_calls: Raw
-    input_tokens: Raw
+    input_tokens: Raw  # not read from or written to the prompt cache
     output_tokens: Raw
+    cache_read_tokens: Raw  # input read from Bedrock's prompt cache (0 before caching)
+    cache_write_tokens: Raw  # input written to it
     cost_usd: Raw
     model_id: str | list[str] | None
 
