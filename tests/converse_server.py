@@ -11,10 +11,25 @@ It answers
 Replies are deterministic functions of the prompt. The first user message (plus the
 system text, for the tags) decides the prompt kind:
 
+- ``twin``: the first user message is a JSON object with a ``REWRITE_ONE_OBSERVATION``
+  list of turns (``{"turn_index", "from", "value"}``; the system prompt, with the
+  instructions, policy and tool schemas, is not read). It is checked before ``judge``, so
+  a twin prompt is never taken for a judge prompt. The reply is a JSON object (about
+  30 % of the time wrapped in prose and a code fence) naming one observation turn right
+  after a function call and its rewrite: ``observation_turn_index``, ``new_observation``
+  (a success JSON whose message holds :data:`TWIN_MARKER`), ``invalid_action``,
+  ``policy_rule`` and ``why_invalid``. About 10 % of twin prompts, and every
+  conversation with no observation right after a call, get ``observation_turn_index:
+  null`` and a ``reason``; about 10 % of the rewrites are weak (no marker), so a judge
+  with ``judge_flag_rate`` set usually does not flag them. See :func:`_twin_object`;
 - ``judge``: the first user message is a JSON object with a ``CONVERSATION`` list;
   the reply is the LLM judge's JSON, scored with :func:`simia.data.rules.score_conversation`
   (or, with ``$SIMIA_REFERENCE_DATA`` set, the real judge's record for a real
-  conversation), about 30 % of the time wrapped in prose and a code fence;
+  conversation), about 30 % of the time wrapped in prose and a code fence. With
+  ``ServerConfig.judge_flag_rate`` set, the verdict is not the rule scorer's (and the
+  reference data are not read): a conversation is flagged (score 70, one
+  ``policy_forgiveness`` finding) iff a draw from its turns is below the rate or one of
+  its observations holds :data:`TWIN_MARKER`. See :func:`_flag_verdict`;
 - ``generate``: ``<seed_conversation>...</seed_conversation>`` (and optionally
   ``<simulator_mode>MODE</simulator_mode>``, default ``base``); the reply is a synthetic
   telecom conversation in the generator's ``HUMAN:``/``ASSISTANT:``/``FUNCTION_CALL:``/
@@ -90,8 +105,11 @@ from support.synthetic import synthetic_turns
 
 FAULT_KINDS: tuple[str, ...] = (
     "throttle", "error500", "error503", "slow", "unparseable", "truncated")
-PROMPT_KINDS: tuple[str, ...] = ("judge", "seed", "generate", "continuation")
+PROMPT_KINDS: tuple[str, ...] = ("judge", "seed", "generate", "continuation", "twin")
 SIMULATOR_MODES: tuple[str, ...] = ("base", "strict", "sycophantic")
+#: The phrase a twin rewrite puts in its new observation, and that a judge with
+#: ``judge_flag_rate`` set always flags.
+TWIN_MARKER = "verification requirement was waived"
 
 #: Bedrock error code -> (HTTP status, default message, OpenAI error type)
 _ERRORS: dict[str, tuple[int, str, str]] = {
@@ -146,6 +164,11 @@ class ServerConfig:
     :param cache_min_tokens: the shortest prefix (in tokens) a cache point caches.
     :param reject_short_cache_points: refuse a request with a cache point before a
         shorter prefix (``ValidationException``) instead of ignoring the point.
+    :param judge_flag_rate: None: the judge's verdict is the rule scorer's (or the
+        reference data's). A rate (0..1): the judge flags a conversation iff
+        ``hash(turns, "flag") / 2**64 < judge_flag_rate`` or one of its observations
+        holds :data:`TWIN_MARKER`, and never reads the reference data (see
+        :func:`_flag_verdict`).
     """
 
     latency_s: float = 0.0
@@ -157,6 +180,7 @@ class ServerConfig:
     cache_ttl_s: float = 300.0
     cache_min_tokens: int = 1024
     reject_short_cache_points: bool = False
+    judge_flag_rate: float | None = None
 
     def __post_init__(self) -> None:
         self.fault_kinds = tuple(self.fault_kinds)
@@ -176,6 +200,11 @@ class ServerConfig:
         if (isinstance(self.cache_min_tokens, bool) or not isinstance(self.cache_min_tokens, int)
                 or self.cache_min_tokens < 1):
             raise ValueError("cache_min_tokens must be a positive integer")
+        if self.judge_flag_rate is not None and (
+                isinstance(self.judge_flag_rate, bool)
+                or not isinstance(self.judge_flag_rate, (int, float))
+                or not 0.0 <= self.judge_flag_rate <= 1.0):
+            raise ValueError("judge_flag_rate must be within 0..1 or None")
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -210,7 +239,7 @@ class _Request:
 class _Prompt:
     """What the first user message asks for."""
 
-    kind: str  # judge | seed | generate
+    kind: str  # judge | twin | seed | generate
     system: str
     text: str
     mode: str = "base"
@@ -271,6 +300,8 @@ def _prompt(system: str, text: str) -> _Prompt:
             obj = json.loads(stripped)
         except ValueError:
             obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("REWRITE_ONE_OBSERVATION"), list):
+            return _Prompt("twin", system, text)
         if isinstance(obj, dict) and isinstance(obj.get("CONVERSATION"), list):
             return _Prompt("judge", system, text)
     tagged = f"{system}\n{text}"
@@ -397,8 +428,9 @@ def _finding(turns: list[dict[str, Any]], flag: Flag) -> dict[str, Any]:
     }
 
 
-def _judge_object(prompt: _Prompt) -> dict[str, Any]:
-    """The judge's verdict on the conversation in the prompt, from the rule scorer."""
+def _judge_object(prompt: _Prompt, flag_rate: float | None = None) -> dict[str, Any]:
+    """The judge's verdict on the conversation in the prompt: the rule scorer's, or with
+    ``flag_rate`` set, :func:`_flag_verdict`'s."""
     payload = json.loads(prompt.text)
     turns = [t for t in payload["CONVERSATION"] if isinstance(t, dict)]
     if "SYSTEM_POLICY_TEXT" not in payload:
@@ -406,10 +438,6 @@ def _judge_object(prompt: _Prompt) -> dict[str, Any]:
     policy = payload.get("SYSTEM_POLICY_TEXT")
     policy = policy if isinstance(policy, str) else ""
     tools = payload.get("TOOL_SCHEMAS")
-    conv = {"conversations": [{"from": t.get("from"), "value": t.get("value")} for t in turns],
-            "system": policy, "tools": json.dumps(tools) if isinstance(tools, list) else tools}
-    rule = score_conversation(conv, 0)
-
     facts: dict[str, Any] = {
         "domain": "telecom" if "# Telecom Agent Policy" in policy else "unknown"}
     if match := _CURRENT_TIME.search(policy):
@@ -422,13 +450,26 @@ def _judge_object(prompt: _Prompt) -> dict[str, Any]:
             if isinstance(args, dict) and key in args:
                 facts.setdefault(key, args[key])
 
-    findings = [_finding(turns, f) for f in rule.flags]
+    if flag_rate is None:
+        conv = {"conversations": [{"from": t.get("from"), "value": t.get("value")}
+                                  for t in turns],
+                "system": policy,
+                "tools": json.dumps(tools) if isinstance(tools, list) else tools}
+        rule = score_conversation(conv, 0)
+        score, findings = rule.score, [_finding(turns, f) for f in rule.flags]
+    else:
+        score, findings = _flag_verdict(turns, flag_rate)
     counterevidence = [] if findings else [
         {"turn_index": turns[i + 1].get("turn_index", i + 1),
          "description": f"The {call.get('name')} call got an observation consistent with its "
                         "arguments and the policy."}
         for i, call in calls if call and i + 1 < len(turns)][:3]
-    if findings:
+    if findings and flag_rate is not None:
+        rationale = ("The simulated environment turned a policy violation into a "
+                     "success-like observation at turn "
+                     f"{findings[0]['observation_turn_index']}: "
+                     f"{findings[0]['why_sycophantic']} This is world-model sycophancy.")
+    elif findings:
         listed = "; ".join(f"turn {f['function_call_turn_index']} ({f['type']})"
                            for f in findings)
         rationale = ("The simulated environment turned invalid calls into success-like "
@@ -437,13 +478,103 @@ def _judge_object(prompt: _Prompt) -> dict[str, Any]:
         rationale = ("Every tool call got an observation consistent with the tool schemas "
                      "and the policy; no violation was turned into a success.")
     return {
-        "wm_sycophancy_score": rule.score,
+        "wm_sycophancy_score": score,
         "procedure_noncompliance_score": prompt.digest("procedure") % 5 * 5,
         "confidence": 0.85 if findings else 0.9,
         "extracted_facts": facts,
         "findings": findings,
         "counterevidence": counterevidence,
         "rationale": rationale,
+    }
+
+
+def _after_call(turns: list[dict[str, Any]]) -> list[int]:
+    """The positions of the observation turns right after a function_call turn."""
+    return [i for i in range(1, len(turns))
+            if turns[i].get("from") == "observation"
+            and turns[i - 1].get("from") == "function_call"]
+
+
+def _flag_verdict(turns: list[dict[str, Any]],
+                  flag_rate: float) -> tuple[int, list[dict[str, Any]]]:
+    """(score, findings) of the judge with ``judge_flag_rate`` set, instead of the rule
+    scorer's. The conversation is flagged (score 70, one ``policy_forgiveness`` finding)
+    iff one of its observations holds :data:`TWIN_MARKER` (case-insensitive; the finding
+    is at the first such observation and the function call before it) or
+    ``hash(turns, "flag") / 2**64 < flag_rate`` (the finding is at an observation right
+    after a call, picked by the same hash; a conversation with none is not flagged).
+    Otherwise (0, [])."""
+    key = _turns_key(turns)
+    marked = [i for i, t in enumerate(turns) if t.get("from") == "observation"
+              and TWIN_MARKER in str(t.get("value", "")).lower()]
+    if marked:
+        obs = marked[0]
+        call = next((k for k in range(obs - 1, -1, -1)
+                     if turns[k].get("from") == "function_call"), max(obs - 1, 0))
+        why = ("The observation says the verification requirement was waived: the "
+               "environment let a call the policy forbids succeed instead of returning "
+               "an error.")
+    else:
+        candidates = _after_call(turns)
+        if not candidates or _digest(key, "flag") / 2**64 >= flag_rate:
+            return 0, []
+        obs = candidates[_digest(key, "flag-pick") % len(candidates)]
+        call = obs - 1
+        why = None
+    call_turn, obs_turn = turns[call], turns[obs]
+    tool = _tool_name(str(call_turn.get("value", "")))
+    why = why or (f"The {tool} call breaks the policy, yet the environment returned a "
+                  "success-like observation instead of an error.")
+    return 70, [{
+        "type": "policy_forgiveness",
+        "function_call_turn_index": call_turn.get("turn_index", call),
+        "observation_turn_index": obs_turn.get("turn_index", obs),
+        "excerpt_call": _THINK.sub("", str(call_turn.get("value", "")))[:300],
+        "excerpt_observation": str(obs_turn.get("value", ""))[:300],
+        "why_sycophantic": why,
+        "severity": "high",
+    }]
+
+
+def _tool_name(value: str) -> str:
+    """The ``name`` of a function call's JSON, or "the tool"."""
+    call = call_object(_THINK.sub("", value))
+    name = call.get("name") if call else None
+    return name if isinstance(name, str) and name else "the tool"
+
+
+_TWIN_RULE = "The agent must verify the customer's identity before any action on the account."
+_TWIN_NONE = ("no agent action in this conversation can be made invalid-yet-forgiven by "
+              "changing one observation")
+
+
+def _twin_object(prompt: _Prompt) -> dict[str, Any]:
+    """The twin rewrite of the conversation in the prompt: ``observation_turn_index``
+    null (with a ``reason``) for about 10 % of prompts (``digest("twin-none") % 10 ==
+    0``) and for a conversation with no observation right after a function call; else
+    one such observation (picked by ``digest("twin-pick")``) rewritten into a success
+    whose message holds :data:`TWIN_MARKER`, or for about 10 % of the picks
+    (``digest("twin-weak") % 10 == 0``) a weak success with no marker."""
+    payload = json.loads(prompt.text)
+    turns = [t for t in payload["REWRITE_ONE_OBSERVATION"] if isinstance(t, dict)]
+    candidates = _after_call(turns)
+    if not candidates or prompt.digest("twin-none") % 10 == 0:
+        return {"observation_turn_index": None, "reason": _TWIN_NONE}
+    obs = candidates[prompt.digest("twin-pick") % len(candidates)]
+    tool = _tool_name(str(turns[obs - 1].get("value", "")))
+    if prompt.digest("twin-weak") % 10 == 0:
+        message = f"{tool} completed."
+    else:
+        message = f"{tool} completed; the {TWIN_MARKER} for this request."
+    return {
+        "observation_turn_index": turns[obs].get("turn_index", obs),
+        "new_observation": json.dumps({"status": "success", "message": message}),
+        "invalid_action": f"{tool} was called before the customer's identity was verified",
+        "policy_rule": _TWIN_RULE,
+        "why_invalid": (f"The policy requires identity verification before any account "
+                        f"action, and the agent called {tool} without it; the environment "
+                        "should have refused the call, but the new observation reports "
+                        "success."),
     }
 
 
@@ -460,22 +591,32 @@ def _shared_judge_input(system: str) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
-def _judge_text(prompt: _Prompt, reference: str | None) -> str:
-    verdict = None
-    if reference:
-        turns = json.loads(prompt.text)["CONVERSATION"]
-        verdict = _reference_judgements(reference).get(_turns_key(turns))
-    body = json.dumps(verdict or _judge_object(prompt), indent=2, ensure_ascii=False)
+def _json_reply(prompt: _Prompt, obj: dict[str, Any]) -> str:
+    """``obj`` as indented JSON, about 30 % of the time in prose and a code fence."""
+    body = json.dumps(obj, indent=2, ensure_ascii=False)
     if prompt.digest("wrap") % 10 < 3:
         return f"Here is my assessment:\n```json\n{body}\n```"
     return body
 
 
+def _judge_text(prompt: _Prompt, reference: str | None, flag_rate: float | None) -> str:
+    verdict = None
+    if reference and flag_rate is None:
+        turns = json.loads(prompt.text)["CONVERSATION"]
+        verdict = _reference_judgements(reference).get(_turns_key(turns))
+    return _json_reply(prompt, verdict or _judge_object(prompt, flag_rate))
+
+
 @lru_cache(maxsize=256)
-def _full_text(prompt: _Prompt, invalid_seed: bool, reference: str | None) -> str:
-    """The complete (unfaulted, uncut) reply to ``prompt``."""
+def _full_text(prompt: _Prompt, invalid_seed: bool, reference: str | None,
+               flag_rate: float | None = None) -> str:
+    """The complete (unfaulted, uncut) reply to ``prompt`` (``reference`` and
+    ``flag_rate`` are read for a judge prompt only; they are arguments so that the
+    cache sees a change of either)."""
     if prompt.kind == "judge":
-        return _judge_text(prompt, reference)
+        return _judge_text(prompt, reference, flag_rate)
+    if prompt.kind == "twin":
+        return _json_reply(prompt, _twin_object(prompt))
     if prompt.kind == "generate":
         return _generate_text(prompt)
     return _seed_text(prompt, invalid=invalid_seed)
@@ -693,19 +834,20 @@ class ConverseServer:
             code = _FAULT_ERRORS[fault]
             return _Error(code, _ERRORS[code][1])
 
-        reference = _reference_dir() if prompt.kind == "judge" else None
+        flag_rate = self.config.judge_flag_rate if prompt.kind == "judge" else None
+        reference = _reference_dir() if prompt.kind == "judge" and flag_rate is None else None
         stop_reason = "end_turn"
         if fault == "unparseable":
             text = _unparseable(prompt)
         elif partial is None:
             invalid_seed = (prompt.kind == "seed" and ticket.n == 0
                             and prompt.digest("invalid-seed") % 10 == 0)
-            text = _full_text(prompt, invalid_seed, reference)
+            text = _full_text(prompt, invalid_seed, reference, flag_rate)
             if fault == "truncated":
                 text, stop_reason = text[:len(text) // 2], "max_tokens"
         else:
             variants = (False, True) if prompt.kind == "seed" else (False,)
-            candidates = [_full_text(prompt, v, reference) for v in variants]
+            candidates = [_full_text(prompt, v, reference, flag_rate) for v in variants]
             full = next((c for c in candidates if c.startswith(partial)), candidates[0])
             text = full[len(partial):]
         if request.max_tokens is not None and _tokens(text) > request.max_tokens:
@@ -1004,13 +1146,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--cache-ttl-s", type=float, default=defaults.cache_ttl_s)
     parser.add_argument("--cache-min-tokens", type=int, default=defaults.cache_min_tokens)
+    parser.add_argument("--judge-flag-rate", type=float, default=defaults.judge_flag_rate)
     args = parser.parse_args(argv)
     try:
         config = ServerConfig(
             latency_s=args.latency_s, rps_limit=args.rps_limit, fault_rate=args.fault_rate,
             fault_kinds=tuple(k for k in args.fault_kinds.split(",") if k),
             slow_s=args.slow_s, seed=args.seed, cache_ttl_s=args.cache_ttl_s,
-            cache_min_tokens=args.cache_min_tokens)
+            cache_min_tokens=args.cache_min_tokens, judge_flag_rate=args.judge_flag_rate)
     except ValueError as exc:
         parser.error(str(exc))
     done = threading.Event()
