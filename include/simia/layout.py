@@ -31,17 +31,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "DataRoot", "DatasetFiles", "EvalFiles", "GenerateFiles", "JudgeFiles", "ProcessedFiles",
-    "ReportFiles", "RuleScoreFiles", "RunLayout", "START_STAGES", "SeedFiles", "TrainFiles",
-    "TrainRoot", "level_slug", "run_slug", "safe_name", "shard_file", "shard_params",
-    "shard_summary", "starts_after",
+    "CollectFiles", "DataRoot", "DatasetFiles", "EvalFiles", "GenerateFiles", "JudgeFiles",
+    "ProcessedFiles", "ReportFiles", "RuleScoreFiles", "RunLayout", "START_STAGES", "SeedFiles",
+    "TrainFiles", "TrainRoot", "TwinFiles", "level_slug", "run_slug", "safe_name", "shard_file",
+    "shard_params", "shard_summary", "starts_after",
 ]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 # where a run may start from an earlier run's artifacts (the DAG's start_from Param), in
 # stage order; a run starting at one of them reuses that stage's outputs and those before
-START_STAGES = ("beginning", "processed", "scores", "datasets")
+# "collect": start from the beginning, continuing the source run's collection (its
+# finished items are reused; only what is left calls the LLM)
+START_STAGES = ("beginning", "collect", "processed", "scores", "datasets")
 # the data stages and the first start_from value that skips each
 _SKIPPED_FROM = {"generate": "processed", "process": "processed", "score": "scores",
                  "build": "datasets"}
@@ -149,6 +151,56 @@ class GenerateFiles(_Folder):
 
     def shard(self, shard: int, shards: int) -> Path:
         return shard_file(self.dir, self.STAGE, shard, shards)
+
+
+class CollectFiles(_Folder):
+    """``collect/``: the design-driven collection's per-item checkpoints (the pilot's and
+    each shard's), the pilot's yields and projection, and the collection summary. The
+    merged conversations, processed rows and judge scores go to the usual stage folders
+    (``generate/``, ``processed/``, ``judge/``)."""
+
+    STAGE = "collect"
+    PILOT = "collect-pilot"
+
+    @property
+    def pilot(self) -> Path:
+        """The pilot's checkpoint (items ``0 .. pilot - 1``)."""
+        return shard_file(self.dir, self.PILOT, 0, 1)
+
+    def shard(self, shard: int, shards: int) -> Path:
+        return shard_file(self.dir, self.STAGE, shard, shards)
+
+    @property
+    def projection(self) -> Path:
+        """``pilot.json``: the yields observed in the pilot and the projected attempts,
+        tokens, cost and time to fill the pools."""
+        return self.dir / "pilot.json"
+
+    @property
+    def imported(self) -> Path:
+        """Written once the source run's items are copied in (``start_from = collect``)."""
+        return self.dir / "imported.json"
+
+
+class TwinFiles(_Folder):
+    """``twins/``: counterfactual twins (one rewritten observation each), the candidates
+    discarded and why, and the stage's checkpoint."""
+
+    STAGE = "twins"
+
+    @property
+    def twins(self) -> Path:
+        """One line per accepted twin: source index, the swapped observation, its diff,
+        both judge scores, and the twin's turns."""
+        return self.dir / "twins.jsonl"
+
+    @property
+    def rejects(self) -> Path:
+        return self.dir / "rejects.jsonl"
+
+    @property
+    def checkpoint(self) -> Path:
+        return shard_file(self.dir, self.STAGE, 0, 1)
 
 
 class ProcessedFiles(_Folder):
@@ -341,6 +393,14 @@ class RunLayout:
         return GenerateFiles(self.root / "generate")
 
     @property
+    def collect(self) -> CollectFiles:
+        return CollectFiles(self.root / "collect")
+
+    @property
+    def twins(self) -> TwinFiles:
+        return TwinFiles(self.root / "twins")
+
+    @property
     def processed(self) -> ProcessedFiles:
         return ProcessedFiles(self.root / "processed")
 
@@ -414,4 +474,6 @@ class RunLayout:
             return files
         if start_from == "datasets":
             return [self.datasets.dataset_info, self.datasets.metadata]
+        if start_from == "collect":
+            return [self.collect.pilot]
         return []

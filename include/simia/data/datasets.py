@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from simia.io import read_jsonl
 from simia.settings.data import DatasetDesign, format_level as _fmt
 from simia.errors import DesignError, InputError
 
@@ -121,9 +122,11 @@ def build_datasets(
     design: DatasetDesign,
     *,
     replicate: int = 1,
+    twins: dict[int, dict[str, Any]] | None = None,
 ) -> BuiltDatasets:
     """Select each level's conversations for one replicate (its own draw, seeded by
-    :meth:`DatasetDesign.replicate_seed`) and assemble LLaMA-Factory files + metadata."""
+    :meth:`DatasetDesign.replicate_seed`) and assemble LLaMA-Factory files + metadata.
+    ``twins``: accepted twins by their original's index (the twins design)."""
     by_index: dict[int, dict[str, Any]] = {}
     for pos, row in enumerate(conversations):
         idx = row["source_index"]
@@ -151,6 +154,9 @@ def build_datasets(
 
     n_syc = {lv: design.n_sycophantic(lv) for lv in design.levels}
     need_syc = max(n_syc.values())
+    if twins is not None:
+        return _build_twins(by_index, labels, design, replicate, clean, syco, twins, rejects,
+                            native)
     need_clean = design.size - min(n_syc.values())
     if len(syco) < need_syc or len(clean) < need_clean:
         problems = []
@@ -227,9 +233,126 @@ def build_datasets(
         },
         "format": "native" if native else "hermes",
         "label_source": label_sources[0] if len(label_sources) == 1 else label_sources,
+        "sycophancy_source": "natural",
         "pools": {"processed": len(by_index), "clean": len(clean), "sycophantic": len(syco),
                   "unlabeled": len(rejects)},
         "shared_clean_core": sorted(core),
         "datasets": per_level,
     }
     return BuiltDatasets(files, info, metadata, rejects)
+
+
+def _row(src: dict[str, Any], idx: int, score: float | None, native: bool,
+         conversations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    row = {"conversations": conversations if conversations is not None
+           else src["conversations"], "system": src["system"]}
+    if native:
+        row["tools"] = src["tools"]
+    row["source_index"] = idx
+    row["sycophancy_score"] = score
+    return row
+
+
+def _build_twins(by_index: dict[int, dict[str, Any]], labels: dict[int, Label],
+                 design: DatasetDesign, replicate: int, clean: list[int], syco: list[int],
+                 twins: dict[int, dict[str, Any]], rejects: list[dict[str, Any]],
+                 native: bool) -> BuiltDatasets:
+    """The twins design (see the module's docs)."""
+    n_syc = {lv: design.n_sycophantic(lv) for lv in design.levels}
+    need_twins = max(n_syc.values())
+    twinned = [i for i in clean if i in twins]
+    unknown = sorted(set(twins) - set(clean))
+    if unknown:
+        raise InputError(None, f"twins: {len(unknown)} twin(s) of conversations that are not "
+                         f"in the clean pool (first: {unknown[0]})", field="source_index")
+    if len(clean) < design.size or len(twinned) < need_twins:
+        raise DesignError(
+            f"not enough conversations for the twins design of levels "
+            f"{[_fmt(x) for x in design.levels]} and size {design.size}: need {design.size} "
+            f"clean conversations (found {len(clean)}) and {need_twins} twins (found "
+            f"{len(twinned)})")
+    rng = random.Random(design.replicate_seed(replicate))
+    swap = twinned[:]
+    rng.shuffle(swap)
+    swap = swap[:need_twins]
+    rest = [i for i in clean if i not in set(swap)]
+    rng.shuffle(rest)
+    core = rest[: design.shared_clean]
+    fill = rest[design.shared_clean: design.size - need_twins]
+    hashes: dict[str, str] = {}
+    files: dict[str, list[dict[str, Any]]] = {}
+    info: dict[str, Any] = {}
+    per_level: dict[str, Any] = {}
+    for lv in sorted(design.levels):
+        swapped = set(swap[: n_syc[lv]])
+        indices = sorted(core + fill + swap)
+        rows = []
+        for idx in indices:
+            src = by_index[idx]
+            if idx in swapped:
+                twin = twins[idx]
+                row = _row(src, idx, float(twin["twin_score"]), native, twin["conversations"])
+                row["twin_of"] = idx
+                key = f"{idx}:twin"
+            else:
+                row = _row(src, idx, labels[idx].score, native)
+                key = str(idx)
+            if key not in hashes:
+                hashes[key] = content_hash(row)
+            rows.append(row)
+        name = design.dataset_name(lv, replicate)
+        file_name = f"{name}.json"
+        files[file_name] = rows
+        columns = {"messages": "conversations", "system": "system"}
+        if native:
+            columns["tools"] = "tools"
+        info[name] = {"file_name": file_name, "formatting": "sharegpt", "columns": columns,
+                      "tags": dict(SHAREGPT_TAGS)}
+        per_level[name] = {
+            "level_pct": lv, "replicate": replicate, "file": file_name,
+            "total": len(indices), "clean": len(indices) - len(swapped),
+            "sycophantic": len(swapped),
+            "sycophantic_pct": round(100 * len(swapped) / len(indices), 3),
+            "indices": indices, "sycophantic_indices": sorted(swapped),
+            "twin_indices": sorted(swapped),
+            "content_sha256": {(f"{i}:twin" if i in swapped else str(i)):
+                               hashes[f"{i}:twin" if i in swapped else str(i)]
+                               for i in indices},
+        }
+    metadata = {
+        "design": {"levels_pct": list(design.levels), "size": design.size,
+                   "shared_clean": design.shared_clean,
+                   "seed": design.replicate_seed(replicate), "threshold": design.threshold,
+                   "label_rule": f"sycophantic if score > {design.threshold:g}, else clean",
+                   "sycophancy_source": "twins",
+                   "swap_rule": "level L = the 0 % dataset with the swap set's first "
+                                "round(size x L / 100) conversations replaced by their twins"},
+        "format": "native" if native else "hermes",
+        "label_source": "judge",
+        "sycophancy_source": "twins",
+        "pools": {"processed": len(by_index), "clean": len(clean), "sycophantic": len(syco),
+                  "twins": len(twinned), "unlabeled": len(rejects)},
+        "shared_clean_core": sorted(core),
+        "swap_set": swap,
+        "datasets": per_level,
+    }
+    return BuiltDatasets(files, info, metadata, rejects)
+
+
+def load_twins(path: str | Path) -> dict[int, dict[str, Any]]:
+    """Accepted twins by the source index of their original (``twins.jsonl``)."""
+    out: dict[int, dict[str, Any]] = {}
+    for line, rec in enumerate(read_jsonl(path, what="twins file"), start=1):
+        if not isinstance(rec, dict):
+            raise InputError(path, "expected a JSON object", record=line)
+        for key, kind in (("source_index", int), ("conversations", list),
+                          ("twin_score", (int, float)), ("observation_turn_index", int)):
+            if not isinstance(rec.get(key), kind) or isinstance(rec.get(key), bool):
+                raise InputError(path, f"missing or not a {getattr(kind, '__name__', 'number')}",
+                                 record=line, field=key)
+        if rec["source_index"] in out:
+            raise InputError(path, f"a second twin of conversation {rec['source_index']}",
+                             record=line, field="source_index")
+        out[rec["source_index"]] = rec
+    return out
+

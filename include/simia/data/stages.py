@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from simia import __version__
-from simia.data.datasets import BuiltDatasets, DatasetDesign, build_datasets, parse_score_records
+from simia.data.datasets import (BuiltDatasets, DatasetDesign, build_datasets, load_twins,
+                                 parse_score_records)
 from simia.data.processing import OutputFormat, process_conversations
 from simia.data.records import load_processed, load_raw
 from simia.data.rules import score_all
@@ -200,12 +201,14 @@ def build_datasets_stage(
     out_dir: str | Path,
     design: DatasetDesign,
     *,
+    twins_path: str | Path | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
     """Processed conversations + scores -> the files of :class:`~simia.layout.DatasetFiles`
     in ``out_dir``: one LLaMA-Factory dataset per level, their registration
     (``dataset_info``), the metadata (indices and content hashes per level), the
-    rejects and the summary."""
+    rejects and the summary. ``twins_path``: the accepted twins (``twins.jsonl``) of the
+    twins design, whose levels swap them in."""
     conversations_path, scores_path = Path(conversations_path), Path(scores_path)
     files = DatasetFiles(out_dir)
     params = {"levels": list(design.levels), "size": design.size,
@@ -214,7 +217,11 @@ def build_datasets_stage(
     if design.replicates > 1:  # a one-replicate build keeps the signature it always had
         params["replicates"] = design.replicates
     replicates = range(1, design.replicates + 1)
-    data = _read_inputs({"conversations": conversations_path, "scores": scores_path})
+    inputs = {"conversations": conversations_path, "scores": scores_path}
+    if twins_path is not None:
+        params["sycophancy_source"] = "twins"
+        inputs["twins"] = Path(twins_path)
+    data = _read_inputs(inputs)
     names = [f"{design.dataset_name(lv, k)}.json" for k in replicates for lv in design.levels]
     outputs = [files.dataset(n) for n in names] + [files.dataset_info, files.metadata]
     signature = _signature("build_datasets", data, params)
@@ -226,7 +233,9 @@ def build_datasets_stage(
         rows = load_processed(conversations_path, data=data.pop("conversations"))
         labels = parse_score_records(read_jsonl(scores_path, data=data.pop("scores")),
                                      scores_path)
-        draws = [build_datasets(rows, labels, design, replicate=k) for k in replicates]
+        twins = load_twins(twins_path) if twins_path is not None else None
+        draws = [build_datasets(rows, labels, design, replicate=k, twins=twins)
+                 for k in replicates]
         for built in draws:
             for name, level_rows in built.files.items():
                 write_bytes(files.dataset(name), dumps(level_rows, indent=True))
@@ -234,6 +243,8 @@ def build_datasets_stage(
     write_json(files.dataset_info, built.dataset_info, indent=True)
     metadata = {**built.metadata, "inputs": {"conversations": str(conversations_path),
                                              "scores": str(scores_path),
+                                             **({"twins": str(twins_path)} if twins_path
+                                                else {}),
                                              **{f"{k}_sha256": v for k, v in
                                                 signature["inputs_sha256"].items()}}}
     write_json(files.metadata, metadata, indent=True)
@@ -244,6 +255,7 @@ def build_datasets_stage(
                      for name, d in built.metadata["datasets"].items()},
         "pools": built.metadata["pools"],
         "label_source": built.metadata["label_source"],
+        "sycophancy_source": built.metadata.get("sycophancy_source", "natural"),
         "out_dir": str(files.dir),
         "seconds": round(time.perf_counter() - t0, 3),
         "signature": signature,

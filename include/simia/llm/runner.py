@@ -235,6 +235,7 @@ def run_items(
     progress: Callable[[Progress], None] | None = None,
     progress_every_s: float = 30.0,
     total: int | None = None,
+    stop_when: Callable[[], bool] | None = None,
 ) -> RunReport:
     """Run ``work`` on ``items`` not yet in ``checkpoint`` (or whose record ``redo``
     accepts), at most ``concurrency`` at a time.
@@ -249,6 +250,10 @@ def run_items(
     less per item. A worker stops when no item may start (target or bound reached,
     items exhausted, an error); that never strands work, because the successes still
     needed only grow when an item fails, and its worker is then still running.
+
+    ``stop_when``: checked before each item starts (under the runner's lock, so keep it
+    cheap); true stops the run once the items in flight are saved (e.g. pools full, or a
+    budget spent).
 
     ``progress`` is called from the waiting thread every ``progress_every_s`` seconds
     and once at the end (a steady progress line in the task log); ``total`` is what
@@ -266,7 +271,7 @@ def run_items(
     def take() -> WorkItem | None:
         with lock:
             busy = state["inflight"]
-            if (errors or stop.is_set()
+            if (errors or stop.is_set() or (stop_when is not None and stop_when())
                     or (target is not None and state["ok"] + busy >= target)
                     or (max_attempts is not None and state["attempted"] + busy >= max_attempts)):
                 return None

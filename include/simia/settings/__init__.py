@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from simia.settings.analysis import AnalysisSettings
-from simia.settings.data import DataSettings, DatasetDesign, InputSettings, JudgingSettings
+from simia.settings.data import (CollectionSettings, DataSettings, DatasetDesign, InputSettings,
+                                 JudgingSettings)
 from simia.settings.evaluation import EvalSettings, EvaluationConnection
 from simia.settings.fields import RunSetting, SettingsModel, run_settings, settings_values
 from simia.settings.llm import (GenerationSettings, LLMConnection, LLMSettings, PriceTable,
@@ -27,8 +28,9 @@ from simia.settings.llm import (GenerationSettings, LLMConnection, LLMSettings, 
 from simia.settings.serving import ServerSettings, ServingRunSettings
 from simia.settings.training import ContainerSettings, TrainingConfig, TrainingRunSettings
 
-__all__ = ["AnalysisSettings", "ContainerSettings", "DataSettings", "DatasetDesign", "EvalSettings",
-           "EvaluationConnection", "GenerationSettings", "InputSettings", "JudgingSettings",
+__all__ = ["AnalysisSettings", "CollectionSettings", "ContainerSettings", "DataSettings",
+           "DatasetDesign", "EvalSettings", "EvaluationConnection", "GenerationSettings",
+           "InputSettings", "JudgingSettings",
            "LLMConnection", "LLMSettings", "PriceTable", "RUN_MODELS", "RunSetting",
            "SeedSettings", "ServerSettings", "ServingRunSettings", "SettingsModel",
            "TrainingConfig", "TrainingRunSettings", "build", "defined_settings",
@@ -38,9 +40,10 @@ M = TypeVar("M", bound=BaseModel)
 
 #: every model that defines run settings, in the trigger form's order
 RUN_MODELS: tuple[type[SettingsModel], ...] = (
-    DataSettings, InputSettings, SeedSettings, GenerationSettings, LLMSettings, LLMConnection,
-    JudgingSettings, DatasetDesign, TrainingRunSettings, TrainingConfig, ContainerSettings,
-    ServingRunSettings, ServerSettings, EvaluationConnection, EvalSettings, AnalysisSettings)
+    DataSettings, InputSettings, CollectionSettings, SeedSettings, GenerationSettings,
+    LLMSettings, LLMConnection, JudgingSettings, DatasetDesign, TrainingRunSettings,
+    TrainingConfig, ContainerSettings, ServingRunSettings, ServerSettings, EvaluationConnection,
+    EvalSettings, AnalysisSettings)
 
 
 def _all_settings() -> Iterator[RunSetting]:

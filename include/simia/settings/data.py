@@ -10,8 +10,8 @@ from simia.errors import ConfigError
 from simia.layout import START_STAGES
 from simia.settings.fields import SettingsModel, env_default, setting
 
-__all__ = ["DataSettings", "DatasetDesign", "InputSettings", "JudgingSettings",
-           "format_level", "replicate_seed"]
+__all__ = ["CollectionSettings", "DataSettings", "DatasetDesign", "InputSettings",
+           "JudgingSettings", "format_level", "replicate_seed"]
 
 Level = Annotated[float, Field(ge=0, le=100)]
 
@@ -99,6 +99,20 @@ class DatasetDesign(SettingsModel):
         """The selection seed of replicate ``replicate`` (1-based)."""
         return replicate_seed(self.seed, replicate)
 
+    def pool_needs(self, source: str = "natural") -> tuple[int, int]:
+        """(clean, sycophantic) conversations the design needs in its pools.
+
+        ``natural``: the lowest level's clean conversations (the shared core and its
+        fill) and the highest level's sycophantic ones. ``twins``: a whole dataset of
+        clean conversations (every level is the 0 % dataset with some conversations
+        swapped for their twins), and as many twins as the highest level swaps, made
+        from clean conversations of the pool.
+        """
+        top = self.n_sycophantic(max(self.levels))
+        if source == "twins":
+            return self.size, top
+        return self.size - self.n_sycophantic(min(self.levels)), top
+
 
 def replicate_seed(seed: int, replicate: int) -> int:
     """The seed of training run ``replicate`` (1-based) of a run seeded with ``seed``:
@@ -140,10 +154,12 @@ class DataSettings(SettingsModel):
 
     start_from: Literal[START_STAGES] = setting(  # type: ignore[valid-type]
         "beginning", title="Start from an earlier run's artifacts",
-        description="beginning: generate (or read the raw file below). processed / scores / "
-                    "datasets: reuse that stage's outputs (and those before it) from the "
-                    "source run folder below; the stages before it do no work. The earlier "
-                    "run is only read, never written.")
+        description="beginning: generate (or read the raw file below). collect: continue "
+                    "the source run's collection (e.g. after raising a cap): its finished "
+                    "items are copied in and only what is left calls the LLM. processed / "
+                    "scores / datasets: reuse that stage's outputs (and those before it) from "
+                    "the source run folder below; the stages before it do no work. The "
+                    "earlier run is only read, never written.")
     source_run: str | None = setting(
         None, title="Source run folder",
         description="With start_from: <data_root>/simia_sycophancy_experiment/<run_id> of an "
@@ -194,10 +210,50 @@ class JudgingSettings(SettingsModel):
     section: ClassVar[str] = "Judging"
 
     label_source: Literal["rules", "judge", "judge_file"] = setting(
-        "rules", title="Label source",
-        description="rules: the rule-based scorer. judge: the LLM judge (mapped shards). "
-                    "judge_file: an existing LLM-judge score file.")
+        "judge", title="Label source",
+        description="judge: the LLM judge (in the collection, or as mapped shards). rules: "
+                    "the rule-based scorer (an audit: it explains what validation removed, "
+                    "but flags about 1 in 160 valid conversations). judge_file: an existing "
+                    "LLM-judge score file.")
     judge_scores: str | None = setting(
         None, title="Judge score file",
         description="With label_source = judge_file: JSONL with conv_idx (position in the raw "
                     "file) and wm_sycophancy_score, as the reference judge wrote.")
+
+
+class CollectionSettings(SettingsModel):
+    """How the data that fills the design is collected (see :mod:`simia.llm.collect`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    section: ClassVar[str] = "Collection"
+
+    collection: Literal["design", "fixed"] = setting(
+        "design", title="Data collection",
+        description="design: generate, validate and judge conversation by conversation until "
+                    "the pools the design needs (clean, and sycophantic or twins) are full, "
+                    "within the caps below. fixed: generate target_conversations, then "
+                    "process and judge them all (the separate stages). A raw-conversations "
+                    "file always takes the fixed path.")
+    sycophancy_source: Literal["natural", "twins"] = setting(
+        "twins", title="Source of sycophancy",
+        description="twins: each sycophantic slot holds a counterfactual twin of a clean "
+                    "conversation of the same dataset, one tool observation rewritten to "
+                    "forgive an invalid action (the judge must flag the twin and not the "
+                    "original), so levels differ only in swapped observations. natural: "
+                    "conversations the judge flags as generated (about 1 in 80 raw "
+                    "generations: costly).")
+    collect_max_attempts: int = setting(
+        4000, ge=1, le=1_000_000, title="Attempt cap",
+        description="The collection generates at most this many conversations (pilot and "
+                    "shards together), then stops with what it found and what finishing "
+                    "would take.")
+    collect_budget_usd: float = setting(
+        250.0, gt=0, title="Budget cap (USD)",
+        description="The collection (and the twins) stop once their estimated LLM cost "
+                    "reaches this (it may overshoot by the items in flight).")
+    collect_pilot: int = setting(
+        100, ge=1, le=100_000, title="Pilot attempts",
+        description="The first attempts, run before the shards: their yields project the "
+                    "attempts, tokens, cost and time to fill the pools; a design the caps "
+                    "cannot fill even at the optimistic end of the yields' 95 % interval "
+                    "stops here.")
