@@ -14,6 +14,20 @@ model on tau2-bench telecom and reports the answer:
 1. **generate_seeds** (skipped when a seed file or a raw-conversations file is given):
    seed conversations from the tau2 telecom policy, workflow and DB examples over a
    scenario x persona x outcome x complexity taxonomy (`seeds/seeds.json`).
+
+With `collection = design` (the default), steps 2-4 are one loop driven by the design:
+**collect_pilot** generates, validates and judges conversation by conversation, records
+the yields (kept, clean, sycophantic, each with its reasons) and the projected attempts,
+tokens, cost and time to fill the pools (`collect/pilot.json`), and stops at once when
+the caps (`collect_max_attempts`, `collect_budget_usd`) cannot fill them;
+**collect_conversations** (mapped shards) fills the rest, checkpointed per item;
+**merge_collection** writes the files of steps 2-4 and fails, naming what was found,
+what is needed and how to continue (`start_from = collect`), when a cap stopped it.
+With `sycophancy_source = twins` (the default), **make_twins** then rewrites one tool
+observation of clean conversations so that the environment forgives an invalid action;
+a twin the judge does not flag is discarded (`twins/rejects.jsonl`), and the levels swap
+twins in for their originals. With `collection = fixed`:
+
 2. **generate_conversations** (one mapped task per shard; skipped when a raw file is
    given): an LLM simulates the environment in the chosen simulator mode until the target
    count of parseable conversations is reached; every finished item is checkpointed, so
@@ -114,18 +128,26 @@ EVAL_DOC = ("Run tau2-bench telecom (`tau2 run`, or the CI evaluator where tau2 
             "`openai_default` connection.")
 STOP_DOC = ("Remove this level's server, any evaluator container left on its network, the "
             "network and its GPU claims (teardown: runs also when the evaluation failed).")
+COLLECT_DOC = ("This shard's share of what the collection pilot left to find: generate, "
+               "validate and judge conversation by conversation until its share of the clean "
+               "(and sycophantic) pool is found or its share of a cap is used. Every item is "
+               "checkpointed (collect/collect-shard-K-of-N.jsonl), so a retry only calls the "
+               "LLM for what is left.")
 JUDGE_DOC = ("The LLM judge on this shard's processed conversations, checkpointed per "
              "conversation (judge/judge-shard-K-of-N.jsonl); unparseable replies are kept as "
              "failures with their raw text.")
 
 
 
-def _step(name: str, *args, asset: Asset | None = None, llm: bool = False, **kwargs):
+def _step(name: str, *args, asset: Asset | tuple[Asset, ...] | None = None, llm: bool = False,
+          **kwargs):
     """Run ``simia.pipeline.<name>`` for this task: Params and run folder from the
     context, an LLM client factory when the stage calls the LLM, a skip when the stage
     has nothing to do, the Asset event's extra from its result."""
     from airflow.sdk.exceptions import AirflowSkipException
     from simia import pipeline
+
+    from airflow.sdk.exceptions import AirflowFailException
 
     ctx = get_current_context()
     p = ctx["params"]
@@ -138,8 +160,13 @@ def _step(name: str, *args, asset: Asset | None = None, llm: bool = False, **kwa
         done = getattr(pipeline, name)(p, run, *args, **kwargs)
     except pipeline.Skipped as exc:
         raise AirflowSkipException(str(exc)) from None
-    if asset is not None:
-        ctx["outlet_events"][asset].extra = done.asset
+    except pipeline.SimiaError as exc:
+        if getattr(exc, "retryable", True):
+            raise
+        raise AirflowFailException(str(exc)) from None  # a retry cannot help (e.g. a cap)
+    for outlet in (asset if isinstance(asset, tuple) else (asset,)):
+        if outlet is not None:
+            ctx["outlet_events"][outlet].extra = done.asset
     return done.value
 
 
@@ -220,10 +247,36 @@ def simia_sycophancy_experiment():
         score file."""
         return _step("score", processed, asset=SCORES)
 
-    @task(outlets=[DATASETS])
-    def build_sft_datasets(processed: dict, scores: dict) -> dict:
-        """One LLaMA-Factory dataset per sycophancy level + dataset_info.json + metadata."""
-        return _step("build_datasets", processed, scores, asset=DATASETS)
+    @task(trigger_rule=TriggerRule.NONE_FAILED, execution_timeout=timedelta(hours=12))
+    def collect_pilot(generated_seeds: str | None) -> list[dict]:
+        """The collection's first attempts: yields and the projection to fill the pools
+        (collect/pilot.json); stops, without retries, when the caps cannot fill them."""
+        return _step("collect_pilot", generated_seeds, llm=True)
+
+    @task(max_active_tis_per_dagrun=16, doc_md=COLLECT_DOC,
+          execution_timeout=timedelta(hours=12))
+    def collect_conversations(plan: dict) -> dict:
+        return _step("collect_shard", plan, llm=True)
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED, outlets=[RAW, PROCESSED, SCORES])
+    def merge_collection(shards: list | None) -> dict:
+        """Every collected item -> generate/, processed/ and judge/ (as the separate stages
+        write them) and collect/summary.json; fails naming the shortfall and how to
+        continue when a cap stopped the collection."""
+        return _step("merge_collection", asset=(RAW, PROCESSED, SCORES))
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED, execution_timeout=timedelta(hours=12))
+    def make_twins(processed: dict | None, scores: dict | None, collected: dict | None) -> dict:
+        """Counterfactual twins (sycophancy_source = twins): one observation of a clean
+        conversation rewritten to forgive an invalid action, kept only when the judge
+        flags it (twins/twins.jsonl, twins/rejects.jsonl)."""
+        return _step("make_twins", processed, scores, collected, llm=True)
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED, outlets=[DATASETS])
+    def build_sft_datasets(processed: dict | None, scores: dict | None,
+                           collected: dict | None, twins: dict | None) -> dict:
+        """One LLaMA-Factory dataset per level + dataset_info.json + metadata."""
+        return _step("build_datasets", processed, scores, collected, twins, asset=DATASETS)
 
     @task
     def plan_levels(built: dict) -> list[dict]:
@@ -260,12 +313,17 @@ def simia_sycophancy_experiment():
                      validated=ti.xcom_pull(task_ids="validate_params") is not None,
                      datasets_built=ti.xcom_pull(task_ids="build_sft_datasets") is not None)
 
-    shards = generate_conversations.expand(plan=plan_generation(generate_seeds(
-        validate_params())))
+    seeds = generate_seeds(validate_params())
+    # collection = fixed: the separate stages
+    shards = generate_conversations.expand(plan=plan_generation(seeds))
     processed = process_conversations(merge_generation(shards))
     judged = judge_conversations.partial(processed=processed).expand(
         shard=plan_judging(processed))
-    built = build_sft_datasets(processed, score_sycophancy(processed, judged))
+    scores = score_sycophancy(processed, judged)
+    # collection = design: one loop until the pools are full
+    collected = merge_collection(collect_conversations.expand(plan=collect_pilot(seeds)))
+    twins = make_twins(processed, scores, collected)
+    built = build_sft_datasets(processed, scores, collected, twins)
     level.expand(plan=plan_levels(built)) >> report_results()
 
 

@@ -17,9 +17,10 @@ from typing import Any
 from simia.errors import ConfigError, SimiaError
 from simia.layout import DataRoot, DatasetFiles, RunLayout, starts_after
 
-__all__ = ["Done", "Skipped", "build_datasets", "generate_seeds", "generate_shard",
-           "judge_shard", "merge_generation", "plan_generation", "plan_judging",
-           "plan_levels", "process", "report", "run_layout", "score", "validate"]
+__all__ = ["Done", "Skipped", "build_datasets", "collect_pilot", "collect_shard", "collecting",
+           "generate_seeds", "generate_shard", "judge_shard", "make_twins", "merge_collection",
+           "merge_generation", "plan_generation", "plan_judging", "plan_levels", "process",
+           "report", "run_layout", "score", "validate"]
 
 Params = Mapping[str, Any]
 ClientFactory = Callable[[], Any]
@@ -49,6 +50,17 @@ def _source(p: Params) -> RunLayout:
 
 def _reusing(p: Params, stage: str) -> bool:
     return starts_after(p.get("start_from", "beginning"), stage)
+
+
+def collecting(p: Params) -> bool:
+    """Whether this run collects by the design (the collect tasks) instead of the
+    separate generate / process / judge stages: ``collection = design``, nothing reused
+    and no raw file given."""
+    return (p.get("collection", "fixed") == "design" and not p.get("raw_conversations")
+            and p.get("start_from", "beginning") in ("beginning", "collect"))
+
+
+_BY_COLLECTION = "collection = design: the collect tasks generate, validate and judge"
 
 
 # --------------------------------------------------------------------------- data half
@@ -111,7 +123,7 @@ def plan_generation(p: Params, run: RunLayout, generated_seeds: str | None) -> D
     """One entry per generation shard (none when a raw file is given or reused)."""
     from simia.llm.generation import load_seeds
 
-    if p["raw_conversations"] or _reusing(p, "generate"):
+    if p["raw_conversations"] or _reusing(p, "generate") or collecting(p):
         return Done([])
     seeds = p["seeds_file"] or generated_seeds
     load_seeds(seeds)  # a bad seed file fails here, once, with file/record/field
@@ -133,6 +145,8 @@ def merge_generation(p: Params, run: RunLayout) -> Done:
     file)."""
     from simia.llm.generation import merge_generation as merge
 
+    if collecting(p):
+        raise Skipped(_BY_COLLECTION)
     if _reusing(p, "generate"):
         path = str(_source(p).generate.raw)
         print(f"start_from = {p['start_from']}: not generating; the earlier run is "
@@ -192,6 +206,8 @@ def score(p: Params, run: RunLayout, processed: dict[str, Any]) -> Done:
     from simia.data.stages import score_rules_stage, validate_scores_file
     from simia.llm.judge import merge_judge
 
+    if collecting(p):
+        raise Skipped(_BY_COLLECTION)
     source = p["label_source"]
     if _reusing(p, "score") and source != "judge_file":
         path = str(_source(p).scores(source))
@@ -214,9 +230,125 @@ def score(p: Params, run: RunLayout, processed: dict[str, Any]) -> Done:
     return Done({"scores": path, "source": source, **counts}, {"path": path, "source": source})
 
 
-def build_datasets(p: Params, run: RunLayout, processed: dict[str, Any],
-                   scores: dict[str, Any]) -> Done:
-    """One LLaMA-Factory dataset per sycophancy level (or the reused datasets)."""
+# --------------------------------------------------------------------------- collection
+
+def _collection(p: Params):
+    """(design needs, caps) of a run."""
+    from simia.llm.collect import Needs
+    from simia.run_config import build
+    from simia.settings import CollectionSettings, DatasetDesign
+
+    caps = build(CollectionSettings, p)
+    source = caps.sycophancy_source
+    return Needs(*build(DatasetDesign, p).pool_needs(source), source), caps
+
+
+def _collector(p: Params, seeds: str, client: Any):
+    from simia.llm.collect import Collector
+    from simia.llm.judge import JudgeSettings
+
+    return Collector(seeds, _generation_settings(p), JudgeSettings(), client,
+                     fmt=p["output_format"], tau2_data_dir=p["tau2_data_dir"] or None,
+                     threshold=p["label_threshold"])
+
+
+def collect_pilot(p: Params, run: RunLayout, generated_seeds: str | None,
+                  client: ClientFactory) -> Done:
+    """The collection's pilot (continuing the source run's collection with
+    ``start_from = collect``); returns one plan per shard. Raises
+    :class:`~simia.llm.collect.CapReached` when the caps cannot fill the design."""
+    from simia.llm.collect import run_pilot
+
+    if not collecting(p):
+        raise Skipped("collection = fixed (or a raw file, or start_from reuse): the separate "
+                      "generate / process / judge stages run")
+    needs, caps = _collection(p)
+    source = _source(p).collect if p.get("start_from") == "collect" else None
+    seeds = p["seeds_file"] or generated_seeds
+    record = run_pilot(_collector(p, seeds, client()), run.collect, needs, caps,
+                       shards=p["shards"], source=source)
+    print(f"collection pilot: {record['text']}")
+    return Done([{"shard": k, "seeds": seeds} for k in range(p["shards"])])
+
+
+def collect_shard(p: Params, run: RunLayout, plan: dict[str, Any],
+                  client: ClientFactory) -> Done:
+    """One shard of the collection: its share of what the pilot left to find."""
+    from simia.llm.collect import run_shard
+
+    needs, caps = _collection(p)
+    s = run_shard(_collector(p, plan["seeds"], client()), run.collect, needs, caps,
+                  shard=plan["shard"], shards=p["shards"])
+    return Done({"shard": plan["shard"], "full": s["full"], "plan": s["plan"],
+                 "counts": s["found"]["counts"], "cost_usd": s["found"]["cost_usd"]})
+
+
+def merge_collection(p: Params, run: RunLayout) -> Done:
+    """Every collected item -> the generate, processed and judge files; fails (without
+    retries) naming what is missing when the caps stopped the collection short."""
+    from simia.llm.collect import merge_collection as merge
+    from simia.run_config import build
+    from simia.settings import LLMSettings
+
+    if not collecting(p):
+        raise Skipped("collection = fixed: nothing was collected")
+    needs, caps = _collection(p)
+    llm = build(LLMSettings, p)
+    s = merge(run, needs, caps, fmt=p["output_format"],
+              tau2_data_dir=p["tau2_data_dir"] or None, threshold=p["label_threshold"],
+              model_id=llm.model_id, prices=llm.prices)
+    out = s["outputs"]
+    return Done({"processed": out["processed"], "raw": out["raw_conversations"],
+                 "scores": out["scores"], "source": "judge",
+                 "kept": s["found"]["kept_by_validation"], "input": s["found"]["attempts"],
+                 "counts": s["found"]["counts"]},
+                {"path": out["processed"], "scores": out["scores"]})
+
+
+def _pool(processed: dict[str, Any] | None, scores: dict[str, Any] | None,
+          collected: dict[str, Any] | None) -> tuple[str, str]:
+    """(processed file, score file) the datasets are built from: the collection's, else
+    the separate stages'."""
+    if collected:
+        return collected["processed"], collected["scores"]
+    if not processed or not scores:
+        raise SimiaError("no labelled conversations: neither the collection nor the "
+                         "process and score stages produced any (see their logs)")
+    return processed["processed"], scores["scores"]
+
+
+def make_twins(p: Params, run: RunLayout, processed: dict[str, Any] | None,
+               scores: dict[str, Any] | None, collected: dict[str, Any] | None,
+               client: ClientFactory) -> Done:
+    """Counterfactual twins of clean conversations, as many as the highest level swaps
+    (``sycophancy_source = twins``), within the budget the collection left."""
+    from simia.io import read_json
+    from simia.llm.twins import make_twins as make
+
+    if p.get("sycophancy_source", "natural") != "twins":
+        raise Skipped("sycophancy_source = natural: the sycophantic slots hold conversations "
+                      "the judge flagged")
+    if _reusing(p, "build"):
+        raise Skipped(f"start_from = datasets: reusing {p['source_run']}")
+    needs, caps = _collection(p)
+    conversations, labels = _pool(processed, scores, collected)
+    spent = 0.0
+    if run.collect.summary.is_file():
+        spent = float(read_json(run.collect.summary).get("llm", {}).get("cost_usd", 0.0))
+    s = make(conversations, labels, run.twins.dir, client(), needed=needs.sycophantic,
+             threshold=p["label_threshold"], seed=p["seed"],
+             budget_usd=max(0.0, caps.collect_budget_usd - spent))
+    return Done({"twins": s["outputs"]["twins"], "accepted": s["accepted"],
+                 "discarded_by_reason": s["discarded_by_reason"]},
+                {"path": s["outputs"]["twins"]})
+
+
+def build_datasets(p: Params, run: RunLayout, processed: dict[str, Any] | None,
+                   scores: dict[str, Any] | None, collected: dict[str, Any] | None = None,
+                   twins: dict[str, Any] | None = None) -> Done:
+    """One LLaMA-Factory dataset per sycophancy level (or the reused datasets), from the
+    collection's pools or the separate stages', with the twins swapped in when the
+    source is ``twins``."""
     from simia.data.datasets import DatasetDesign
     from simia.data.stages import build_datasets_stage
     from simia.io import read_json
@@ -228,8 +360,15 @@ def build_datasets(p: Params, run: RunLayout, processed: dict[str, Any],
         print(f"start_from = datasets: training on the datasets of {out}")
         return Done({"dataset_dir": str(out), "datasets": meta.get("datasets", {})},
                     {"path": str(out), "reused": True})
-    summary = build_datasets_stage(processed["processed"], scores["scores"], out,
-                                   build(DatasetDesign, p))
+    conversations, labels = _pool(processed, scores, collected)
+    twins_path = None
+    if p.get("sycophancy_source", "natural") == "twins":
+        if not twins:
+            raise SimiaError("sycophancy_source = twins, but make_twins produced no twins "
+                             "(see its log)")
+        twins_path = twins["twins"]
+    summary = build_datasets_stage(conversations, labels, out, build(DatasetDesign, p),
+                                   twins_path=twins_path)
     return Done({"dataset_dir": str(out), "datasets": summary["datasets"]}, {"path": str(out)})
 
 

@@ -92,9 +92,10 @@ class Airflow:
 
 @pytest.fixture(scope="module")
 def converse(tmp_path_factory):
-    from converse_server import ConverseServer
+    from converse_server import ConverseServer, ServerConfig
 
-    with ConverseServer() as server:
+    # the form's defaults label with the LLM judge and make twins: a judge that flags 10 %
+    with ConverseServer(ServerConfig(judge_flag_rate=0.1)) as server:
         yield server
 
 

@@ -51,6 +51,8 @@ def test_outputs_are_assets(dagbag):
         "merge_generation": ["simia_raw_conversations"],
         "process_conversations": ["simia_processed_conversations"],
         "score_sycophancy": ["simia_sycophancy_scores"],
+        "merge_collection": ["simia_raw_conversations", "simia_processed_conversations",
+                             "simia_sycophancy_scores"],
         "build_sft_datasets": ["simia_sft_datasets"],
         "level.train_model": ["simia_trained_models"],
         "level.evaluate_tau2": ["simia_tau2_results"],
@@ -84,7 +86,7 @@ def test_params_have_titles_and_reject_bad_values(dagbag):
 def test_generation_and_judging_are_mapped_shards(dagbag):
     dag = dagbag.dags[DAG_ID]
     mapped = {t.task_id for t in dag.tasks if type(t).__name__.endswith("MappedOperator")}
-    assert mapped == {"generate_conversations", "judge_conversations"}
+    assert mapped == {"generate_conversations", "judge_conversations", "collect_conversations"}
     order = [t.task_id for t in dag.topological_sort()]
     assert order.index("generate_seeds") < order.index("generate_conversations") \
         < order.index("merge_generation") < order.index("process_conversations") \

@@ -65,7 +65,8 @@ def test_reuse_needs_the_source_runs_files(defaults, tmp_path):
     (src / "processed").mkdir(parents=True)
     (src / "processed" / "processed.json").write_text("[]")
     p = {**defaults, "tau2_data_dir": str(tmp_path), "serve_backend": "transformers",
-         "gpus_per_training": 0, "gpu_ids": "", "source_run": str(src)}
+         "gpus_per_training": 0, "gpu_ids": "", "source_run": str(src),
+         "label_source": "rules", "sycophancy_source": "natural"}
     assert check_run_params({**p, "start_from": "processed"}) == []
     problems = check_run_params({**p, "start_from": "scores"})
     assert problems == [f"source_run: {src} has no scores/rule_scores.jsonl (needed to start "
@@ -267,7 +268,7 @@ def test_the_bedrock_connection_is_checked_before_any_work(defaults, tmp_path, m
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     p = {**defaults, "raw_conversations": "", "label_source": "rules",
-         "aws_conn_id": "simia_no_such_conn"}
+         "sycophancy_source": "natural", "aws_conn_id": "simia_no_such_conn"}
     assert any(m.startswith("aws_conn_id: there is no Airflow connection 'simia_no_such_conn'")
                for m in llm_connection_problems(p))
     monkeypatch.setenv("AIRFLOW_CONN_SIMIA_REGIONLESS", json.dumps({"conn_type": "aws"}))

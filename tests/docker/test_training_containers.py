@@ -31,7 +31,8 @@ def dag(experiment_dag):
 def _conf(tmp_path, raw_file, tau2_dir, image, model, cache, **over) -> dict:
     # every input Param explicitly: dag.test keeps the previous run's conf as defaults
     conf = {"raw_conversations": str(raw_file), "seeds_file": "", "judge_scores": "",
-            "label_source": "rules", "output_format": "native", "data_root": str(tmp_path),
+            "label_source": "rules", "sycophancy_source": "natural", "output_format": "native",
+            "data_root": str(tmp_path),
             "tau2_data_dir": str(tau2_dir), "levels": [0, 20], "dataset_size": 20,
             "shared_clean": 15, "replicates": 1, "train_models": True, "base_model": str(model),
             "trainer_image": image, "finetuning_type": "full", "deepspeed": "zero3",

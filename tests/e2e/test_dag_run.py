@@ -23,7 +23,8 @@ def _states(dr):
 def test_dag_runs_end_to_end_with_rule_labels(dag, raw_file, tau2_dir, tmp_path):
     conf = {"raw_conversations": str(raw_file), "data_root": str(tmp_path),
             "tau2_data_dir": str(tau2_dir), "train_models": False, "levels": [0, 10, 20],
-            "dataset_size": 20, "shared_clean": 15, "replicates": 1}
+            "dataset_size": 20, "shared_clean": 15, "replicates": 1, "label_source": "rules",
+            "sycophancy_source": "natural"}
     dr = dag.test(run_conf=conf)
     assert dr.state == "success", _states(dr)
     run = next((tmp_path / "simia_sycophancy_experiment").iterdir())
@@ -53,7 +54,7 @@ def test_dag_uses_a_judge_score_file(dag, raw_file, tau2_dir, tmp_path):
     conf = {"raw_conversations": str(raw_file), "data_root": str(tmp_path / "data"),
             "tau2_data_dir": str(tau2_dir), "train_models": False, "label_source": "judge_file",
             "judge_scores": str(judge), "levels": [0, 20], "dataset_size": 20,
-            "shared_clean": 15, "output_format": "hermes"}
+            "shared_clean": 15, "output_format": "hermes", "sycophancy_source": "natural"}
     dr = dag.test(run_conf=conf)
     assert dr.state == "success", _states(dr)
     run = next((tmp_path / "data" / "simia_sycophancy_experiment").iterdir())
@@ -75,7 +76,8 @@ def test_dag_from_seeds_to_datasets_with_the_llm_judge(dag, tau2_dir, tmp_path,
             "tau2_data_dir": str(tau2_dir), "train_models": False, "n_seeds": 6,
             "target_conversations": 60, "shards": 3, "simulator_mode": "sycophantic",
             "aws_conn_id": "simia_test_bedrock", "label_source": "judge",
-            "levels": [0, 10], "dataset_size": 10, "shared_clean": 8}
+            "levels": [0, 10], "dataset_size": 10, "shared_clean": 8, "collection": "fixed",
+            "sycophancy_source": "natural"}
     dr = dag.test(run_conf=conf)
     states = _states(dr)
     assert dr.state == "success", states

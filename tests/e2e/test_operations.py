@@ -65,7 +65,7 @@ def test_a_run_that_calls_the_llm_without_its_connection_stops_at_once(dag, tau2
 def test_a_run_starts_from_an_earlier_runs_artifacts(dag, raw_file, tau2_dir, tmp_path):
     base = {"raw_conversations": str(raw_file), "tau2_data_dir": str(tau2_dir),
             "train_models": False, "levels": [0, 10, 20], "dataset_size": 20,
-            "shared_clean": 15}
+            "shared_clean": 15, "label_source": "rules", "sycophancy_source": "natural"}
     first = dag.test(run_conf={**base, "data_root": str(tmp_path / "a")})
     assert first.state == "success", _states(first)
     src = next((tmp_path / "a" / DAG_ID).iterdir())

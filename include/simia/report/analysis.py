@@ -23,7 +23,8 @@ from simia.analysis.outcomes import RunSpec
 from simia.errors import SimiaError
 from simia.evaluation.tau2_results import Tau2Results
 from simia.report.load import LLM_STAGES, RunData, RunEvaluation
-from simia.report.model import (Analysis, DataSection, DatasetLevel, Datasets,
+from simia.report.model import (Analysis, CollectionCounts, DataSection, DatasetLevel, Datasets,
+                                TwinCounts,
                                 DeclaredDesign, Design, EvalCost, GenerateCounts, Headline,
                                 JudgeCounts, LevelPass1, LevelRow, LLMUsage, Participant,
                                 ProcessedCounts, RunRow, RunStats, Scores, SeedCounts,
@@ -321,11 +322,14 @@ def _data_section(run: RunData) -> DataSection:
         levels = [pick(DatasetLevel, d, name=name) for name, d in sorted(entries, key=order)]
         datasets = Datasets(pools=meta.get("pools"), label_source=meta.get("label_source"),
                             format=meta.get("format"),
-                            design=pick(Design, meta.get("design") or {}), levels=levels)
+                            design=pick(Design, meta.get("design") or {}), levels=levels,
+                            sycophancy_source=meta.get("sycophancy_source") or "natural")
     return DataSection(seeds=counts("seeds", SeedCounts),
                        generate=counts("generate", GenerateCounts),
                        processed=counts("processed", ProcessedCounts),
-                       judge=counts("judge", JudgeCounts), datasets=datasets)
+                       judge=counts("judge", JudgeCounts), datasets=datasets,
+                       collection=counts("collect", CollectionCounts),
+                       twins=counts("twins", TwinCounts))
 
 
 def _scores(run: RunData) -> Scores | None:

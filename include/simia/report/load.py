@@ -47,7 +47,7 @@ from simia.settings.analysis import AnalysisSettings
 __all__ = ["LLM_STAGES", "RunData", "RunEvaluation", "load_run", "slug_run"]
 
 #: the stages whose summaries record LLM usage, in pipeline order
-LLM_STAGES = ("seeds", "generate", "judge")
+LLM_STAGES = ("seeds", "generate", "judge", "twins")
 #: the fields of a training summary the report keeps, in the order of the report's JSON
 TRAINING_FIELDS = ("dataset", "final_loss", "train_loss", "steps", "total_steps", "epoch",
                    "train_runtime_s", "loss_curve")
@@ -333,6 +333,9 @@ def load_run(run_dir: str | Path) -> RunData:
     layout = run.layout
     stage_summaries = {"seeds": layout.seeds.summary, "generate": layout.generate.summary,
                        "judge": layout.judge.summary, "processed": layout.processed.summary}
+    # only runs that collect by the design, or make twins, have these
+    stage_summaries.update({stage: path for stage, path in (
+        ("collect", layout.collect.summary), ("twins", layout.twins.summary)) if path.is_file()})
     for stage, path in stage_summaries.items():
         s = _optional_json(run, path)
         if isinstance(s, dict):

@@ -222,6 +222,27 @@ class JudgeCounts:
 
 
 @dataclass(frozen=True)
+class CollectionCounts:
+    """The collection driven by the design: what it needed, what it found (counts,
+    yields per attempt, findings by level, the rule audit of what validation rejected)."""
+
+    needs: Raw
+    found: Raw
+    caps: Raw
+
+
+@dataclass(frozen=True)
+class TwinCounts:
+    """Counterfactual twins: needed, accepted, candidates tried, discarded by reason."""
+
+    needed: Raw
+    accepted: Raw
+    tried: Raw
+    discarded: Raw
+    discarded_by_reason: Raw
+
+
+@dataclass(frozen=True)
 class Design:
     """The dataset design the SFT datasets were built with."""
 
@@ -255,6 +276,7 @@ class Datasets:
     format: Raw
     design: Design
     levels: list[DatasetLevel]
+    sycophancy_source: Raw = "natural"  # natural | twins
 
 
 @dataclass(frozen=True)
@@ -266,6 +288,8 @@ class DataSection:
     processed: ProcessedCounts | None
     judge: JudgeCounts | None
     datasets: Datasets | None
+    collection: CollectionCounts | None = None
+    twins: TwinCounts | None = None
 
 
 @dataclass(frozen=True)
