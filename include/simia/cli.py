@@ -17,8 +17,8 @@ from pydantic import BaseModel, ValidationError
 
 from simia.errors import InputError, SimiaError
 from simia.io import dumps
-from simia.settings import (DatasetDesign, GenerationSettings, LLMSettings, PriceTable,
-                            SeedSettings, TrainingConfig)
+from simia.settings import (CollectionSettings, DatasetDesign, GenerationSettings, LLMSettings,
+                            PriceTable, SeedSettings, TrainingConfig)
 from simia.settings.cli import add_options, add_setting, options_model
 
 
@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     bd.add_argument("--scores", required=True,
                     help="rule scores (simia score-rules) or LLM judge scores (JSONL)")
     bd.add_argument("-o", "--out-dir", required=True)
+    bd.add_argument("--twins", default=None,
+                    help="accepted counterfactual twins (simia twins: twins.jsonl); the levels "
+                         "then swap twins in for their originals")
     add_options(bd.add_argument_group("dataset design"), DatasetDesign)
     bd.add_argument("--name-prefix", default=_default(DatasetDesign, "name_prefix"))
     bd.add_argument("--force", action="store_true")
@@ -102,6 +105,42 @@ def _parser() -> argparse.ArgumentParser:
                     help="judge conversations whose earlier attempt failed again")
     _shard_args(ju)
     _llm_args(ju)
+
+    co = sub.add_parser("collect", help="generate, validate and judge conversation by "
+                                        "conversation until the design's pools are full (LLM)")
+    co.add_argument("--seeds", required=True, help="seed conversations (JSON list)")
+    co.add_argument("-o", "--run-dir", required=True,
+                    help="a run folder: writes collect/ (checkpoints, pilot.json), then "
+                         "generate/, processed/ and judge/ as the separate stages would; run "
+                         "again on the same folder (e.g. with a raised cap) to continue")
+    co.add_argument("--source-run", default=None,
+                    help="continue the collection of this earlier run folder (only read)")
+    add_options(co.add_argument_group("collection"), CollectionSettings,
+                exclude=("collection",))
+    add_options(co.add_argument_group("dataset design"), DatasetDesign)
+    add_options(co.add_argument_group("generation"), GenerationSettings,
+                exclude=("target", "max_attempts", "seed"))
+    co.add_argument("--format", choices=["native", "hermes"], default="native")
+    co.add_argument("--tau2-data-dir", default=None,
+                    help="folder with tau2's telecom policy files (default: $TAU2_DATA_DIR)")
+    co.add_argument("--shards", type=int, default=1,
+                    help="split the items after the pilot into this many shards (run here one "
+                         "after another)")
+    _llm_args(co)
+
+    tw = sub.add_parser("twins", help="counterfactual twins of clean conversations: one "
+                                      "observation rewritten to forgive an invalid action, "
+                                      "kept when the judge flags it (LLM)")
+    tw.add_argument("--conversations", required=True, help="processed conversations")
+    tw.add_argument("--scores", required=True, help="LLM judge scores (judge_scores.jsonl)")
+    tw.add_argument("-o", "--out-dir", required=True,
+                    help="writes twins.jsonl, rejects.jsonl, summary.json here")
+    tw.add_argument("--needed", type=int, required=True, help="twins to make")
+    tw.add_argument("--seed", type=int, default=42, help="the candidates' order")
+    tw.add_argument("--budget-usd", type=float, default=_default(CollectionSettings,
+                                                                 "collect_budget_usd"))
+    add_setting(tw, "label_threshold")
+    _llm_args(tw)
 
     tc = sub.add_parser("train-config", help="the LLaMA-Factory YAML one level trains with")
     tc.add_argument("--datasets", required=True,
@@ -294,10 +333,36 @@ def _run_sharded(args: argparse.Namespace, run_shard, merge) -> dict:
     return merge()
 
 
+def _collect_command(args: argparse.Namespace) -> dict:
+    from simia.layout import RunLayout
+    from simia.llm.collect import Collector, Needs, collect_all
+    from simia.llm.judge import JudgeSettings
+
+    caps = options_model(CollectionSettings, args)
+    design = options_model(DatasetDesign, args)
+    gen = options_model(GenerationSettings, args)
+    client = _llm_client(args)
+    needs = Needs(*design.pool_needs(caps.sycophancy_source), caps.sycophancy_source)
+    collector = Collector(args.seeds, gen, JudgeSettings(), client, fmt=args.format,
+                          tau2_data_dir=args.tau2_data_dir, threshold=design.threshold)
+    return collect_all(collector, RunLayout(args.run_dir), needs, caps, fmt=args.format,
+                       tau2_data_dir=args.tau2_data_dir, threshold=design.threshold,
+                       shards=args.shards,
+                       source=RunLayout(args.source_run) if args.source_run else None)
+
+
 def _llm_command(args: argparse.Namespace) -> dict:
     from simia.llm import generation, judge
 
+    if args.command == "collect":
+        return _collect_command(args)
     client = _llm_client(args)
+    if args.command == "twins":
+        from simia.llm.twins import make_twins
+
+        return make_twins(args.conversations, args.scores, args.out_dir, client,
+                          needed=args.needed, threshold=args.label_threshold, seed=args.seed,
+                          budget_usd=args.budget_usd)
     if args.command == "generate-seeds":
         settings = options_model(SeedSettings, args, tries=args.tries,
                                  prompts_dir=args.prompts_dir)
@@ -335,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 extract_embedded_calls=args.extract, force=args.force)
         elif args.command == "score-rules":
             result = stages.score_rules_stage(args.conversations, args.out, force=args.force)
-        elif args.command in ("generate-seeds", "generate", "judge"):
+        elif args.command in ("generate-seeds", "generate", "judge", "collect", "twins"):
             result = _llm_command(args)
         elif args.command == "train-config":
             from simia.containers.training import write_train_config
@@ -381,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             design = options_model(DatasetDesign, args, name_prefix=args.name_prefix)
             result = stages.build_datasets_stage(args.conversations, args.scores, args.out_dir,
-                                                 design, force=args.force)
+                                                 design, twins_path=args.twins, force=args.force)
     except (SimiaError, ValidationError) as exc:
         print(f"simia {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -221,3 +221,44 @@ def test_merge_without_full_pools_names_the_shortfall(tmp_path):
     with pytest.raises(CapReached, match="found 0 of 3 clean"):
         merge_collection(run, Needs(3, 0, "twins"), CollectionSettings(), fmt="native",
                          tau2_data_dir=None, threshold=0)
+
+
+def test_cli_collect_stops_at_a_cap_then_continues_and_makes_twins(converse_server, tmp_path,
+                                                                   seeds_file, tau2_dir):
+    import os
+    import subprocess
+    import sys
+
+    converse_server.configure(judge_flag_rate=0.05)
+    env = {**os.environ, "TAU2_DATA_DIR": str(tau2_dir)}
+
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "simia.cli", *a], capture_output=True,
+                              text=True, timeout=300, env=env)
+
+    common = ["--seeds", str(seeds_file), "-o", str(tmp_path / "run"), "--levels", "0,10",
+              "--size", "10", "--shared-clean", "8", "--mode", "strict",
+              "--collect-pilot", "5", "--shards", "2", "--endpoint-url", converse_server.url]
+    capped = run("collect", *common, "--collect-max-attempts", "12")
+    assert capped.returncode == 2, capped.stderr
+    assert "simia collect: error: collection stopped" in capped.stderr
+    assert "To continue: raise collect_max_attempts" in capped.stderr
+    assert "Traceback" not in capped.stderr
+    calls = converse_server.stats["by_kind"]["generate"]
+    done = run("collect", *common, "--collect-max-attempts", "400")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["found"]["counts"]["clean"] >= 10
+    assert converse_server.stats["by_kind"]["generate"] - calls < summary["found"]["attempts"]
+    out = tmp_path / "run"
+    twins = run("twins", "--conversations", str(out / "processed" / "processed.json"),
+                "--scores", str(out / "judge" / "judge_scores.jsonl"), "-o",
+                str(out / "twins"), "--needed", "1", "--endpoint-url", converse_server.url)
+    assert twins.returncode == 0, twins.stderr
+    assert json.loads(twins.stdout)["accepted"] == 1
+    built = run("build-datasets", "--conversations", str(out / "processed" / "processed.json"),
+                "--scores", str(out / "judge" / "judge_scores.jsonl"), "--twins",
+                str(out / "twins" / "twins.jsonl"), "-o", str(out / "datasets"),
+                "--levels", "0,10", "--size", "10", "--shared-clean", "8", "--replicates", "1")
+    assert built.returncode == 0, built.stderr
+    assert json.loads(built.stdout)["sycophancy_source"] == "twins"
