@@ -42,6 +42,7 @@ bench: venv
 	$(VENV)/bin/python benchmarks/bench_data_half.py
 	$(VENV)/bin/python benchmarks/bench_llm.py
 	$(VENV)/bin/python benchmarks/bench_calibration.py
+	$(VENV)/bin/python benchmarks/bench_collection_cost.py
 
 clean:
 	rm -rf $(VENV) $(LF_VENV) .airflow .data .pytest_cache

@@ -157,8 +157,9 @@ def check_run_params(p: Mapping[str, Any]) -> list[str]:
 
 
 #: yields per raw generation measured on the reference's real data (issue 15): kept by the
-#: native validation about 27 %, clean about 26 %, policy-level sycophantic about 1.2 %
-REFERENCE_YIELDS = {"clean": 0.26, "sycophantic": 0.012}
+#: native validation about 27 %, clean about 26 %, flagged by the judge about 1 %
+#: (benchmarks/bench_collection_cost.py)
+REFERENCE_YIELDS = {"clean": 0.26, "sycophantic": 0.010}
 
 
 def expected_attempts(clean: int, sycophantic: int, source: str) -> int:
