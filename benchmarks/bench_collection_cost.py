@@ -40,9 +40,8 @@ sys.path.insert(0, str(ROOT / "include"))
 from simia.data.processing import OutputFormat, process_conversations  # noqa: E402
 from simia.data.records import load_raw  # noqa: E402
 from simia.domains import DOMAINS  # noqa: E402
-from simia.llm.collect import finding_level  # noqa: E402
 from simia.llm.generation import generation_prompt, render_seed  # noqa: E402
-from simia.llm.judge import judge_prompt  # noqa: E402
+from simia.llm.judge import finding_level, judge_prompt  # noqa: E402
 from simia.llm.prompts import load_template, strip_cache_points  # noqa: E402
 from simia.llm.twins import twin_prompt  # noqa: E402
 from simia.settings import DatasetDesign, GenerationSettings, PriceTable  # noqa: E402

@@ -285,3 +285,31 @@ def test_the_bedrock_connection_is_checked_before_any_work(defaults, tmp_path, m
     assert llm_connection_problems({**p, "llm_backend": "openai"}) == []
     assert llm_connection_problems({**p, "raw_conversations": "/raw.json",
                                     "label_source": "judge"}) != []
+
+
+def test_designs_the_caps_can_never_fill_are_rejected(defaults, tmp_path):
+    p = {**defaults, "tau2_data_dir": str(tmp_path), "serve_backend": "transformers",
+         "gpus_per_training": 0, "gpu_ids": ""}
+    problems = check_run_params({**p, "collect_max_attempts": 300})
+    assert any(m.startswith("collect_max_attempts: 300 attempts can never fill this design")
+               and "500 clean conversations" in m for m in problems), problems
+    problems = check_run_params({**p, "sycophancy_source": "natural",
+                                 "collect_max_attempts": 550})
+    assert any("500 clean and 100 sycophantic" in m and "about 10,000" in m
+               for m in problems), problems
+    # the fixed path: a target the design can never be built from (the old default run)
+    problems = check_run_params({**p, "collection": "fixed", "target_conversations": 100})
+    assert any(m.startswith("target_conversations: 100 generated conversations can never "
+                            "fill this design") for m in problems), problems
+    # twins need the judge; collection labels with the judge
+    problems = check_run_params({**p, "label_source": "rules"})
+    assert any(m.startswith("sycophancy_source: twins are checked by the LLM judge")
+               for m in problems)
+    assert any(m.startswith("label_source: collection = design labels each conversation")
+               for m in problems)
+    problems = check_run_params({**p, "start_from": "collect", "collection": "fixed",
+                                 "source_run": str(tmp_path)})
+    assert any(m.startswith("start_from: collect continues a collection") for m in problems)
+    assert any("has no collect/collect-pilot-shard-000-of-001.jsonl" in m for m in problems)
+    assert check_run_params({**p, "collect_pilot": 5000, "collect_max_attempts": 4000}) == [
+        "collect_pilot: 5,000 pilot attempts exceed collect_max_attempts (4,000)"]

@@ -163,3 +163,60 @@ def test_parse_score_records_formats_and_errors(tmp_path):
             parse_score_records([bad], "s.jsonl")
     with pytest.raises(InputError, match="scored twice"):
         parse_score_records([{"index": 1, "score": 0}, {"index": 1, "score": 0}], "s.jsonl")
+
+
+def _twins_for(rs, labels, every: int = 2) -> dict[int, dict]:
+    out = {}
+    for r in rs:
+        i = r["source_index"]
+        if labels[i].score == 0 and i % every == 0:
+            turns = [dict(t) for t in r["conversations"]]
+            turns[-1] = {**turns[-1], "value": turns[-1]["value"] + " (twin)"}
+            out[i] = {"source_index": i, "conversations": turns, "twin_score": 70,
+                      "observation_turn_index": len(turns) - 1}
+    return out
+
+
+def test_twins_levels_swap_twins_into_the_same_conversations():
+    rs = rows(60)
+    labels = labels_for(rs)
+    twins = _twins_for(rs, labels)
+    design = DatasetDesign(levels=(0, 10, 20), size=20, shared_clean=10, seed=3)
+    built = build_datasets(rs, labels, design, twins=twins)
+    meta = built.metadata
+    assert meta["sycophancy_source"] == "twins" and meta["pools"]["twins"] == len(twins)
+    levels = [meta["datasets"][design.dataset_name(lv)] for lv in (0, 10, 20)]
+    assert levels[0]["indices"] == levels[1]["indices"] == levels[2]["indices"]
+    assert [len(lv["twin_indices"]) for lv in levels] == [0, 2, 4]
+    assert set(levels[1]["twin_indices"]) <= set(levels[2]["twin_indices"])  # nested
+    base = built.files[f"{design.dataset_name(0)}.json"]
+    top = built.files[f"{design.dataset_name(20)}.json"]
+    changed = [(a, b) for a, b in zip(base, top, strict=True) if a != b]
+    assert len(changed) == 4
+    for a, b in changed:
+        assert b["twin_of"] == a["source_index"] and b["sycophancy_score"] == 70
+        diff = [k for k, (x, y) in enumerate(zip(a["conversations"], b["conversations"],
+                                                  strict=True)) if x != y]
+        assert diff == [len(a["conversations"]) - 1]
+    # natural sycophantic conversations are never used in the twins design
+    flagged = {i for i, lb in labels.items() if lb.score and lb.score > 0}
+    assert not flagged & set(levels[2]["indices"])
+    # another replicate draws another swap set, nested as well
+    other = build_datasets(rs, labels, design, twins=twins, replicate=2).metadata
+    assert other["datasets"][design.dataset_name(20, 2)]["twin_indices"] != \
+        levels[2]["twin_indices"]
+
+
+def test_twins_shortfall_and_strays_are_errors():
+    rs = rows(60)
+    labels = labels_for(rs)
+    twins = _twins_for(rs, labels, every=30)
+    design = DatasetDesign(levels=(0, 20), size=20, shared_clean=10)
+    with pytest.raises(DesignError, match=r"need 20 clean conversations \(found \d+\) and 4 "
+                                          r"twins \(found \d\)"):
+        build_datasets(rs, labels, design, twins=twins)
+    flagged = next(i for i, lb in labels.items() if lb.score and lb.score > 0)
+    stray = {flagged: {"source_index": flagged, "conversations": [], "twin_score": 70,
+                       "observation_turn_index": 1}}
+    with pytest.raises(InputError, match="not in the clean pool"):
+        build_datasets(rs, labels, design, twins=stray)

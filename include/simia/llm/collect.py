@@ -53,7 +53,8 @@ from simia.llm.accounting import COST_DECIMALS, TOKEN_KEYS, sum_usage
 from simia.llm.client import LLMCallError, LLMClient
 from simia.llm.generation import (_parts_sha256, _prompt_parts, enough_text, generation_prompt,
                                   load_seeds, parse_lines, pick_seed)
-from simia.llm.judge import JudgeSettings, judge_prompt, parse_judge_reply
+from simia.llm.judge import (SCHEMA_LEVEL, JudgeSettings, finding_level, findings_by_level,
+                             judge_prompt, parse_judge_reply)
 from simia.llm.prompts import load_template
 from simia.llm.runner import Checkpoint, WorkItem, item_id, progress_logger, run_items
 from simia.llm.shards import open_checkpoint, shard_target
@@ -65,8 +66,6 @@ log = logging.getLogger("simia.llm.collect")
 __all__ = ["CapReached", "Collector", "Needs", "SCHEMA_LEVEL", "collect_all", "finding_level",
            "merge_collection", "run_pilot", "run_shard", "yields"]
 
-#: judge finding types about the call's form (the schema), not the policy
-SCHEMA_LEVEL = frozenset({"schema_forgiveness", "hidden_repair"})
 #: an item's outcome
 STATUSES = ("clean", "sycophantic", "rejected", "generation_failed", "judge_failed")
 
@@ -76,11 +75,6 @@ class CapReached(SimiaError):
     the same task cannot help: raise the cap and continue."""
 
     retryable = False
-
-
-def finding_level(kind: str) -> str:
-    """``schema`` for findings about the call's form, ``policy`` for the rest."""
-    return "schema" if kind in SCHEMA_LEVEL else "policy"
 
 
 @dataclass(frozen=True)
@@ -237,11 +231,6 @@ def _interval(k: int, n: int) -> tuple[float, float]:
     return lo, hi
 
 
-def _findings_levels(rec: dict[str, Any]) -> set[str]:
-    return {finding_level(str(f.get("type") or "other"))
-            for f in (rec.get("judge") or {}).get("findings") or []}
-
-
 def yields(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Counts and per-attempt yields of finished items, with the reasons behind each."""
     recs = list(records)
@@ -251,7 +240,6 @@ def yields(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     schema_in_rejects = sum(1 for r in recs if r["status"] == "rejected"
                             and "schema_forgiveness" in (r.get("rule_kinds") or []))
     syc = [r for r in recs if r["status"] == "sycophantic"]
-    levels = Counter(lv for r in syc for lv in _findings_levels(r))
     kept = status["clean"] + status["sycophantic"] + status["judge_failed"]
     usage = [u for r in recs for u in (r.get("usage") or {}).values()]
     tokens = sum(int(u.get(k, 0)) for u in usage for k in TOKEN_KEYS)
@@ -272,7 +260,7 @@ def yields(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "rejected_with_schema_forgiveness": schema_in_rejects,
         "generation_failed_by_error": dict(sorted(Counter(
             r.get("error", "?") for r in recs if r["status"] == "generation_failed").items())),
-        "sycophantic_findings": {"policy": levels["policy"], "schema": levels["schema"]},
+        "sycophantic_findings": findings_by_level(r.get("judge") or {} for r in syc),
         "tokens": tokens,
         "cost_usd": round(sum(float(u.get("cost_usd", 0.0)) for u in usage), COST_DECIMALS),
         "item_seconds": round(sum(float(r.get("seconds", 0.0)) for r in recs), 3),
@@ -342,8 +330,9 @@ def describe(found: dict[str, Any], needs: Needs, proj: dict[str, Any]) -> str:
         f"Yields per attempt: kept by validation {y['kept']:.1%}"
         + (f" (rejected: {reasons}; {found['rejected_with_schema_forgiveness']} of the "
            "rejected carried schema-level forgiveness)" if reasons else "")
-        + f", clean {y['clean']:.1%}, sycophantic {y['sycophantic']:.1%} (policy-level "
-          f"findings in {sf['policy']}, schema-level in {sf['schema']}), generation failures "
+        + f", clean {y['clean']:.1%}, sycophantic {y['sycophantic']:.1%} (a policy-level "
+          f"finding in {sf['policy']}, only schema-level ones in {sf['schema_only']}), "
+          "generation failures "
           f"{y['generation_failed']:.1%}, judge failures {y['judge_failed']:.1%}.")
     lo, hi = proj["attempts_more_range"]
     clo, chi = proj["cost_usd_more_range"]
@@ -666,7 +655,10 @@ def merge_collection(run: RunLayout, needs: Needs, caps: CollectionSettings, *,
         "scored": len(judged), "failed": len(scores) - len(judged),
         "sycophantic": sum(1 for s in judged if s["wm_sycophancy_score"] > threshold),
         "clean": sum(1 for s in judged if s["wm_sycophancy_score"] <= threshold),
-        "threshold": threshold, "outputs": {"scores": str(run.judge.scores)},
+        "threshold": threshold,
+        "findings_by_level": findings_by_level(
+            s for s in judged if s["wm_sycophancy_score"] > threshold),
+        "outputs": {"scores": str(run.judge.scores)},
         "llm": judge_usage}, indent=True)
     summary = {"stage": "collect", "needs": {"clean": needs.clean,
                                              "sycophantic": needs.sycophantic,

@@ -219,6 +219,7 @@ class JudgeCounts:
     sycophantic: Raw
     clean: Raw
     threshold: Raw
+    findings_by_level: Raw = None  # of the sycophantic: policy-level, schema-level only
 
 
 @dataclass(frozen=True)
