@@ -628,8 +628,8 @@ def merge_collection(run: RunLayout, needs: Needs, caps: CollectionSettings, *,
     gen_usage = usage_of(records, ["generate"], prices, model_id)
     write_json(run.generate.summary, {
         "stage": "generate", "source": "collection", "target": None, "valid": len(raw),
-        "failed": len(failures), "attempted": len(records), "mode": records[0]["conversation"][
-            "simulator_mode"] if raw else None,
+        "failed": len(failures), "attempted": len(records),
+        "mode": raw[0].get("simulator_mode") if raw else None,
         "failed_by_error": found["generation_failed_by_error"],
         "outputs": {"raw_conversations": str(run.generate.raw),
                     "failures": str(run.generate.failures)}, "llm": gen_usage}, indent=True)
