@@ -66,7 +66,9 @@ no cache entry. A cache point before a shorter prefix is ignored, or, with
 is not documented; the client never sends one).
 
 Latency, a requests-per-second limit and fault injection are set in :class:`ServerConfig`.
-Faults are deterministic: see :func:`_fault`.
+Faults are deterministic: see :func:`_fault`; ``fault_first`` faults the first tries of
+every request (e.g. a 503 on every first try), ``bad_continuation`` answers a
+continuation with a refusal glued to a restarted conversation.
 
 Run it on its own with ``python tests/converse_server.py --port 0 [--latency-s ...]``; it
 prints ``listening on http://127.0.0.1:PORT`` and serves until SIGTERM or SIGINT.
@@ -103,8 +105,12 @@ from simia.domains.telecom import TELECOM_TOOLS
 from simia.data.rules import WEIGHTS, Flag, call_object, score_conversation
 from support.synthetic import synthetic_turns
 
-FAULT_KINDS: tuple[str, ...] = (
+#: the faults drawn by default (``ServerConfig.fault_kinds``)
+DEFAULT_FAULT_KINDS: tuple[str, ...] = (
     "throttle", "error500", "error503", "slow", "unparseable", "truncated")
+#: every fault: the defaults and ``bad_continuation`` (a continuation answered with a
+#: refusal glued to a restarted conversation: :data:`BAD_CONTINUATION`)
+FAULT_KINDS: tuple[str, ...] = (*DEFAULT_FAULT_KINDS, "bad_continuation")
 PROMPT_KINDS: tuple[str, ...] = ("judge", "seed", "generate", "continuation", "twin")
 SIMULATOR_MODES: tuple[str, ...] = ("base", "strict", "sycophantic")
 #: The phrase a twin rewrite puts in its new observation, and that a judge with
@@ -142,6 +148,10 @@ _UNPARSEABLE = (
     "at the missing parts.",
 )
 _FACT_KEYS = ("customer_id", "phone_number", "line_id", "bill_id")
+#: the reply of a ``bad_continuation`` fault: a refusal, then the conversation started
+#: over on the same line (what a model did, stitched onto a reply cut mid-word)
+BAD_CONTINUATION = ("I cannot comply with that format.HUMAN: Hi there, my phone shows no "
+                    "signal since this morning.\nASSISTANT: I can help with that.")
 
 
 @dataclass
@@ -156,7 +166,11 @@ class ServerConfig:
         request finding it empty gets an immediate 429 ``ThrottlingException``. None:
         no limit.
     :param fault_rate: probability (0..1) that a request gets a fault.
-    :param fault_kinds: the faults to draw from (see :data:`FAULT_KINDS`).
+    :param fault_kinds: the faults to draw from (see :data:`FAULT_KINDS`; default
+        :data:`DEFAULT_FAULT_KINDS`).
+    :param fault_first: the first ``fault_first`` sightings of every request get a fault
+        (drawn from ``fault_kinds`` as usual), whatever ``fault_rate`` says; later ones
+        are drawn at ``fault_rate`` (e.g. 1 with ``error503``: every first try fails).
     :param slow_s: sleep of a ``slow`` fault on top of ``latency_s``, before an otherwise
         normal reply (set it above the client's read timeout).
     :param seed: salt of the fault decisions.
@@ -174,7 +188,8 @@ class ServerConfig:
     latency_s: float = 0.0
     rps_limit: float | None = None
     fault_rate: float = 0.0
-    fault_kinds: tuple[str, ...] = FAULT_KINDS
+    fault_kinds: tuple[str, ...] = DEFAULT_FAULT_KINDS
+    fault_first: int = 0
     slow_s: float = 5.0
     seed: int = 0
     cache_ttl_s: float = 300.0
@@ -191,6 +206,9 @@ class ServerConfig:
             raise ValueError("latency_s and slow_s must be >= 0")
         if not 0.0 <= self.fault_rate <= 1.0:
             raise ValueError("fault_rate must be within 0..1")
+        if isinstance(self.fault_first, bool) or not isinstance(self.fault_first, int) \
+                or self.fault_first < 0:
+            raise ValueError("fault_first must be an integer >= 0")
         if self.rps_limit is not None and self.rps_limit <= 0:
             raise ValueError("rps_limit must be > 0 or None")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -633,11 +651,15 @@ def _fault(config: ServerConfig, key: str, n: int, continuation: bool) -> str | 
     ``key`` hashes the server seed, the model, the system text and every message, and
     the draw hashes ``(key, n)``, so the decision depends on neither thread scheduling
     nor other requests, and a retried request (next ``n``) gets a fresh draw: a fault
-    iff ``hash(key, n, "fault") / 2**64 < fault_rate``, its kind picked by
-    ``hash(key, n, "kind")``. ``truncated`` never hits a continuation request.
+    iff ``n < fault_first`` or ``hash(key, n, "fault") / 2**64 < fault_rate``, its kind
+    picked by ``hash(key, n, "kind")``. ``truncated`` never hits a continuation
+    request, ``bad_continuation`` only hits continuations.
     """
-    kinds = [k for k in config.fault_kinds if not (continuation and k == "truncated")]
-    if not kinds or _digest(key, n, "fault") / 2**64 >= config.fault_rate:
+    kinds = [k for k in config.fault_kinds
+             if not (continuation and k == "truncated")
+             and (continuation or k != "bad_continuation")]
+    if not kinds or (n >= config.fault_first
+                     and _digest(key, n, "fault") / 2**64 >= config.fault_rate):
         return None
     return kinds[_digest(key, n, "kind") % len(kinds)]
 
@@ -839,6 +861,8 @@ class ConverseServer:
         stop_reason = "end_turn"
         if fault == "unparseable":
             text = _unparseable(prompt)
+        elif fault == "bad_continuation":
+            text = BAD_CONTINUATION
         elif partial is None:
             invalid_seed = (prompt.kind == "seed" and ticket.n == 0
                             and prompt.digest("invalid-seed") % 10 == 0)
@@ -1142,6 +1166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fault-rate", type=float, default=defaults.fault_rate)
     parser.add_argument("--fault-kinds", default=",".join(defaults.fault_kinds),
                         help="comma-separated, from: " + ", ".join(FAULT_KINDS))
+    parser.add_argument("--fault-first", type=int, default=defaults.fault_first,
+                        help="fault the first N sightings of every request")
     parser.add_argument("--slow-s", type=float, default=defaults.slow_s)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--cache-ttl-s", type=float, default=defaults.cache_ttl_s)
@@ -1151,6 +1177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = ServerConfig(
             latency_s=args.latency_s, rps_limit=args.rps_limit, fault_rate=args.fault_rate,
+            fault_first=args.fault_first,
             fault_kinds=tuple(k for k in args.fault_kinds.split(",") if k),
             slow_s=args.slow_s, seed=args.seed, cache_ttl_s=args.cache_ttl_s,
             cache_min_tokens=args.cache_min_tokens, judge_flag_rate=args.judge_flag_rate)

@@ -19,6 +19,7 @@ from simia.llm.generation import (GenerationSettings, SeedSettings, generate_see
 from simia.llm.judge import JudgeSettings, judge_shard, merge_judge
 from simia.llm.client import LLMSettings, make_client
 from simia.data.stages import process_stage
+from converse_server import DEFAULT_FAULT_KINDS
 from support.synthetic import generate_raw
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +120,7 @@ def test_faults_lose_nothing(converse_server, tmp_path, seeds_file, tau2_dir):
     assert merged["valid"] == 30
     assert merged["attempted"] == 30 + len(failures) == 30 + merged["failed"]
     stats = converse_server.stats
-    assert all(stats["by_fault"][kind] > 0 for kind in stats["by_fault"]), stats
+    assert all(stats["by_fault"][kind] > 0 for kind in DEFAULT_FAULT_KINDS), stats
     assert merged["llm"]["failed_calls"] > 0 and merged["llm"]["errors"]
 
     processed = process_stage(tmp_path / "gen" / "raw_conversations.json", tmp_path / "proc",
