@@ -108,7 +108,9 @@ REPORT = Asset(name="simia_report", uri="simia://experiment/report")
 # mapped tasks do not take their doc from the docstring
 GENERATE_DOC = ("Generate this shard's share of the target conversations. Every finished item "
                 "is checkpointed (generate/generate-shard-K-of-N.jsonl), so a retry only calls "
-                "the LLM for what is left.")
+                "the LLM for what is left and the items whose calls failed. Short of its "
+                "target with more than llm_max_failed_share of its items' calls failed, it "
+                "fails naming the errors.")
 TRAIN_DOC = ("Fine-tune one model on this level's dataset with `llamafactory-cli train` in the "
              "trainer container (identical hyperparameters across levels; only the dataset "
              "and output folder differ). Writes train/<level>/train_config.yaml, output/ "
@@ -135,7 +137,8 @@ COLLECT_DOC = ("This shard's share of what the collection pilot left to find: ge
                "LLM for what is left.")
 JUDGE_DOC = ("The LLM judge on this shard's processed conversations, checkpointed per "
              "conversation (judge/judge-shard-K-of-N.jsonl); unparseable replies are kept as "
-             "failures with their raw text.")
+             "failures with their raw text. It fails when every conversation or more than "
+             "llm_max_failed_share of them failed; a retry judges the failures again.")
 
 
 

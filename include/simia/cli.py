@@ -1,7 +1,10 @@
 """``simia``: every stage of the experiment from the command line.
 
 Each subcommand prints its summary as JSON on stdout, logs progress on stderr, and
-exits 2 with a one-paragraph error (file, record, field) on bad input or settings.
+exits 2 with a one-paragraph error (file, record, field) on bad input or settings, and
+when an LLM stage failed: every item, or more than ``--max-failed-share`` of them
+(:mod:`simia.llm.failures`). A re-run retries recorded failures unless
+``--keep-failures``.
 """
 
 from __future__ import annotations
@@ -101,8 +104,6 @@ def _parser() -> argparse.ArgumentParser:
     add_setting(ju, "label_threshold")
     ju.add_argument("--tries", type=int, default=3, help="calls per conversation until the "
                                                          "reply parses")
-    ju.add_argument("--retry-failed", action="store_true",
-                    help="judge conversations whose earlier attempt failed again")
     _shard_args(ju)
     _llm_args(ju)
 
@@ -140,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     tw.add_argument("--budget-usd", type=float, default=_default(CollectionSettings,
                                                                  "collect_budget_usd"))
     add_setting(tw, "label_threshold")
-    _llm_args(tw)
+    _llm_args(tw, keep_failures=False)
 
     tc = sub.add_parser("train-config", help="the LLaMA-Factory YAML one level trains with")
     tc.add_argument("--datasets", required=True,
@@ -300,7 +301,12 @@ def _shard_args(p: argparse.ArgumentParser) -> None:
                    help="discard a checkpoint made with other settings")
 
 
-def _llm_args(p: argparse.ArgumentParser) -> None:
+def _llm_args(p: argparse.ArgumentParser, *, keep_failures: bool = True) -> None:
+    if keep_failures:
+        p.add_argument("--keep-failures", action="store_true",
+                       help="on a re-run, keep the recorded failures instead of trying them "
+                            "again (default: seeds and judge retry every failure, generation "
+                            "and collect the items whose LLM call failed)")
     g = p.add_argument_group("LLM backend")
     add_options(g, LLMSettings)
     g.add_argument("--region", default=None, help="Bedrock region (default: $AWS_REGION or "
@@ -348,7 +354,8 @@ def _collect_command(args: argparse.Namespace) -> dict:
     return collect_all(collector, RunLayout(args.run_dir), needs, caps, fmt=args.format,
                        tau2_data_dir=args.tau2_data_dir, threshold=design.threshold,
                        shards=args.shards,
-                       source=RunLayout(args.source_run) if args.source_run else None)
+                       source=RunLayout(args.source_run) if args.source_run else None,
+                       keep_failures=args.keep_failures)
 
 
 def _llm_command(args: argparse.Namespace) -> dict:
@@ -368,20 +375,22 @@ def _llm_command(args: argparse.Namespace) -> dict:
                                  prompts_dir=args.prompts_dir)
         return generation.generate_seeds_stage(args.out_dir, settings, client,
                                                tau2_data_dir=args.tau2_data_dir,
-                                               force=args.force)
+                                               force=args.force,
+                                               keep_failures=args.keep_failures)
     if args.command == "generate":
         gen = options_model(GenerationSettings, args, max_tokens=args.max_tokens,
                             prompts_dir=args.prompts_dir)
         return _run_sharded(
             args, lambda k: generation.generate_shard(args.seeds, args.out_dir, gen, client,
                                                       shard=k, shards=args.shards,
-                                                      force=args.force),
+                                                      force=args.force,
+                                                      keep_failures=args.keep_failures),
             lambda: generation.merge_generation(args.out_dir, gen, shards=args.shards))
     jset = judge.JudgeSettings(tries=args.tries, prompts_dir=args.prompts_dir)
     return _run_sharded(
         args, lambda k: judge.judge_shard(args.conversations, args.out_dir, jset, client,
                                           shard=k, shards=args.shards, force=args.force,
-                                          retry_failed=args.retry_failed),
+                                          keep_failures=args.keep_failures),
         lambda: judge.merge_judge(args.out_dir, shards=args.shards, threshold=args.label_threshold))
 
 

@@ -22,7 +22,8 @@ ADDED_SINCE = {"replicates", "agent_max_tokens", "user_max_tokens",
                "llm_prompt_caching",  # prompt caching on Bedrock
                # collection driven by the design, counterfactual twins (issue 15)
                "collection", "sycophancy_source", "collect_max_attempts",
-               "collect_budget_usd", "collect_pilot"}
+               "collect_budget_usd", "collect_pilot",
+               "llm_max_failed_share"}  # a stage with too many failed items fails
 #: defaults changed on purpose since: labels from the LLM judge (rules flag about 1 in 160
 #: valid conversations, so a default run could never fill its sycophantic slots)
 CHANGED_SINCE = {"label_source": "judge"}

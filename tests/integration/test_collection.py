@@ -262,3 +262,44 @@ def test_cli_collect_stops_at_a_cap_then_continues_and_makes_twins(converse_serv
                 "--levels", "0,10", "--size", "10", "--shared-clean", "8", "--replicates", "1")
     assert built.returncode == 0, built.stderr
     assert json.loads(built.stdout)["sycophancy_source"] == "twins"
+
+
+def test_collection_whose_calls_fail_fails_then_a_rerun_retries(converse_server, tmp_path,
+                                                                 seeds_file, tau2_dir):
+    """Every call failing is an LLM failure naming the errors (was: "the attempt cap
+    cannot fill the pools"); a re-run once the server works retries those items, and the
+    collection's usage counts every request the server saw."""
+    from simia.llm.failures import LLMStageFailed
+
+    converse_server.configure(judge_flag_rate=0.05, fault_rate=1.0, fault_kinds=("error503",))
+    run = RunLayout(tmp_path / "run")
+    needs = Needs(*DESIGN.pool_needs("natural"), "natural")
+    caps = CollectionSettings(collect_pilot=6, collect_max_attempts=400)
+
+    def collect():
+        collector = Collector(seeds_file, GenerationSettings(mode="sycophantic"),
+                              JudgeSettings(), _client(converse_server, max_attempts=2),
+                              tau2_data_dir=tau2_dir)
+        return collect_all(collector, run, needs, caps, fmt="native", tau2_data_dir=tau2_dir,
+                           threshold=0, shards=2)
+
+    with pytest.raises(LLMStageFailed, match=r"collection pilot: 6 of 6 items failed .*"
+                                             r"ServiceUnavailableException"):
+        collect()
+    failed = converse_server.stats["requests"]
+    assert failed == 6 * 2 * 3
+    converse_server.configure(fault_rate=0.0)
+    summary = collect()
+    assert summary["found"]["counts"]["generation_failed"] == 0
+    assert summary["llm"]["calls"] == converse_server.stats["requests"]
+    assert summary["llm"]["failed_calls"] == failed
+
+
+def test_a_badly_continued_reply_is_a_failed_item(converse_server, tmp_path, seeds_file,
+                                                  tau2_dir):
+    converse_server.configure(fault_rate=1.0, fault_kinds=("truncated", "bad_continuation"))
+    collector = _collector(converse_server, seeds_file, tau2_dir)
+    rec = collector.work(collector.item(0), "pilot")
+    assert (rec["status"], rec["error"]) == ("generation_failed", "bad_continuation")
+    assert "conversation" not in rec and "I cannot comply" in rec["raw_text"]
+    assert rec["usage"]["generate"]["calls"] == converse_server.stats["requests"] == 2

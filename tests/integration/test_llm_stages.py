@@ -241,3 +241,178 @@ def test_prompt_caching_off_sends_no_cache_point_and_the_same_input(converse_ser
     assert usage[False][2]["hits"] == usage[False][2]["misses"] == 0
     assert (tmp_path / "j-True" / "judge_scores.jsonl").read_text() == \
         (tmp_path / "j-False" / "judge_scores.jsonl").read_text()
+
+
+# --------------------------------------------------------------------------- trust boundaries
+
+def _processed(tmp_path: Path, tau2_dir: Path, n: int = 8) -> Path:
+    raw = tmp_path / "raw.json"
+    raw.write_text(json.dumps(generate_raw(n, seed=11, mode="sycophantic")))
+    process_stage(raw, tmp_path / "proc", tau2_data_dir=tau2_dir)
+    return tmp_path / "proc" / "processed.json"
+
+
+def test_cli_judge_fails_when_every_call_failed_then_a_rerun_retries(converse_server, tmp_path,
+                                                                    tau2_dir):
+    """A server answering 503 to everything: exit 2 with the count and the first errors
+    (was: exit 0, "scored 0, failed N"). --keep-failures keeps them (no call); a plain
+    re-run against the working server judges them again, and summary.json counts the
+    calls of both runs: every request the server saw."""
+    processed = _processed(tmp_path, tau2_dir)
+    kept = len(json.loads(processed.read_text()))
+    env = {**os.environ, "TAU2_DATA_DIR": str(tau2_dir)}
+    cmd = [sys.executable, "-m", "simia.cli", "judge", str(processed), "-o",
+           str(tmp_path / "j"), "--endpoint-url", converse_server.url, "--call-attempts", "2"]
+    run = lambda *a: subprocess.run([*cmd, *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=120, env=env)
+    converse_server.configure(fault_rate=1.0, fault_kinds=("error503",))
+    res = run()
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert f"simia judge: error: {tmp_path / 'j'}" in res.stderr
+    assert f"judge shard 0: {kept} of {kept} items failed (100%, every item failed)" \
+        in res.stderr
+    assert "ServiceUnavailableException: gave up after 2 attempts" in res.stderr
+    assert "Traceback" not in res.stderr
+    failed_requests = converse_server.stats["requests"]
+    assert failed_requests == kept * 2 * 3  # our 2 attempts x botocore's 3
+
+    converse_server.configure(fault_rate=0.0)
+    res = run("--keep-failures")
+    assert res.returncode == 2 and converse_server.stats["requests"] == failed_requests
+    res = run()
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads(res.stdout)
+    assert summary["scored"] == kept and summary["failed"] == 0
+    assert summary["llm"]["calls"] == converse_server.stats["requests"]
+    assert summary["llm"]["failed_calls"] == failed_requests
+    assert summary["llm"]["errors"] == {"ServiceUnavailableException": failed_requests}
+    scores = _lines(tmp_path / "j" / "judge_scores.jsonl")
+    assert all("usage" not in s and "runs" not in s for s in scores)
+
+
+def test_judge_fails_past_the_failed_share(converse_server, tmp_path, tau2_dir):
+    """Some items failing is tolerated up to max_failed_share, not beyond."""
+    from simia.llm.failures import LLMStageFailed
+
+    processed = _processed(tmp_path, tau2_dir, n=12)
+    converse_server.configure(fault_rate=0.5, fault_kinds=("error500",))
+    client = _client(converse_server, max_attempts=1, botocore_max_attempts=1,
+                     max_failed_share=0.1)
+    with pytest.raises(LLMStageFailed, match=r"judge shard 0: \d+ of \d+ items failed "
+                                             r"\(\d+%, more than max_failed_share = 10%\)"):
+        judge_shard(processed, tmp_path / "j", JudgeSettings(), client)
+    converse_server.reset()  # the same faults again
+    client = _client(converse_server, max_attempts=1, botocore_max_attempts=1,
+                     max_failed_share=1.0)
+    summary = judge_shard(processed, tmp_path / "j2", JudgeSettings(), client)
+    assert 0 < summary["failed"] < summary["judged"]
+
+
+def test_pipeline_judge_task_fails_and_its_retry_retries(converse_server, tmp_path, tau2_dir):
+    """The DAG's judge shard: all failed -> the task fails (retryably); its retry judges
+    the failures again."""
+    from simia import pipeline
+    from simia.layout import RunLayout
+    from simia.llm.failures import LLMStageFailed
+
+    processed = {"processed": str(_processed(tmp_path, tau2_dir))}
+    run = RunLayout(tmp_path / "run")
+    client = lambda: _client(converse_server, max_attempts=1)  # noqa: E731
+    converse_server.configure(fault_rate=1.0, fault_kinds=("error503",))
+    with pytest.raises(LLMStageFailed) as exc:
+        pipeline.judge_shard({"shards": 1}, run, 0, processed, client)
+    assert getattr(exc.value, "retryable", True)
+    converse_server.configure(fault_rate=0.0)
+    done = pipeline.judge_shard({"shards": 1}, run, 0, processed, client)
+    assert done.value["failed"] == 0 and done.value["scored"] == done.value["judged"] > 0
+
+
+def test_calls_count_every_http_request_botocore_retries_included(converse_server, tmp_path,
+                                                                  seeds_file, tau2_dir):
+    """503 on the first 4 tries of every request: botocore retries 2 of them inside a
+    call (3 attempts), our loop the rest; summaries count all 5 requests per call."""
+    converse_server.configure(fault_first=4, fault_kinds=("error503",))
+    client = _client(converse_server, botocore_max_attempts=3, max_attempts=3)
+    gen = GenerationSettings(target=4)
+    shard = generate_shard(seeds_file, tmp_path / "gen", gen, client)
+    merged = merge_generation(tmp_path / "gen", gen)
+    stats = converse_server.stats
+    assert stats["requests"] == stats["by_kind"]["generate"] == 5 * 4
+    assert shard["llm"]["calls"] == merged["llm"]["calls"] == stats["requests"]
+    assert merged["llm"]["failed_calls"] == stats["by_fault"]["error503"] == 4 * 4
+    converse_server.reset()
+    processed = process_stage(tmp_path / "gen" / "raw_conversations.json", tmp_path / "proc",
+                              tau2_data_dir=tau2_dir)
+    judge_shard(tmp_path / "proc" / "processed.json", tmp_path / "j", JudgeSettings(), client)
+    judged = merge_judge(tmp_path / "j")
+    assert judged["llm"]["calls"] == converse_server.stats["requests"] == 5 * processed["kept"]
+
+
+def test_generation_all_failed_is_reported_then_retried(converse_server, tmp_path, seeds_file):
+    """Every call fails: the shard fails naming the call errors (not "raise
+    max_attempts"); once the server works, a re-run retries the failed items and the
+    summary counts both runs' requests."""
+    from simia.llm.failures import LLMStageFailed
+
+    converse_server.configure(fault_rate=1.0, fault_kinds=("error503",))
+    client = _client(converse_server, max_attempts=1, botocore_max_attempts=1)
+    gen = GenerationSettings(target=3)
+    with pytest.raises(LLMStageFailed, match=r"generate shard 0: 19 of 19 items failed "
+                                             r"\(100%, every item failed\); first failures: "
+                                             r"item 0 .*ServiceUnavailableException"):
+        generate_shard(seeds_file, tmp_path, gen, client)
+    converse_server.configure(fault_rate=0.0)
+    summary = generate_shard(seeds_file, tmp_path, gen, client)
+    assert summary["valid"] == 3 and summary["resumed_items"] == 0
+    assert summary["llm"]["calls"] == converse_server.stats["requests"] == 19 + 3
+    assert summary["llm"]["failed_calls"] == 19
+
+
+def test_truncated_and_badly_continued_replies_are_failures(converse_server, tmp_path,
+                                                            seeds_file):
+    """A reply still cut after the last round, or whose continuation refuses and starts
+    over, is a recorded failure with its raw text (a yield: not retried, no LLM-stage
+    failure), never a valid conversation."""
+    from simia.errors import InputError
+
+    converse_server.configure(fault_rate=0.5, fault_kinds=("truncated",))
+    client = _client(converse_server)
+    gen = GenerationSettings(target=6, max_rounds=1)
+    summary = generate_shard(seeds_file, tmp_path / "cut", gen, client)
+    records = _lines(tmp_path / "cut" / "generate-shard-000-of-001.jsonl")
+    cut = [r for r in records if r.get("error") == "truncated"]
+    assert summary["valid"] == 6 and cut and summary["failed_by_error"] == {"truncated": len(cut)}
+    assert all(r["raw_text"] and "max_tokens" in r["detail"] for r in cut)
+    assert not any(r["conversation"]["truncated"] for r in records if r["status"] == "ok")
+
+    converse_server.reset()
+    converse_server.configure(fault_rate=1.0, fault_kinds=("truncated", "bad_continuation"))
+    gen = GenerationSettings(target=2, max_attempts=4)
+    with pytest.raises(InputError, match="reached the attempt bound"):
+        generate_shard(seeds_file, tmp_path / "bad", gen, client)
+    records = _lines(tmp_path / "bad" / "generate-shard-000-of-001.jsonl")
+    assert [r["error"] for r in records] == ["bad_continuation"] * 4
+    assert all("I cannot comply" in r["raw_text"] for r in records)
+    calls = converse_server.stats["requests"]
+    with pytest.raises(InputError):  # a yield stays: the re-run calls nothing
+        generate_shard(seeds_file, tmp_path / "bad", gen, client)
+    assert converse_server.stats["requests"] == calls
+
+
+def test_seeds_fail_past_the_share_and_a_rerun_retries(converse_server, tmp_path):
+    from simia.llm.failures import LLMStageFailed
+
+    tau2 = ROOT.parent / "shared" / "data" / "tau2-telecom"
+    if not tau2.is_dir():
+        pytest.skip("tau2 telecom data (../shared/data/tau2-telecom) not present")
+    converse_server.configure(fault_rate=0.4, fault_kinds=("error503",))
+    client = _client(converse_server, max_attempts=1, botocore_max_attempts=1,
+                     max_failed_share=0.1)
+    settings = SeedSettings(n_seeds=6)
+    with pytest.raises(LLMStageFailed, match="seeds: [1-6] of 6 items failed"):
+        generate_seeds_stage(tmp_path, settings, client, tau2_data_dir=tau2)
+    assert not (tmp_path / "seeds.json").exists()
+    converse_server.configure(fault_rate=0.0)
+    summary = generate_seeds_stage(tmp_path, settings, client, tau2_data_dir=tau2)
+    assert summary["seeds"] + summary["failed"] == 6 and summary["failed"] <= 1
+    assert summary["llm"]["calls"] == converse_server.stats["requests"]

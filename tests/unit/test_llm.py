@@ -645,3 +645,112 @@ def test_stage_templates_put_the_shared_part_first(tmp_path):
                                                   str(tmp_path / "generate_system.txt"))
     assert strip_cache_points(f"a{CACHE_POINT}b") == "ab"
     assert render("x{{cache_point}}y", "t") == f"x{CACHE_POINT}y"
+
+
+# --------------------------------------------------------------------------- trust boundaries
+
+def test_each_call_carries_its_own_usage_failed_attempts_included():
+    """A completion's ``usage`` and a failed call's ``LLMCallError.usage`` count every
+    attempt (failed ones by error class), so a record can keep what its item cost."""
+    client, _, _ = _client([Boom("retry"), Reply("HUMAN: a\n", "max_tokens", 5, 5),
+                            Reply("ASSISTANT: b", "end_turn", 7, 3)])
+    done = client.complete("s", "id", "go", max_rounds=3)
+    assert done.parts == ("HUMAN: a\n", "ASSISTANT: b")
+    u = done.usage
+    assert (u["calls"], u["failed_calls"], u["errors"]) == (3, 1, {"ThrottlingException": 1})
+    assert (u["input_tokens"], u["output_tokens"]) == (12, 8) and u["cost_usd"] > 0
+    client, _, _ = _client([Boom("retry")] * 3)
+    with pytest.raises(LLMCallError) as exc:
+        client.complete("s", "id", "go")
+    assert exc.value.usage["calls"] == exc.value.usage["failed_calls"] == 3
+    assert exc.value.usage["input_tokens"] == 0
+
+
+def test_a_redone_item_keeps_the_usage_of_its_earlier_tries(tmp_path):
+    """run_items' redo: the new record adds the old record's usage and counts its runs."""
+    calls = {"n": 0}
+
+    def work(item):
+        calls["n"] += 1
+        fail = calls["n"] == 1
+        return {"id": item.id, "index": item.index, "status": "failed" if fail else "ok",
+                "usage": {"judge": {"calls": 2 if fail else 1, "failed_calls": 2 if fail else 0,
+                                    "input_tokens": 0 if fail else 10, "cost_usd": 0.0,
+                                    "errors": {"X": 2} if fail else {}}}}
+
+    for _ in range(2):
+        with Checkpoint(tmp_path / "c.jsonl") as ckpt:
+            run_items([WorkItem(0, "a")], work, ckpt, concurrency=1,
+                      is_success=lambda r: r["status"] == "ok",
+                      redo=lambda r: r["status"] != "ok")
+    rec = Checkpoint(tmp_path / "c.jsonl").records["a"]
+    assert rec["status"] == "ok" and rec["runs"] == 2
+    assert rec["usage"]["judge"] == {"calls": 3, "failed_calls": 2, "input_tokens": 10,
+                                     "cost_usd": 0.0, "errors": {"X": 2}}
+
+
+def _recs(errors):
+    return [{"id": f"id{i}", "index": i, **({"error": e, "detail": f"detail {i}"} if e else {})}
+            for i, e in enumerate(errors)]
+
+
+def test_a_stage_fails_when_every_item_or_too_many_failed():
+    from simia.errors import SimiaError
+    from simia.llm.failures import LLMStageFailed, check_failures
+
+    failed = lambda r: "error" in r  # noqa: E731
+    check_failures("judge shard 0", "/x/ckpt.jsonl", _recs([None, None, None, "E"]), failed,
+                   0.25)  # 25 %: not more than the share
+    check_failures("judge shard 0", "/x/ckpt.jsonl", [], failed, 0.25)
+    with pytest.raises(LLMStageFailed) as exc:
+        check_failures("judge shard 0", "/x/ckpt.jsonl",
+                       _recs(["ServiceUnavailableException"] * 5), failed, 1.0)
+    text = str(exc.value)
+    assert isinstance(exc.value, SimiaError) and getattr(exc.value, "retryable", True)
+    assert text.startswith("/x/ckpt.jsonl: judge shard 0: 5 of 5 items failed (100%, every "
+                           "item failed)")
+    assert "item 0 (id id0): ServiceUnavailableException: detail 0" in text
+    assert "item 2 (id id2)" in text and "item 3" not in text  # the first three
+    with pytest.raises(LLMStageFailed, match=r"2 of 5 items failed \(40%, more than "
+                                             r"max_failed_share = 25%\)"):
+        check_failures("seeds", "/x/s.jsonl", _recs(["A", None, "B", None, None]), failed,
+                       0.25)
+
+
+def test_call_failures_are_told_from_yields():
+    from simia.llm.failures import is_call_failure
+
+    assert is_call_failure({"error": "ServiceUnavailableException"})
+    assert is_call_failure({"status": "judge_failed", "error": "ValidationException"})
+    for error in ("unparseable", "truncated", "bad_continuation", "unparseable_reply"):
+        assert not is_call_failure({"error": error})
+    assert not is_call_failure({"status": "rejected"}) and not is_call_failure({})
+
+
+def _done(*parts, stop="end_turn"):
+    from simia.llm.client import Completion
+
+    return Completion("".join(parts), stop, len(parts), len(parts), 1, 1, parts=parts)
+
+
+def test_a_reply_that_stays_cut_or_continues_badly_is_no_conversation():
+    from simia.llm.generation import completion_problem
+
+    first = "HUMAN: My phone shows no signal since this morning.\nASSISTANT: Let me verific"
+    assert completion_problem(_done(first, "ation of your line be done first.\n")) is None
+    assert completion_problem(_done("HUMAN: hi\nASSISTANT: bye")) is None
+    error, detail = completion_problem(_done(first, stop="max_tokens"))
+    assert error == "truncated" and "after 1 round" in detail
+    error, _ = completion_problem(_done(first, "ation.\nHUMAN: thanks", stop="max_tokens"))
+    assert error == "truncated"
+    # the reported case: a refusal, then the conversation again, glued to the cut word
+    error, detail = completion_problem(_done(first, "I cannot comply with that format."
+                                                    "HUMAN: Hi there"))
+    assert error == "bad_continuation" and "round 2 refuses" in detail
+    error, detail = completion_problem(_done(first, "HUMAN: Hi there\nASSISTANT: hello"))
+    assert error == "bad_continuation" and "middle of a line" in detail
+    error, detail = completion_problem(_done(
+        first, "ation done.\nHUMAN: My phone shows no signal since this morning.\n"))
+    assert error == "bad_continuation" and "restarts the conversation" in detail
+    # a new turn at the start of a line is an ordinary continuation
+    assert completion_problem(_done(first + "\n", "HUMAN: ok, thanks\n")) is None

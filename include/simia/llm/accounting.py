@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from simia.settings.llm import PriceTable
@@ -83,6 +84,42 @@ class Usage:
         out["cache_read_share"] = cache_read_share(out)
         return out
 
+    def record(self, prices: PriceTable, model_id: str) -> dict[str, Any]:
+        """The totals as an item's record keeps them (no model id, no cache share)."""
+        out = self.as_dict(prices, model_id)
+        del out["model_id"], out["cache_read_share"]
+        return out
+
+
+#: the summed keys of a usage record (``errors`` is merged by class)
+_SUMMED = ("calls", "failed_calls", *TOKEN_KEYS, "call_seconds", "cost_usd")
+
+
+def add_usage(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any]:
+    """Two usage records (:meth:`Usage.record`) added up; either may be empty or None."""
+    a, b = a or {}, b or {}
+    out: dict[str, Any] = {}
+    for key in _SUMMED:
+        if key in a or key in b:
+            out[key] = a.get(key, 0) + b.get(key, 0)
+    if "call_seconds" in out:
+        out["call_seconds"] = round(out["call_seconds"], 3)
+    if "cost_usd" in out:
+        out["cost_usd"] = round(out["cost_usd"], COST_DECIMALS)
+    errors = Counter(a.get("errors") or {})
+    errors.update(b.get("errors") or {})
+    if errors or "errors" in a or "errors" in b:
+        out["errors"] = dict(sorted(errors.items()))
+    return out
+
+
+def add_item_usage(a: dict[str, dict[str, Any]] | None,
+                   b: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """Two records' ``usage`` (usage records by kind: ``generate``, ``judge``, ...)
+    added up kind by kind."""
+    a, b = a or {}, b or {}
+    return {k: add_usage(a.get(k), b.get(k)) for k in sorted(set(a) | set(b))}
+
 
 def sum_usage(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Add up ``Usage.as_dict`` results (e.g. the shards of a stage, or all stages); a
@@ -101,4 +138,17 @@ def sum_usage(parts: list[dict[str, Any]]) -> dict[str, Any]:
     total["errors"] = dict(sorted(errors.items()))
     models = sorted({p["model_id"] for p in parts if p.get("model_id")})
     total["model_id"] = models[0] if len(models) == 1 else models
+    return total
+
+
+def usage_of(records: Iterable[dict[str, Any]], kinds: Iterable[str], prices: PriceTable,
+             model_id: str) -> dict[str, Any]:
+    """The summed usage of ``kinds`` (``generate``, ``judge``, ...) over ``records``, its
+    cost priced once from the summed token counts (not a sum of rounded item costs)."""
+    kinds = tuple(kinds)
+    total = sum_usage([{**u, "model_id": model_id} for r in records
+                       for k, u in (r.get("usage") or {}).items() if k in kinds])
+    total["cost_usd"] = round(prices.cost(model_id, *(int(total[k]) for k in TOKEN_KEYS)),
+                              COST_DECIMALS)
+    total["model_id"] = model_id
     return total

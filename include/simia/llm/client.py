@@ -28,9 +28,13 @@
   would not cache it (and may refuse the request). Off, and on the OpenAI-compatible
   backend, the markers are removed and no cache point is sent: the model sees the same
   text either way.
-- **Accounting.** Every call's tokens (uncached input, output, cache read, cache write:
-  Bedrock's ``inputTokens`` counts only the input that was neither read from nor written
-  to the cache) and duration go into the stage's :class:`Usage`; every call logs one line
+- **Accounting.** Every HTTP request is counted, botocore's own retries included (see
+  :class:`BedrockBackend`), with its tokens (uncached input, output, cache read, cache
+  write: Bedrock's ``inputTokens`` counts only the input that was neither read from nor
+  written to the cache), duration and error class: in the stage's :class:`Usage` (for
+  progress lines) and in the call's own, which :class:`Completion` and
+  :class:`LLMCallError` carry (``usage``) so that a stage's records keep what each item
+  cost, failed calls included, across re-runs. Every call logs one line
   (stage, item id, round, attempt, seconds, tokens, stop reason or error class) with no
   prompt text unless ``log_prompts`` is set, and never credentials.
 """
@@ -43,7 +47,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 
@@ -66,12 +70,15 @@ class LLMFatalError(SimiaError):
 
 
 class LLMCallError(Exception):
-    """One item's call failed for good (retries exhausted, or the request was refused)."""
+    """One item's call failed for good (retries exhausted, or the request was refused).
+    ``usage``: what the failed call's HTTP requests cost (:meth:`Usage.record`)."""
 
-    def __init__(self, error_class: str, message: str, attempts: int) -> None:
+    def __init__(self, error_class: str, message: str, attempts: int,
+                 usage: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.error_class = error_class
         self.attempts = attempts
+        self.usage: dict[str, Any] = usage or {}
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,10 @@ ErrorKind = Literal["retry", "item", "fatal"]
 class Backend(Protocol):
     """Sends one request. ``system`` and message texts may hold
     :data:`~simia.llm.prompts.CACHE_POINT` markers: a backend turns them into cache
-    points or removes them."""
+    points or removes them. A backend whose transport retries on its own (botocore) also
+    has ``retried_attempts()``: after each ``send`` (returned or raised) in a thread, the
+    outcome (None: success, else the error class) of every HTTP attempt of that send
+    before its last one."""
 
     model_id: str
 
@@ -167,6 +177,17 @@ class BedrockBackend:
     With a ``pacer``, every HTTP attempt the client makes (botocore's own retries
     included) waits for its slot (botocore's ``before-send`` event) and reports whether
     it was throttled (``needs-retry``), through the client's event hooks.
+
+    **Counting botocore's retries.** botocore retries throttling and 5xx a few times
+    inside one ``converse`` call (``botocore_max_attempts``), invisible to
+    :class:`LLMClient`'s loop. We keep those quick retries (turning them off would leave
+    only our slower, backed-off loop, and ``botocore_retry_mode`` / ``botocore_max_attempts``
+    would lose their meaning) and count them instead: the ``needs-retry`` hook, which
+    botocore fires after every HTTP attempt in the thread that made the call, appends
+    the attempt's outcome (None, or its error class) to a thread-local list; after
+    ``send``, :meth:`retried_attempts` hands the client the attempts before the last
+    one (the last is the reply or the exception the client sees). So every HTTP request
+    the endpoint receives is one call in the accounting.
     """
 
     def __init__(self, client: Any, model_id: str, pacer: RatePacer | None = None, *,
@@ -176,25 +197,49 @@ class BedrockBackend:
         self.pacer = pacer
         self.prompt_caching = prompt_caching
         self.cache_min_tokens = cache_min_tokens
-        if pacer is not None and pacer.active:
-            events = client.meta.events
+        self._local = threading.local()
+        self._paced = pacer is not None and pacer.active
+        events = client.meta.events
+        if self._paced:
             events.register("before-send.bedrock-runtime", self._before_send,
                             unique_id=f"simia-pacer-send-{id(self)}")
-            events.register("needs-retry.bedrock-runtime", self._after_attempt,
-                            unique_id=f"simia-pacer-seen-{id(self)}")
+        events.register("needs-retry.bedrock-runtime", self._after_attempt,
+                        unique_id=f"simia-pacer-seen-{id(self)}")
 
     def _before_send(self, **_: Any) -> None:
         assert self.pacer is not None
         self.pacer.acquire()
 
-    def _after_attempt(self, response: Any = None, **_: Any) -> None:
-        """Tell the pacer whether this attempt was throttled (no response: a connection
-        error or timeout, neither). Returns None: botocore reads a value as a retry delay."""
-        if response is None or self.pacer is None:
-            return
-        http, parsed = response
-        code = (parsed or {}).get("Error", {}).get("Code") if isinstance(parsed, dict) else None
-        self.pacer.record(getattr(http, "status_code", 0) == 429 or code in _THROTTLE_CODES)
+    def _after_attempt(self, response: Any = None, caught_exception: Any = None,
+                       **_: Any) -> None:
+        """Record this attempt's outcome for :meth:`retried_attempts` and tell the pacer
+        whether it was throttled (no response: a connection error or timeout, neither).
+        Returns None: botocore reads a value as a retry delay."""
+        code, status = None, 0
+        if response is not None:
+            http, parsed = response
+            status = getattr(http, "status_code", 0) or 0
+            if isinstance(parsed, dict):
+                code = (parsed.get("Error") or {}).get("Code")
+        outcomes = getattr(self._local, "attempts", None)
+        if outcomes is not None:
+            if caught_exception is not None:
+                verdict = self.classify(caught_exception)
+                outcomes.append(verdict[0] if verdict else type(caught_exception).__name__)
+            elif status >= 300 or code:
+                outcomes.append(code or f"HTTP{status}")
+            else:
+                outcomes.append(None)
+        if response is not None and self._paced:
+            assert self.pacer is not None
+            self.pacer.record(status == 429 or code in _THROTTLE_CODES)
+
+    def retried_attempts(self) -> list[str | None]:
+        """The outcomes (error class, or None) of the HTTP attempts of this thread's
+        last :meth:`send` before its last one (botocore retried them); cleared here."""
+        retried = getattr(self._local, "retried", None) or []
+        self._local.retried = []
+        return retried
 
     def _cacheable(self, chars: int) -> bool:
         """Whether a prefix of ``chars`` characters is long enough for a cache point."""
@@ -240,7 +285,13 @@ class BedrockBackend:
 
     def send(self, system: str | None, messages: list[dict[str, str]], max_tokens: int,
              temperature: float) -> Reply:
-        resp = self.client.converse(**self.request(system, messages, max_tokens, temperature))
+        self._local.attempts = []
+        try:
+            resp = self.client.converse(**self.request(system, messages, max_tokens,
+                                                       temperature))
+        finally:
+            self._local.retried = self._local.attempts[:-1]
+            self._local.attempts = None
         content = resp.get("output", {}).get("message", {}).get("content", [])
         text = "".join(block.get("text", "") for block in content if isinstance(block, dict))
         usage = resp.get("usage", {})
@@ -373,6 +424,10 @@ def make_client(settings: LLMSettings, *, bedrock_client: Any = None) -> LLMClie
 
 @dataclass(frozen=True)
 class Completion:
+    """A finished :meth:`LLMClient.complete`: the text of all rounds, ``parts`` (each
+    round's text), the last round's stop reason, and ``usage`` (every HTTP request of
+    every round, :meth:`Usage.record`)."""
+
     text: str
     stop_reason: str
     rounds: int
@@ -381,6 +436,8 @@ class Completion:
     output_tokens: int
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    parts: tuple[str, ...] = ()
+    usage: dict[str, Any] = field(default_factory=dict)
 
     @property
     def truncated(self) -> bool:
@@ -427,9 +484,16 @@ class LLMClient:
         messages = [{"role": "user", "text": prompt}]
         text, attempts, tokens_in, tokens_out, cache_read, cache_write = "", 0, 0, 0, 0, 0
         reply = Reply("", "", 0, 0)
+        tally = Usage()
+        parts: list[str] = []
         for round_no in range(1, max_rounds + 1):
-            reply, tries = self._call(stage, item_id, round_no, system, messages,
-                                      max_tokens, temperature)
+            try:
+                reply, tries = self._call(stage, item_id, round_no, system, messages,
+                                          max_tokens, temperature, tally)
+            except LLMCallError as exc:
+                exc.usage = tally.record(self.settings.prices, self.model_id)
+                raise
+            parts.append(reply.text)
             text += reply.text
             attempts += tries
             tokens_in += reply.input_tokens
@@ -442,13 +506,25 @@ class LLMClient:
             messages += [{"role": "assistant", "text": reply.text},
                          {"role": "user", "text": CONTINUE_PROMPT}]
         return Completion(text, reply.stop_reason, round_no, attempts, tokens_in, tokens_out,
-                          cache_read, cache_write)
+                          cache_read, cache_write, tuple(parts),
+                          tally.record(self.settings.prices, self.model_id))
+
+    def _retried(self, stage: Usage, tally: Usage) -> int:
+        """Count the attempts the backend's transport retried on its own during the last
+        ``send`` (botocore's), as failed calls; returns how many."""
+        drain = getattr(self.backend, "retried_attempts", None)
+        retried = drain() if drain is not None else []
+        for error in retried:
+            for usage in (stage, tally):
+                usage.add_call(error=error)
+        return len(retried)
 
     def _call(self, stage: str, item_id: str, round_no: int, system: str | None,
               messages: list[dict[str, str]], max_tokens: int,
-              temperature: float) -> tuple[Reply, int]:
+              temperature: float, tally: Usage | None = None) -> tuple[Reply, int]:
         s = self.settings
         usage = self.usage(stage)
+        tally = tally if tally is not None else Usage()
         if s.log_prompts:
             log.info("llm prompt stage=%s item=%s round=%d\n%s", stage, item_id, round_no,
                      strip_cache_points(messages[-1]["text"]))
@@ -458,13 +534,16 @@ class LLMClient:
                 reply = self.backend.send(system, messages, max_tokens, temperature)
             except Exception as exc:  # noqa: BLE001 -- classified below, re-raised if unknown
                 seconds = time.perf_counter() - t0
+                retried = self._retried(usage, tally)
                 verdict = self.backend.classify(exc)
                 if verdict is None:
                     raise
                 error_class, kind = verdict
                 usage.add_call(seconds=seconds, error=error_class)
+                tally.add_call(seconds=seconds, error=error_class)
                 log.info("llm call stage=%s item=%s round=%d attempt=%d seconds=%.3f "
-                         "error=%s", stage, item_id, round_no, attempt, seconds, error_class)
+                         "error=%s%s", stage, item_id, round_no, attempt, seconds, error_class,
+                         f" retried={retried}" if retried else "")
                 if kind == "fatal":
                     raise LLMFatalError(f"llm: {self.model_id} refused the call "
                                         f"({error_class}): {exc}") from None
@@ -479,13 +558,17 @@ class LLMClient:
                             * jitter)
                 continue
             seconds = time.perf_counter() - t0
-            usage.add_call(input_tokens=reply.input_tokens, output_tokens=reply.output_tokens,
-                           cache_read_tokens=reply.cache_read_tokens,
-                           cache_write_tokens=reply.cache_write_tokens, seconds=seconds)
+            retried = self._retried(usage, tally)
+            for counted in (usage, tally):
+                counted.add_call(input_tokens=reply.input_tokens,
+                                 output_tokens=reply.output_tokens,
+                                 cache_read_tokens=reply.cache_read_tokens,
+                                 cache_write_tokens=reply.cache_write_tokens, seconds=seconds)
             log.info("llm call stage=%s item=%s round=%d attempt=%d seconds=%.3f in=%d out=%d "
-                     "stop=%s cache_read=%d cache_write=%d", stage, item_id, round_no, attempt,
-                     seconds, reply.input_tokens, reply.output_tokens, reply.stop_reason,
-                     reply.cache_read_tokens, reply.cache_write_tokens)
+                     "stop=%s cache_read=%d cache_write=%d%s", stage, item_id, round_no,
+                     attempt, seconds, reply.input_tokens, reply.output_tokens,
+                     reply.stop_reason, reply.cache_read_tokens, reply.cache_write_tokens,
+                     f" retried={retried}" if retried else "")
             if s.log_prompts:
                 log.info("llm reply stage=%s item=%s round=%d\n%s", stage, item_id, round_no,
                          reply.text)

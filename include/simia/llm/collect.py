@@ -10,8 +10,14 @@ recorded with its step and reason, and the rule scorer says whether what was dro
 carried schema-level forgiveness) and, when kept, judged by the LLM judge
 (:mod:`simia.llm.judge`). Every finished item is one checkpoint line with its status
 (``clean``, ``sycophantic``, ``rejected``, ``generation_failed``, ``judge_failed``), its
-conversation, its verdict and its own tokens and cost, so a retry, a crash or a raised
-cap continues where it stopped and calls the LLM only for what is left.
+conversation, its verdict and its own calls, tokens and cost (failed calls and earlier
+tries of the item included), so a retry, a crash or a raised cap continues where it
+stopped and calls the LLM only for what is left. A reply cut at ``max_tokens`` or with
+a broken continuation is a ``generation_failed`` item
+(:func:`~simia.llm.generation.completion_problem`). Items whose calls failed are tried
+again when the collection runs again (unless ``keep_failures``), and a pilot or shard
+that ends short of its share with too many of them fails
+(:mod:`simia.llm.failures`) instead of reporting a cap.
 
 Items ``0 .. pilot - 1`` are the **pilot**, run first: their yields (kept by validation,
 clean, sycophantic, each with its reasons) give the projected attempts, tokens, cost and
@@ -49,10 +55,11 @@ from simia.domains import DOMAINS
 from simia.errors import ConfigError, InputError, SimiaError
 from simia.io import dumps, dumps_jsonl, read_bytes, sha256_bytes, write_bytes, write_json
 from simia.layout import CollectFiles, RunLayout, shard_params
-from simia.llm.accounting import COST_DECIMALS, TOKEN_KEYS, sum_usage
+from simia.llm.accounting import COST_DECIMALS, TOKEN_KEYS, add_usage, usage_of
 from simia.llm.client import LLMCallError, LLMClient
-from simia.llm.generation import (_parts_sha256, _prompt_parts, enough_text, generation_prompt,
-                                  load_seeds, parse_lines, pick_seed)
+from simia.llm.failures import check_failures, is_call_failure
+from simia.llm.generation import (_parts_sha256, _prompt_parts, completion_problem, enough_text,
+                                  generation_prompt, load_seeds, parse_lines, pick_seed)
 from simia.llm.judge import (SCHEMA_LEVEL, JudgeSettings, finding_level, findings_by_level,
                              judge_prompt, parse_judge_reply)
 from simia.llm.prompts import load_template
@@ -101,23 +108,6 @@ class Needs:
 
 # --------------------------------------------------------------------------- one item
 
-def _usage(done: Any, prices: Any, model_id: str) -> dict[str, Any]:
-    u = {"calls": done.attempts, "input_tokens": done.input_tokens,
-         "output_tokens": done.output_tokens, "cache_read_tokens": done.cache_read_tokens,
-         "cache_write_tokens": done.cache_write_tokens}
-    u["cost_usd"] = round(prices.cost(model_id, done.input_tokens, done.output_tokens,
-                                      done.cache_read_tokens, done.cache_write_tokens),
-                          COST_DECIMALS)
-    return u
-
-
-def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = round(out.get(k, 0) + v, COST_DECIMALS) if k == "cost_usd" else out.get(k, 0) + v
-    return out
-
-
 def item_cost(rec: dict[str, Any]) -> float:
     """An item's estimated cost (generation and judge calls)."""
     return sum(float(u.get("cost_usd", 0.0)) for u in (rec.get("usage") or {}).values())
@@ -160,7 +150,6 @@ class Collector:
 
     def _work(self, item: WorkItem, stage: str) -> dict[str, Any]:
         s, client = self.settings, self.client
-        prices, model = client.settings.prices, client.model_id
         seed = self.seeds[item.payload]
         rec: dict[str, Any] = {"id": item.id, "index": item.index, "seed_index": item.payload,
                                "usage": {}}
@@ -170,9 +159,14 @@ class Collector:
                                    max_tokens=s.max_tokens, temperature=s.temperature,
                                    max_rounds=s.max_rounds, keep_going=enough_text)
         except LLMCallError as exc:
+            rec["usage"]["generate"] = exc.usage
             return {**rec, "status": "generation_failed", "error": exc.error_class,
                     "detail": str(exc)}
-        rec["usage"]["generate"] = _usage(done, prices, model)
+        rec["usage"]["generate"] = done.usage
+        problem = completion_problem(done)
+        if problem is not None:
+            return {**rec, "status": "generation_failed", "error": problem[0],
+                    "detail": problem[1], "raw_text": done.text}
         turns = parse_lines(done.text)
         if turns is None:
             return {**rec, "status": "generation_failed", "error": "unparseable",
@@ -205,10 +199,10 @@ class Collector:
                                        max_tokens=self.judge.max_tokens,
                                        temperature=self.judge.temperature)
             except LLMCallError as exc:
+                rec["usage"]["judge"] = add_usage(rec["usage"].get("judge"), exc.usage)
                 return {**rec, "status": "judge_failed", "error": exc.error_class,
                         "detail": str(exc)}
-            rec["usage"]["judge"] = _add(rec["usage"].get("judge", {}),
-                                         _usage(done, prices, model))
+            rec["usage"]["judge"] = add_usage(rec["usage"].get("judge"), done.usage)
             text = done.text
             verdict, why = parse_judge_reply(text)
             if verdict is not None:
@@ -425,9 +419,10 @@ def _stage_of(path: Path, files: CollectFiles, shards: int) -> tuple[str, int, i
 
 def _run(collector: Collector, ckpt: Checkpoint, indices: Iterator[int], *, label: str,
          stage: str, needs: Needs, attempts: int, budget_usd: float,
-         base: tuple[int, int] = (0, 0)) -> None:
+         base: tuple[int, int] = (0, 0), keep_failures: bool = False) -> None:
     """Run items until ``needs`` (counting ``base`` found elsewhere) are met, ``attempts``
-    items are in the checkpoint or ``budget_usd`` is spent."""
+    items are in the checkpoint or ``budget_usd`` is spent; items whose calls failed are
+    run again unless ``keep_failures``."""
     import threading
 
     lock = threading.Lock()
@@ -451,23 +446,31 @@ def _run(collector: Collector, ckpt: Checkpoint, indices: Iterator[int], *, labe
               concurrency=collector.client.settings.concurrency,
               is_success=lambda r: r["status"] in ("clean", "sycophantic"),
               max_attempts=attempts, stop_when=stop,
+              redo=(lambda r: False) if keep_failures else is_call_failure,
               progress=progress_logger(collector.client, f"generate:{stage}", label))
 
 
 def run_pilot(collector: Collector, files: CollectFiles, needs: Needs,
               caps: CollectionSettings, *, shards: int,
-              source: CollectFiles | None = None) -> dict[str, Any]:
+              source: CollectFiles | None = None,
+              keep_failures: bool = False) -> dict[str, Any]:
     """Run (or resume) the pilot, write ``pilot.json`` (yields and projection) and return
-    it; raises :class:`CapReached` when the caps cannot fill the pools even at the
-    optimistic end of the projection."""
+    it; raises :class:`~simia.llm.failures.LLMStageFailed` when too many of its items'
+    calls failed (its yields would say nothing), :class:`CapReached` when the caps cannot
+    fill the pools even at the optimistic end of the projection."""
     if source is not None:
         import_source(files, source, collector, pilot=caps.collect_pilot, shards=shards)
     n = min(caps.collect_pilot, caps.collect_max_attempts)
     with open_checkpoint(files.dir, files.PILOT, 0, 1, collector.params) as ckpt:
         _run(collector, ckpt, iter(range(n)), label="collection pilot", stage="pilot",
-             needs=needs, attempts=n, budget_usd=caps.collect_budget_usd)
+             needs=needs, attempts=n, budget_usd=caps.collect_budget_usd,
+             keep_failures=keep_failures)
         records = sorted(ckpt.records.values(), key=lambda r: r["index"])
+        checkpoint = ckpt.path
     found = yields(records)
+    if not needs.met(found["counts"]["clean"], found["counts"]["sycophantic"]):
+        check_failures("collection pilot", checkpoint, records, is_call_failure,
+                       collector.client.settings.max_failed_share)
     parallel = collector.client.settings.concurrency * shards
     proj = projection(found, needs, parallel=parallel)
     text = describe(found, needs, proj)
@@ -537,9 +540,11 @@ def shard_plan(files: CollectFiles, needs: Needs, caps: CollectionSettings, shar
 
 
 def run_shard(collector: Collector, files: CollectFiles, needs: Needs,
-              caps: CollectionSettings, *, shard: int, shards: int) -> dict[str, Any]:
+              caps: CollectionSettings, *, shard: int, shards: int,
+              keep_failures: bool = False) -> dict[str, Any]:
     """Run (or resume) one shard until its share is found or its share of a cap is
-    used; a capped shard ends normally (the merge decides, over all shards)."""
+    used; a capped shard ends normally (the merge decides, over all shards) unless too
+    many of its items' calls failed (:class:`~simia.llm.failures.LLMStageFailed`)."""
     if not files.pilot.is_file():
         raise InputError(files.pilot, "the collection pilot has not run; run it first")
     plan = shard_plan(files, needs, caps, shard, shards)
@@ -550,10 +555,14 @@ def run_shard(collector: Collector, files: CollectFiles, needs: Needs,
     with open_checkpoint(files.dir, files.STAGE, shard, shards, collector.params) as ckpt:
         _run(collector, ckpt, indices, label=f"collection shard {shard + 1}/{shards}",
              stage=f"collect-{shard}", needs=share, attempts=plan["attempts"],
-             budget_usd=plan["budget_usd"])
+             budget_usd=plan["budget_usd"], keep_failures=keep_failures)
         records = list(ckpt.records.values())
+        checkpoint = ckpt.path
     found = yields(records)
     full = share.met(found["counts"]["clean"], found["counts"]["sycophantic"])
+    if not full:
+        check_failures(f"collection shard {shard}", checkpoint, records, is_call_failure,
+                       collector.client.settings.max_failed_share)
     summary = {"plan": plan, "found": found, "full": full}
     log.info("collection shard %d/%d: %s of its share (%d clean, %d sycophantic) in %d "
              "attempts, $%.2f", shard + 1, shards, "found all" if full else "stopped short",
@@ -563,18 +572,6 @@ def run_shard(collector: Collector, files: CollectFiles, needs: Needs,
 
 
 # --------------------------------------------------------------------------- merge
-
-def usage_of(records: Iterable[dict[str, Any]], kinds: Iterable[str], prices: PriceTable,
-             model_id: str) -> dict[str, Any]:
-    """The summed usage of ``kinds`` (``generate``, ``judge``, ...) over ``records``, its
-    cost priced once from the summed token counts (not a sum of rounded item costs)."""
-    kinds = tuple(kinds)
-    total = sum_usage([{**u, "model_id": model_id} for r in records
-                       for k, u in (r.get("usage") or {}).items() if k in kinds])
-    total["cost_usd"] = round(prices.cost(model_id, *(int(total[k]) for k in TOKEN_KEYS)),
-                              COST_DECIMALS)
-    return total
-
 
 def merge_collection(run: RunLayout, needs: Needs, caps: CollectionSettings, *,
                      fmt: str, tau2_data_dir: str | Path | None, threshold: float,
@@ -675,12 +672,14 @@ def merge_collection(run: RunLayout, needs: Needs, caps: CollectionSettings, *,
 
 def collect_all(collector: Collector, run: RunLayout, needs: Needs, caps: CollectionSettings,
                 *, fmt: str, tau2_data_dir: str | Path | None, threshold: float,
-                shards: int = 1, source: RunLayout | None = None) -> dict[str, Any]:
+                shards: int = 1, source: RunLayout | None = None,
+                keep_failures: bool = False) -> dict[str, Any]:
     """Pilot, shards (one after another) and merge in this process (``simia collect``)."""
     run_pilot(collector, run.collect, needs, caps, shards=shards,
-              source=source.collect if source else None)
+              source=source.collect if source else None, keep_failures=keep_failures)
     for k in range(shards):
-        run_shard(collector, run.collect, needs, caps, shard=k, shards=shards)
+        run_shard(collector, run.collect, needs, caps, shard=k, shards=shards,
+                  keep_failures=keep_failures)
     return merge_collection(run, needs, caps, fmt=fmt, tau2_data_dir=tau2_data_dir,
                             threshold=threshold, model_id=collector.client.model_id,
                             prices=collector.client.settings.prices,

@@ -18,7 +18,15 @@ Conversations: item ``i`` picks seed ``Random(f"{seed}:{i}")`` from the seed fil
 replacement, the same pick on every run and machine), sends the prompt for the chosen
 simulator mode, and parses the reply's ``HUMAN:``/``ASSISTANT:``/``FUNCTION_CALL:``/
 ``OBSERVATION:`` lines. Items run until ``target`` conversations parse, bounded by
-``max_attempts``; every failure is kept with its reason and the raw text.
+``max_attempts``; every failure is kept with its reason and the raw text. A reply that
+still stops at ``max_tokens`` after its last round, or whose continuation restarts the
+conversation or refuses, is a failure too (:func:`completion_problem`), never a valid
+conversation.
+
+Every record keeps what its item cost (``usage``: its HTTP requests, failed ones
+included, tokens and cost, summed over re-runs of the item), and summaries sum the
+records: a resumed or retried stage reports every call it made. A stage with too many
+failed items fails, and a re-run retries recorded failures (:mod:`simia.llm.failures`).
 """
 
 from __future__ import annotations
@@ -40,7 +48,9 @@ from simia.domains.telecom import AGENT_INSTRUCTION
 from simia.errors import InputError
 from simia.io import sha256_bytes, read_bytes, write_bytes, write_json, write_jsonl
 from simia.layout import GenerateFiles, SeedFiles
-from simia.llm.client import LLMCallError, LLMClient
+from simia.llm.accounting import add_item_usage, usage_of
+from simia.llm.client import Completion, LLMCallError, LLMClient
+from simia.llm.failures import check_failures, is_call_failure
 from simia.llm.prompts import load_pair, load_template, render
 from simia.llm.replies import extract_json_object
 from simia.llm.runner import WorkItem, item_id, progress_logger, run_items
@@ -81,6 +91,50 @@ def parse_lines(text: str) -> list[dict[str, str]] | None:
     if not turns or any(not t["value"] for t in turns):
         return None
     return turns
+
+
+_REFUSAL = re.compile(r"(?:I\s+(?:cannot|can't|can\s+not|won't|will\s+not|am\s+unable|"
+                      r"am\s+not\s+able|apologi[sz]e)|I'm\s+(?:sorry|unable|not\s+able)|"
+                      r"I\s+am\s+sorry|Sorry|As\s+an\s+AI)\b", re.IGNORECASE)
+#: a turn marker with other text before it on its line
+_INLINE_MARKER = re.compile(r"[^\s][ \t]*(?:HUMAN|ASSISTANT|FUNCTION_CALL|OBSERVATION):")
+#: the shortest first turn whose repetition in a continuation counts as a restart
+_RESTART_MIN_CHARS = 20
+
+
+def completion_problem(done: Completion) -> tuple[str, str] | None:
+    """Why a generated reply cannot be a whole conversation, as (error, detail), or None.
+
+    - ``truncated``: the last round still stopped at ``max_tokens`` (the conversation
+      ends mid-turn, often mid-word);
+    - ``bad_continuation``: a continuation round refuses (starts with "I cannot...",
+      "I'm sorry..."), starts a turn in the middle of a line (text stitched onto the cut:
+      ``...verificHUMAN: Hi there``), or restarts the conversation (repeats its first
+      turn's line).
+
+    Generation and the collection both call it on every completion before parsing.
+    """
+    parts = done.parts or (done.text,)
+    first = next((line.strip() for line in parts[0].splitlines() if _marker(line)), "")
+    text = parts[0]
+    for n, part in enumerate(parts[1:], start=2):
+        head = " ".join(part.split())[:120]
+        if _REFUSAL.match(part.lstrip()):
+            return "bad_continuation", f"continuation round {n} refuses: {head!r}"
+        tail = text[text.rfind("\n") + 1:]
+        joined = tail + part
+        if any(m.end() > len(tail) for m in _INLINE_MARKER.finditer(joined)):
+            return "bad_continuation", (f"continuation round {n} starts a turn in the middle "
+                                        f"of a line: {head!r}")
+        if len(first) >= _RESTART_MIN_CHARS and any(line.strip() == first
+                                                     for line in part.splitlines()):
+            return "bad_continuation", (f"continuation round {n} restarts the conversation "
+                                        f"(repeats its first turn): {head!r}")
+        text += part
+    if done.stop_reason == "max_tokens":
+        return "truncated", (f"the reply still stopped at max_tokens after {done.rounds} "
+                             "round(s)")
+    return None
 
 
 def enough_text(text: str) -> bool:
@@ -202,9 +256,13 @@ def _tau2_text(folder: Path, name: str) -> str:
 
 def generate_seeds_stage(out_dir: str | Path, settings: SeedSettings, client: LLMClient, *,
                          tau2_data_dir: str | Path | None = None, force: bool = False,
-                         domain: str = "telecom") -> dict[str, Any]:
+                         domain: str = "telecom",
+                         keep_failures: bool = False) -> dict[str, Any]:
     """``settings.n_seeds`` seeds -> ``seeds.json`` (+ ``seed_failures.jsonl``, summary):
-    the files of :class:`simia.layout.SeedFiles` in ``out_dir``."""
+    the files of :class:`simia.layout.SeedFiles` in ``out_dir``. Recorded failures are
+    tried again unless ``keep_failures``; raises :class:`~simia.llm.failures.
+    LLMStageFailed` (after writing the failures and the summary, before ``seeds.json``)
+    when too many seeds failed (see :mod:`simia.llm.failures`)."""
     out_dir = Path(out_dir)
     files = SeedFiles(out_dir)
     dom = DOMAINS[domain]
@@ -228,7 +286,8 @@ def generate_seeds_stage(out_dir: str | Path, settings: SeedSettings, client: LL
         spec = orjson.dumps(cell).decode()
         system = render(*system_t, spec=spec, **fields) if system_t else None
         prompt = render(template, where, spec=spec, **fields)
-        rec: dict[str, Any] = {"id": item.id, "index": item.index, "taxonomy": cell}
+        rec: dict[str, Any] = {"id": item.id, "index": item.index, "taxonomy": cell,
+                               "usage": {}}
         text, why = "", ""
         for attempt in range(1, settings.tries + 1):
             try:
@@ -236,8 +295,10 @@ def generate_seeds_stage(out_dir: str | Path, settings: SeedSettings, client: LL
                                        max_tokens=settings.max_tokens,
                                        temperature=settings.temperature)
             except LLMCallError as exc:
+                rec["usage"] = add_item_usage(rec["usage"], {"seeds": exc.usage})
                 return {**rec, "status": "failed", "error": exc.error_class,
                         "detail": str(exc), "tries": attempt}
+            rec["usage"] = add_item_usage(rec["usage"], {"seeds": done.usage})
             text = done.text
             obj = extract_json_object(text)
             turns = _normalise_seed_turns(obj.get("conversations")) if obj else None
@@ -258,24 +319,30 @@ def generate_seeds_stage(out_dir: str | Path, settings: SeedSettings, client: LL
                  for i in range(settings.n_seeds))
         report = run_items(items, work, ckpt, concurrency=client.settings.concurrency,
                            is_success=lambda r: r["status"] == "ok",
+                           redo=(lambda r: False) if keep_failures
+                           else (lambda r: r["status"] != "ok"),
                            progress=progress_logger(client, "seeds", "seeds"),
                            total=settings.n_seeds)
         records = sorted(ckpt.records.values(), key=lambda r: r["index"])
+        checkpoint = ckpt.path
     seeds = [r["seed"] for r in records if r["status"] == "ok"]
     failures = [r for r in records if r["status"] != "ok"]
-    if not seeds:
-        raise InputError(out_dir, f"seeds: none of {settings.n_seeds} seeds could be "
-                         f"generated; see {files.failures}")
-    write_bytes(files.seeds, orjson.dumps(seeds, option=orjson.OPT_INDENT_2))
     write_jsonl(files.failures, failures)
     summary = {"stage": "seeds", "requested": settings.n_seeds, "seeds": len(seeds),
                "failed": len(failures),
                "failed_by_error": dict(Counter(r["error"] for r in failures)),
-               "resumed_items": report.resumed, "prompt_template": where,
+               "submitted_now": report.submitted, "resumed_items": report.resumed,
+               "prompt_template": where,
                "outputs": {"seeds": str(files.seeds), "failures": str(files.failures)},
-               "llm": client.usage_summary("seeds"),
+               "llm": usage_of(records, ["seeds"], client.settings.prices, client.model_id),
                "seconds": round(time.perf_counter() - t0, 3)}
     write_json(files.summary, summary, indent=True)
+    check_failures("seeds", checkpoint, records, lambda r: r["status"] != "ok",
+                   client.settings.max_failed_share)
+    if not seeds:
+        raise InputError(out_dir, f"seeds: none of {settings.n_seeds} seeds could be "
+                         f"generated; see {files.failures}")
+    write_bytes(files.seeds, orjson.dumps(seeds, option=orjson.OPT_INDENT_2))
     return summary
 
 
@@ -326,11 +393,15 @@ def generation_prompt(seed: dict[str, Any], settings: GenerationSettings, variat
 
 def generate_shard(seeds_path: str | Path, out_dir: str | Path, settings: GenerationSettings,
                    client: LLMClient, *, shard: int = 0, shards: int = 1,
-                   force: bool = False) -> dict[str, Any]:
+                   force: bool = False, keep_failures: bool = False) -> dict[str, Any]:
     """Generate this shard's share of ``settings.target`` valid conversations.
 
-    Raises :class:`InputError` when the attempt bound is reached first (the checkpoint
-    keeps everything done so far; a re-run with a higher bound continues from it).
+    Items whose call failed (:func:`~simia.llm.failures.is_call_failure`) are tried again
+    unless ``keep_failures`` (an unusable reply is a yield: it stays). Short of the
+    target, raises :class:`~simia.llm.failures.LLMStageFailed` when every item or more
+    than ``max_failed_share`` of them failed calls, else :class:`InputError` (the attempt
+    bound was reached: the checkpoint keeps everything done so far; a re-run with a
+    higher bound continues from it).
     """
     out_dir = Path(out_dir)
     seed_bytes = read_bytes(seeds_path, what="seed file")
@@ -355,7 +426,13 @@ def generate_shard(seeds_path: str | Path, out_dir: str | Path, settings: Genera
                                    temperature=settings.temperature,
                                    max_rounds=settings.max_rounds, keep_going=enough_text)
         except LLMCallError as exc:
-            return {**rec, "status": "failed", "error": exc.error_class, "detail": str(exc)}
+            return {**rec, "status": "failed", "error": exc.error_class, "detail": str(exc),
+                    "usage": {"generate": exc.usage}}
+        rec["usage"] = {"generate": done.usage}
+        problem = completion_problem(done)
+        if problem is not None:
+            return {**rec, "status": "failed", "error": problem[0], "detail": problem[1],
+                    "raw_text": done.text, "rounds": done.rounds}
         turns = parse_lines(done.text)
         if turns is None:
             return {**rec, "status": "failed", "error": "unparseable",
@@ -382,19 +459,25 @@ def generate_shard(seeds_path: str | Path, out_dir: str | Path, settings: Genera
         report = run_items(items(), work, ckpt, concurrency=client.settings.concurrency,
                            is_success=lambda r: r["status"] == "ok", target=target,
                            max_attempts=bound,
+                           redo=(lambda r: False) if keep_failures else is_call_failure,
                            progress=progress_logger(client, stage,
                                                      f"generation shard {shard + 1}/{shards}"))
         records = list(ckpt.records.values())
+        checkpoint = ckpt.path
     ok = sum(1 for r in records if r["status"] == "ok")
     summary = {"stage": stage, "shard": shard, "shards": shards, "target": target,
                "valid": ok, "failed": len(records) - ok, "attempts_bound": bound,
                "submitted_now": report.submitted, "resumed_items": report.resumed,
                "failed_by_error": dict(Counter(r["error"] for r in records
                                                if r["status"] != "ok")),
-               "llm": client.usage_summary(key),
+               "call_failures": sum(1 for r in records if is_call_failure(r)),
+               "llm": usage_of(records, ["generate"], client.settings.prices,
+                               client.model_id),
                "seconds": round(time.perf_counter() - t0, 3)}
     summary = write_shard_summary(out_dir, stage, shard, shards, summary)
     if ok < target:
+        check_failures(f"generate shard {shard}", checkpoint, records, is_call_failure,
+                       client.settings.max_failed_share)
         raise InputError(out_dir, f"generate shard {shard}: reached the attempt bound "
                          f"({bound} tries) with {ok} of {target} valid conversations; "
                          f"failures by error: {summary['failed_by_error']}. Raise "

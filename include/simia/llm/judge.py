@@ -12,7 +12,9 @@ gets the reference's layout: the rubric alone as system prompt, all three keys i
 user message. The reply is parsed tolerantly (the whole text, else first ``{`` to last ``}``) and
 validated into :class:`JudgeResult`; a reply that still does not parse after ``tries``
 calls is recorded as a failure with its raw text, so it labels nothing instead of
-silently counting as clean. Results are keyed by ``conv_idx`` = the conversation's
+silently counting as clean. Every record keeps what its conversation cost (``usage``,
+summed over re-runs); a shard with too many failures fails, and a re-run judges recorded
+failures again (:mod:`simia.llm.failures`). Results are keyed by ``conv_idx`` = the conversation's
 index in the raw file, in the format the dataset builder reads.
 """
 
@@ -31,7 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from simia.domains import DOMAINS
 from simia.io import read_bytes, sha256_bytes, write_json, write_jsonl
 from simia.layout import JudgeFiles
+from simia.llm.accounting import add_item_usage, usage_of
 from simia.llm.client import LLMCallError, LLMClient
+from simia.llm.failures import check_failures
 from simia.llm.prompts import load_template, render
 from simia.llm.replies import extract_json_object
 from simia.llm.runner import WorkItem, progress_logger, run_items
@@ -130,9 +134,12 @@ def judge_item_id(row: dict[str, Any]) -> str:
 
 def judge_shard(processed_path: str | Path, out_dir: str | Path, settings: JudgeSettings,
                 client: LLMClient, *, shard: int = 0, shards: int = 1, force: bool = False,
-                retry_failed: bool = False) -> dict[str, Any]:
+                keep_failures: bool = False) -> dict[str, Any]:
     """Judge this shard's conversations of ``processed.json`` (those whose position
-    ``i`` has ``i % shards == shard``). ``retry_failed``: judge recorded failures again."""
+    ``i`` has ``i % shards == shard``); recorded failures are judged again unless
+    ``keep_failures``. Raises :class:`~simia.llm.failures.LLMStageFailed` (after writing
+    the shard's summary) when every conversation or more than ``max_failed_share`` of
+    them failed."""
     out_dir = Path(out_dir)
     data = read_bytes(processed_path, what="processed conversations file")
     rows = load_processed(processed_path, data=data)
@@ -146,7 +153,7 @@ def judge_shard(processed_path: str | Path, out_dir: str | Path, settings: Judge
     def work(item: WorkItem) -> dict[str, Any]:
         row = rows[item.payload]
         rec: dict[str, Any] = {"id": item.id, "index": item.payload,
-                               "conv_idx": row["source_index"]}
+                               "conv_idx": row["source_index"], "usage": {}}
         system, prompt = judge_prompt(row, rubric, where, settings.domain)
         text, why = "", ""
         for attempt in range(1, settings.tries + 1):
@@ -155,7 +162,9 @@ def judge_shard(processed_path: str | Path, out_dir: str | Path, settings: Judge
                                        max_tokens=settings.max_tokens,
                                        temperature=settings.temperature)
             except LLMCallError as exc:
+                rec["usage"] = add_item_usage(rec["usage"], {"judge": exc.usage})
                 return {**rec, "error": exc.error_class, "detail": str(exc), "tries": attempt}
+            rec["usage"] = add_item_usage(rec["usage"], {"judge": done.usage})
             text = done.text
             result, why = parse_judge_reply(text)
             if result is not None:
@@ -168,20 +177,24 @@ def judge_shard(processed_path: str | Path, out_dir: str | Path, settings: Judge
     with open_checkpoint(out_dir, stage, shard, shards, params, force=force) as ckpt:
         report = run_items(items, work, ckpt, concurrency=client.settings.concurrency,
                            is_success=lambda r: "error" not in r,
-                           redo=(lambda r: "error" in r) if retry_failed else lambda r: False,
+                           redo=(lambda r: False) if keep_failures else (lambda r: "error" in r),
                            progress=progress_logger(client, stage,
                                                     f"judge shard {shard + 1}/{shards}"),
                            total=sum(1 for i in range(len(rows))
                                      if shard_of(i, shards) == shard))
         records = list(ckpt.records.values())
+        checkpoint = ckpt.path
     failed = [r for r in records if "error" in r]
     summary = {"stage": stage, "shard": shard, "shards": shards, "judged": len(records),
                "scored": len(records) - len(failed), "failed": len(failed),
                "failed_by_error": dict(Counter(r["error"] for r in failed)),
                "submitted_now": report.submitted, "resumed_items": report.resumed,
-               "prompt_template": where, "llm": client.usage_summary(key),
+               "prompt_template": where,
+               "llm": usage_of(records, ["judge"], client.settings.prices, client.model_id),
                "seconds": round(time.perf_counter() - t0, 3)}
     summary = write_shard_summary(out_dir, stage, shard, shards, summary)
+    check_failures(f"judge shard {shard}", checkpoint, records, lambda r: "error" in r,
+                   client.settings.max_failed_share)
     return summary
 
 
@@ -194,7 +207,8 @@ def merge_judge(out_dir: str | Path, *, shards: int = 1,
     files = JudgeFiles(out_dir)
     records = sorted(read_shards(out_dir, files.STAGE, shards), key=lambda r: r["conv_idx"])
     path = files.scores
-    write_jsonl(path, records)
+    write_jsonl(path, ({k: v for k, v in r.items() if k not in ("usage", "runs")}
+                       for r in records))
     scored = [r for r in records if "error" not in r]
     summary = {"stage": "judge", "conversations": len(records), "scored": len(scored),
                "failed": len(records) - len(scored),

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from simia.errors import InputError
+from simia.llm.accounting import add_item_usage
 
 log = logging.getLogger("simia.llm")
 
@@ -214,6 +215,16 @@ def progress_logger(client: Any, stage: str, label: str,
     return report
 
 
+def carry_over(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new``, the record of a redone item, with what its earlier record ``old`` cost
+    added to its ``usage`` and ``runs`` (how many times the item ran) counted up: a
+    stage's usage, summed over its records, so counts every try."""
+    out = {**new, "runs": int(old.get("runs", 1)) + int(new.get("runs", 1))}
+    if old.get("usage") or new.get("usage"):
+        out["usage"] = add_item_usage(old.get("usage"), new.get("usage"))
+    return out
+
+
 @dataclass
 class RunReport:
     submitted: int = 0
@@ -243,7 +254,8 @@ def run_items(
     ``target``: stop once this many records (old and new) are successes; ``max_attempts``:
     stop once this many records exist in all. ``work`` must return a record with the
     item's ``id``; exceptions it raises (configuration errors) stop the run after the
-    in-flight items' results are saved, and propagate.
+    in-flight items' results are saved, and propagate. A redone item's new record
+    carries its old record's usage (:func:`carry_over`).
 
     ``concurrency`` worker threads each take the next item, run it and save its record,
     with no hand-off through the calling thread (which only waits): one thread switch
@@ -295,6 +307,9 @@ def run_items(
                 rec = work(item)
                 if rec.get("id") != item.id:
                     raise AssertionError(f"work returned id {rec.get('id')!r} for {item.id}")
+                old = checkpoint.records.get(item.id)  # a recorded failure, redone
+                if old is not None:
+                    rec = carry_over(old, rec)
                 checkpoint.append(rec)
                 success = is_success(rec)
             except BaseException as exc:  # noqa: BLE001 -- re-raised by the caller

@@ -90,9 +90,9 @@ def summary_path(out_dir: Path, stage: str, shard: int, shards: int) -> Path:
 
 def write_shard_summary(out_dir: Path, stage: str, shard: int, shards: int,
                         summary: dict[str, Any]) -> dict[str, Any]:
-    """Write a shard's summary; its ``llm`` usage adds up over every invocation of the
-    shard that got this far (a retried task's calls are counted too, a killed one's are
-    not: it never wrote a summary)."""
+    """Write a shard's summary, counting its ``invocations``. Its ``llm`` usage is the
+    sum of the checkpoint's records (each keeps what its item cost, over every try), so
+    it covers every invocation, a killed one's finished items included."""
     path = summary_path(out_dir, stage, shard, shards)
     runs = 1
     if path.is_file():
@@ -100,8 +100,7 @@ def write_shard_summary(out_dir: Path, stage: str, shard: int, shards: int,
             old = read_json(path)
         except InputError:
             old = {}
-        if isinstance(old, dict) and isinstance(old.get("llm"), dict):
-            summary = {**summary, "llm": sum_usage([old["llm"], summary["llm"]])}
+        if isinstance(old, dict):
             runs = int(old.get("invocations", 1)) + 1
     summary["invocations"] = runs
     write_json(path, summary, indent=True)

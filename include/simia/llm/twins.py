@@ -38,7 +38,8 @@ from simia.io import dumps_jsonl, read_jsonl, sha256_bytes, write_bytes, write_j
 from simia.layout import TwinFiles
 from simia.llm.accounting import COST_DECIMALS
 from simia.llm.client import LLMCallError, LLMClient
-from simia.llm.collect import CapReached, _add, _usage, item_cost, usage_of
+from simia.llm.accounting import add_usage
+from simia.llm.collect import CapReached, item_cost, usage_of
 from simia.llm.judge import (CONTEXT_FIELD, JudgeSettings, judge_context, judge_prompt,
                              parse_judge_reply)
 from simia.llm.prompts import load_template, render
@@ -174,10 +175,10 @@ def make_twins(processed_path: str | Path, scores_path: str | Path, out_dir: str
                                        max_tokens=settings.max_tokens,
                                        temperature=settings.temperature)
             except LLMCallError as exc:
+                rec["usage"]["rewrite"] = add_usage(rec["usage"].get("rewrite"), exc.usage)
                 return {**rec, "status": "discarded", "reason": "rewrite_call_failed",
                         "detail": f"{exc.error_class}: {exc}"}
-            rec["usage"]["rewrite"] = _add(rec["usage"].get("rewrite", {}),
-                                           _usage(done, prices, model))
+            rec["usage"]["rewrite"] = add_usage(rec["usage"].get("rewrite"), done.usage)
             text = done.text
             rw, why = parse_rewrite(text, turns)
             if rw is not None:
@@ -199,10 +200,10 @@ def make_twins(processed_path: str | Path, scores_path: str | Path, out_dir: str
                                        max_tokens=judge.max_tokens,
                                        temperature=judge.temperature)
             except LLMCallError as exc:
+                rec["usage"]["judge"] = add_usage(rec["usage"].get("judge"), exc.usage)
                 return {**rec, "status": "discarded", "reason": "judge_call_failed",
                         "detail": f"{exc.error_class}: {exc}"}
-            rec["usage"]["judge"] = _add(rec["usage"].get("judge", {}),
-                                         _usage(done, prices, model))
+            rec["usage"]["judge"] = add_usage(rec["usage"].get("judge"), done.usage)
             verdict, jwhy = parse_judge_reply(done.text)
             if verdict is not None:
                 break

@@ -145,6 +145,18 @@ class LLMSettings(SettingsModel):
                     "a Bedrock cache point: later calls read it from the cache at a tenth "
                     "of the input price. Off: no cache point. The OpenAI-compatible "
                     "backend ignores it.")
+    #: 0.25: an LLM stage tolerates a few failed items (a short outage, a handful of
+    #: refused prompts: they are recorded and retried on the next run) but not a failure
+    #: mode. With a quarter of the items failed something systematic is wrong (quota,
+    #: endpoint, prompts), and going on would silently shrink or skew what the
+    #: experiment is built from (a judge shard with a third of its labels missing)
+    max_failed_share: float = setting(
+        0.25, param="llm_max_failed_share", cli="max_failed_share", ge=0, le=1,
+        title="Largest share of failed items",
+        description="An LLM stage (seeds, generation, judge, collection) fails when every "
+                    "item failed or more than this share of them did (generation and "
+                    "collection: failed calls, when a shard ends short of its target). "
+                    "Recorded failures are retried when the stage runs again.")
     #: the shortest prefix (in tokens, estimated at 4 characters a token) that gets a
     #: cache point: the model's minimum on Bedrock (Claude Sonnet 4: 1,024; some models
     #: need more), under which Bedrock does not cache it
