@@ -240,3 +240,17 @@ def test_prompt_caching_off_sends_no_cache_point_and_the_same_input(converse_ser
     assert usage[False][2]["hits"] == usage[False][2]["misses"] == 0
     assert (tmp_path / "j-True" / "judge_scores.jsonl").read_text() == \
         (tmp_path / "j-False" / "judge_scores.jsonl").read_text()
+
+
+def test_no_usable_seed_fails_pointing_to_the_failures_it_wrote(converse_server, tmp_path,
+                                                                tau2_dir):
+    from simia.errors import InputError
+
+    converse_server.configure(fault_rate=1.0, fault_kinds=("unparseable",))
+    with pytest.raises(InputError, match="none of 2 seeds") as exc:
+        generate_seeds_stage(tmp_path / "seeds", SeedSettings(n_seeds=2, tries=1),
+                             _client(converse_server), tau2_data_dir=tau2_dir)
+    failures = tmp_path / "seeds" / "seed_failures.jsonl"
+    assert str(failures) in str(exc.value)
+    assert [r["status"] for r in _lines(failures)] == ["failed", "failed"]
+    assert not (tmp_path / "seeds" / "seeds.json").exists()

@@ -263,11 +263,11 @@ def generate_seeds_stage(out_dir: str | Path, settings: SeedSettings, client: LL
         records = sorted(ckpt.records.values(), key=lambda r: r["index"])
     seeds = [r["seed"] for r in records if r["status"] == "ok"]
     failures = [r for r in records if r["status"] != "ok"]
+    write_jsonl(files.failures, failures)  # before failing: the error points to it
     if not seeds:
         raise InputError(out_dir, f"seeds: none of {settings.n_seeds} seeds could be "
                          f"generated; see {files.failures}")
     write_bytes(files.seeds, orjson.dumps(seeds, option=orjson.OPT_INDENT_2))
-    write_jsonl(files.failures, failures)
     summary = {"stage": "seeds", "requested": settings.n_seeds, "seeds": len(seeds),
                "failed": len(failures),
                "failed_by_error": dict(Counter(r["error"] for r in failures)),
