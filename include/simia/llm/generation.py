@@ -47,6 +47,7 @@ from simia.llm.runner import WorkItem, item_id, progress_logger, run_items
 from simia.llm.shards import (merged_usage, open_checkpoint, read_shards, shard_target,
                                write_shard_summary)
 from simia.data.records import ROLES, load_raw, parse_tools
+from simia.provenance import checkpoint_hashes, file_hashes, shard_checkpoints, shard_param
 
 log = logging.getLogger("simia.llm.generation")
 
@@ -273,6 +274,10 @@ def generate_seeds_stage(out_dir: str | Path, settings: SeedSettings, client: LL
                "failed_by_error": dict(Counter(r["error"] for r in failures)),
                "resumed_items": report.resumed, "prompt_template": where,
                "outputs": {"seeds": str(files.seeds), "failures": str(files.failures)},
+               "inputs_sha256": {"tau2_files": params["inputs_sha256"],
+                                 "templates": params["template_sha256"]},
+               "outputs_sha256": file_hashes({"seeds": files.seeds,
+                                              "failures": files.failures}),
                "llm": client.usage_summary("seeds"),
                "seconds": round(time.perf_counter() - t0, 3)}
     write_json(files.summary, summary, indent=True)
@@ -424,6 +429,11 @@ def merge_generation(out_dir: str | Path, settings: GenerationSettings, *,
                "attempted": len(records), "mode": settings.mode,
                "outputs": {"raw_conversations": str(files.raw),
                            "failures": str(files.failures)},
+               "seeds_sha256": shard_param(out_dir, files.STAGE, shards, "seeds_sha256"),
+               "inputs_sha256": checkpoint_hashes(shard_checkpoints(out_dir, files.STAGE,
+                                                                    shards)),
+               "outputs_sha256": file_hashes({"raw_conversations": files.raw,
+                                              "failures": files.failures}),
                "llm": merged_usage(out_dir, files.STAGE, shards)}
     write_json(files.summary, summary, indent=True)
     return summary
