@@ -108,6 +108,24 @@ def read_bytes(path: str | Path, *, what: str = "file") -> bytes:
     return data
 
 
+def json_error(exc: orjson.JSONDecodeError, data: bytes | memoryview) -> str:
+    """What is wrong with ``data`` that orjson refused, and where: orjson's own message,
+    except for a byte that is not UTF-8, which orjson places at "char 0" whatever its
+    position: that one is named by its value, line, column and byte offset."""
+    text = str(exc)
+    if "UTF-8" not in text:
+        return text
+    data = bytes(data)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        at = bad.start
+        line, line_start = data.count(b"\n", 0, at) + 1, data.rfind(b"\n", 0, at) + 1
+        return (f"not valid UTF-8: byte 0x{data[at]:02x} at line {line} column "
+                f"{at - line_start + 1} (byte offset {at})")
+    return text
+
+
 def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
     """Parse a whole JSON file, with errors that name the file and the position."""
     path = Path(path)
@@ -115,7 +133,7 @@ def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise InputError(path, f"malformed JSON: {exc}") from None
+        raise InputError(path, f"malformed JSON: {json_error(exc, data)}") from None
 
 
 #: where a top-level element ends in the two-space-indented layout that every list file of
@@ -166,10 +184,27 @@ def read_jsonl(path: str | Path, *, what: str = "JSONL file",
         try:
             rows.append(orjson.loads(line))
         except orjson.JSONDecodeError as exc:
-            raise InputError(path, f"line {lineno}: malformed JSON: {exc}") from None
+            # the lines before parsed, so a bad byte of the whole file is on this line
+            raise InputError(path, f"line {lineno}: malformed JSON: "
+                             f"{json_error(exc, data)}") from None
     return rows
 
 
 def sha256_bytes(data: bytes) -> str:
     """The hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex SHA-256 of the file at ``path`` (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_hashes(paths: dict[str, str | Path]) -> dict[str, str]:
+    """``{role: sha256}`` of the files that exist among ``paths`` (``{role: path}``):
+    what a summary records of its stage's inputs and outputs."""
+    return {role: sha256_file(path) for role, path in paths.items() if Path(path).is_file()}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from simia.errors import ConfigError, SimiaError
-from simia.layout import DataRoot, DatasetFiles, RunLayout, starts_after
+from simia.layout import DataRoot, RunLayout, starts_after
 
 __all__ = ["Done", "Skipped", "build_datasets", "collect_pilot", "collect_shard", "collecting",
            "generate_seeds", "generate_shard", "judge_shard", "make_twins", "merge_collection",
@@ -161,7 +161,7 @@ def merge_generation(p: Params, run: RunLayout) -> Done:
 
 def process(p: Params, run: RunLayout, raw: str) -> Done:
     """Validate and convert the raw conversations; every drop is recorded."""
-    from simia.data.stages import process_stage
+    from simia.data.stages import check_reused_output, process_stage
     from simia.io import read_json
 
     if _reusing(p, "process"):
@@ -169,6 +169,7 @@ def process(p: Params, run: RunLayout, raw: str) -> Done:
         print(f"start_from = {p['start_from']}: reusing {files.processed} (not processing "
               "again)")
         summary = read_json(files.summary, what="processing summary")
+        check_reused_output(files.processed, files.summary, "processed")
         return Done({"processed": str(files.processed),
                      "raw": summary.get("input_file") or raw,
                      "kept": summary.get("kept"), "input": summary.get("input"),
@@ -201,22 +202,27 @@ def judge_shard(p: Params, run: RunLayout, shard: int, processed: dict[str, Any]
 
 
 def score(p: Params, run: RunLayout, processed: dict[str, Any]) -> Done:
-    """Judge shards merged, rule scores of what is trained on, a validated judge-score
-    file, or the reused scores of an earlier run."""
-    from simia.data.stages import score_rules_stage, validate_scores_file
+    """Judge shards merged, rule scores of what is trained on, a judge-score file checked
+    against the processed conversations, or the reused scores of an earlier run (checked
+    the same way, and against the hash its stage recorded)."""
+    from simia.data.stages import check_reused_output, score_rules_stage, validate_scores_file
     from simia.llm.judge import merge_judge
 
     if collecting(p):
         raise Skipped(_BY_COLLECTION)
     source = p["label_source"]
     if _reusing(p, "score") and source != "judge_file":
-        path = str(_source(p).scores(source))
+        earlier = _source(p)
+        path = str(earlier.scores(source))
         print(f"start_from = {p['start_from']}: reusing the scores {path}")
+        check_reused_output(path, earlier.judge.summary if source == "judge"
+                            else earlier.rule_scores.summary, "scores")
+        validate_scores_file(path, processed["processed"])
         return Done({"scores": path, "source": source},
                     {"path": path, "source": source, "reused": True})
     if source == "judge_file":
         path = p["judge_scores"]
-        summary = validate_scores_file(path)
+        summary = validate_scores_file(path, processed["processed"])
         counts = {"conversations": summary["conversations"], "flagged": summary["flagged"]}
     elif source == "judge":
         summary = merge_judge(run.judge.dir, shards=p["shards"], threshold=p["label_threshold"])
@@ -350,13 +356,12 @@ def build_datasets(p: Params, run: RunLayout, processed: dict[str, Any] | None,
     collection's pools or the separate stages', with the twins swapped in when the
     source is ``twins``."""
     from simia.data.datasets import DatasetDesign
-    from simia.data.stages import build_datasets_stage
-    from simia.io import read_json
+    from simia.data.stages import build_datasets_stage, check_datasets_dir
     from simia.run_config import build, datasets_dir
 
     out = datasets_dir(p, run.root)  # the source run's with start_from = datasets
     if _reusing(p, "build"):
-        meta = read_json(DatasetFiles(out).metadata, what="dataset metadata")
+        meta = check_datasets_dir(out)
         print(f"start_from = datasets: training on the datasets of {out}")
         return Done({"dataset_dir": str(out), "datasets": meta.get("datasets", {})},
                     {"path": str(out), "reused": True})

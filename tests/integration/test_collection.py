@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
-from simia.data.stages import build_datasets_stage
+from simia.data.datasets import content_hash
+from simia.data.stages import build_datasets_stage, validate_scores_file
 from simia.errors import SimiaError
 from simia.layout import RunLayout
 from simia.llm.client import LLMSettings, make_client
@@ -43,6 +45,10 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_natural_collection_fills_the_design(converse_server, tmp_path, seeds_file, tau2_dir):
     converse_server.configure(judge_flag_rate=0.05)
     run = RunLayout(tmp_path / "run")
@@ -66,6 +72,21 @@ def test_natural_collection_fills_the_design(converse_server, tmp_path, seeds_fi
     rejects = _lines(run.processed.rejects)
     assert len(rejects) == found["counts"]["rejected"]
     assert all(r["reason"] and r["step"] for r in rejects)
+    # provenance: every merged file's sha256, the conversations' content hashes
+    assert [s["content_sha256"] for s in scores] == [content_hash(r) for r in processed]
+    assert summary["outputs_sha256"] == {"raw_conversations": _sha(run.generate.raw),
+                                         "processed": _sha(run.processed.processed),
+                                         "scores": _sha(run.judge.scores)}
+    assert sorted(summary["inputs_sha256"]) == [
+        "collect-pilot-shard-000-of-001.jsonl", "collect-shard-000-of-002.jsonl",
+        "collect-shard-001-of-002.jsonl"]
+    proc_summary = json.loads(run.processed.summary.read_text())
+    assert proc_summary["outputs_sha256"]["processed"] == _sha(run.processed.processed)
+    assert proc_summary["inputs_sha256"] == {"raw_conversations": _sha(run.generate.raw)}
+    judge_summary = json.loads(run.judge.summary.read_text())
+    assert judge_summary["processed_sha256"] == _sha(run.processed.processed)
+    assert validate_scores_file(run.judge.scores, run.processed.processed)["matched"] == \
+        len(processed)
     built = build_datasets_stage(run.processed.processed, run.judge.scores,
                                  run.datasets.dir, DESIGN)
     assert built["datasets"]["telecom_syc_10pct"]["sycophantic"] == 1
@@ -168,6 +189,10 @@ def test_twins_fill_the_design_and_differ_only_in_one_observation(converse_serve
     summary = make_twins(run.processed.processed, run.judge.scores, run.twins.dir, client,
                          needed=3, threshold=0, seed=42, budget_usd=100)
     assert summary["accepted"] == 3
+    assert summary["inputs_sha256"] == {"processed": _sha(run.processed.processed),
+                                        "scores": _sha(run.judge.scores)}
+    assert summary["outputs_sha256"] == {"twins": _sha(run.twins.twins),
+                                         "rejects": _sha(run.twins.rejects)}
     twins = _lines(run.twins.twins)
     processed = {r["source_index"]: r for r in
                  json.loads(run.processed.processed.read_text())}

@@ -50,6 +50,11 @@ def test_seeds_generate_judge_through_boto3(converse_server, tmp_path, tau2_dir)
     seeds = generate_seeds_stage(tmp_path / "seeds", SeedSettings(n_seeds=6), client,
                                  tau2_data_dir=tau2)
     assert seeds["seeds"] + seeds["failed"] == 6 and seeds["seeds"] >= 5
+    import hashlib
+    assert seeds["outputs_sha256"] == {
+        name: hashlib.sha256((tmp_path / "seeds" / file).read_bytes()).hexdigest()
+        for name, file in (("seeds", "seeds.json"), ("failures", "seed_failures.jsonl"))}
+    assert sorted(seeds["inputs_sha256"]) == ["tau2_files", "templates"]
     assert seeds["llm"]["calls"] >= 6 and seeds["llm"]["input_tokens"] > 0
     # the instructions, policy, workflow, DB examples and tools are read from the cache
     assert seeds["llm"]["cache_read_share"] > 0.5, seeds["llm"]
@@ -416,3 +421,62 @@ def test_seeds_fail_past_the_share_and_a_rerun_retries(converse_server, tmp_path
     summary = generate_seeds_stage(tmp_path, settings, client, tau2_data_dir=tau2)
     assert summary["seeds"] + summary["failed"] == 6 and summary["failed"] <= 1
     assert summary["llm"]["calls"] == converse_server.stats["requests"]
+
+
+def test_no_usable_seed_fails_pointing_to_the_failures_it_wrote(converse_server, tmp_path,
+                                                                tau2_dir):
+    from simia.errors import InputError
+
+    converse_server.configure(fault_rate=1.0, fault_kinds=("unparseable",))
+    with pytest.raises(InputError, match="none of 2 seeds") as exc:
+        generate_seeds_stage(tmp_path / "seeds", SeedSettings(n_seeds=2, tries=1),
+                             _client(converse_server), tau2_data_dir=tau2_dir)
+    failures = tmp_path / "seeds" / "seed_failures.jsonl"
+    assert str(failures) in str(exc.value)
+    assert [r["status"] for r in _lines(failures)] == ["failed", "failed"]
+    assert not (tmp_path / "seeds" / "seeds.json").exists()
+
+
+def test_judge_records_and_merges_carry_their_provenance(converse_server, tmp_path, seeds_file,
+                                                        tau2_dir):
+    import hashlib
+
+    from simia.data.datasets import content_hash
+    from simia.data.stages import validate_scores_file
+    from simia.errors import InputError
+
+    def sha(path):
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    client = _client(converse_server)
+    gen = GenerationSettings(target=6)
+    for shard in range(2):
+        generate_shard(seeds_file, tmp_path / "gen", gen, client, shard=shard, shards=2)
+    merged = merge_generation(tmp_path / "gen", gen, shards=2)
+    assert merged["seeds_sha256"] == sha(seeds_file)
+    assert merged["outputs_sha256"] == {
+        "raw_conversations": sha(tmp_path / "gen" / "raw_conversations.json"),
+        "failures": sha(tmp_path / "gen" / "generation_failures.jsonl")}
+    assert sorted(merged["inputs_sha256"]) == ["generate-shard-000-of-002.jsonl",
+                                               "generate-shard-001-of-002.jsonl"]
+    raw = tmp_path / "gen" / "raw_conversations.json"
+    process_stage(raw, tmp_path / "proc", tau2_data_dir=tau2_dir)
+    processed = tmp_path / "proc" / "processed.json"
+    judge_shard(processed, tmp_path / "judge", JudgeSettings(), client, shard=0, shards=2)
+    judge_shard(processed, tmp_path / "judge", JudgeSettings(), client, shard=1, shards=2)
+    judged = merge_judge(tmp_path / "judge", shards=2)
+    assert judged["processed_sha256"] == sha(processed)
+    scores = tmp_path / "judge" / "judge_scores.jsonl"
+    assert judged["outputs_sha256"] == {"scores": sha(scores)}
+    rows = {r["source_index"]: r for r in json.loads(processed.read_text())}
+    assert all(s["content_sha256"] == content_hash(rows[s["conv_idx"]]) for s in _lines(scores))
+    assert validate_scores_file(scores, processed)["matched"] == len(rows)
+
+    # a shard judged on another processed file: the merge refuses to mix them
+    other = json.loads(raw.read_text())
+    (tmp_path / "other.json").write_text(json.dumps(other[::-1]))
+    process_stage(tmp_path / "other.json", tmp_path / "proc2", tau2_data_dir=tau2_dir)
+    judge_shard(tmp_path / "proc2" / "processed.json", tmp_path / "judge", JudgeSettings(),
+                client, shard=1, shards=2, force=True)
+    with pytest.raises(InputError, match="processed_sha256 .* cannot be merged"):
+        merge_judge(tmp_path / "judge", shards=2)

@@ -146,3 +146,35 @@ def test_judge_reads_most_input_from_the_prompt_cache(reference_data, converse_s
     assert off["input_tokens"] == (on["input_tokens"] + on["cache_read_tokens"]
                                    + on["cache_write_tokens"])
     assert on["cost_usd"] < 0.5 * off["cost_usd"]
+
+
+def test_a_judge_file_is_accepted_only_with_its_own_processed_file(reference_data, tmp_path,
+                                                                  capsys):
+    from simia.cli import main
+    from simia.data.stages import validate_scores_file
+
+    exp = reference_data / "simia-wm-exp"
+    assert main(["process", str(exp / "tau2_telecom_sycophantic_200.json"), "--format",
+                 "hermes", "-o", str(tmp_path / "proc"), "--tau2-data-dir",
+                 str(reference_data / "tau2-telecom")]) == 0
+    processed = tmp_path / "proc" / "processed.json"
+    own = exp / "sycophancy_llm_scores_v2_sycophantic_telecom_200.jsonl"
+    checked = validate_scores_file(own, processed)
+    assert checked["conversations"] == 200
+    assert checked["matched"] == len(REFERENCE_KEPT["sycophantic"])
+    build = ["build-datasets", "--conversations", str(processed), "-o", str(tmp_path / "d"),
+             "--levels", "0,5", "--size", "40", "--shared-clean", "35", "--replicates", "1",
+             "--scores"]
+    assert main([*build, str(own)]) == 0
+    capsys.readouterr()
+    # the strict run's judge file: same indices 0..199, other conversations
+    strict = exp / "sycophancy_llm_scores_v2_strict_telecom_200.jsonl"
+    first = REFERENCE_KEPT["sycophantic"][0]
+    assert main([*build, str(strict)]) == 2
+    err = capsys.readouterr().err
+    assert f"{strict}, field 'based_on_sample': line {first + 1}: conversation {first} " \
+           f"does not belong to {processed}" in err, err
+    # the strict run's rule scores carry its simulator mode only
+    local = exp / "sycophancy_local_conv_scores_strict_telecom_200.jsonl"
+    assert main([*build, str(local)]) == 2
+    assert "field 'mode'" in capsys.readouterr().err

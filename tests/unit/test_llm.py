@@ -156,6 +156,20 @@ def test_checkpoint_survives_a_torn_last_line(tmp_path):
     assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["a", "b", "c"]
 
 
+def test_checkpoints_have_the_mode_of_every_output_whatever_the_umask(tmp_path):
+    from simia.io import OUTPUT_MODE, write_json
+
+    old = os.umask(0o077)
+    try:
+        with Checkpoint(tmp_path / "c.jsonl") as ckpt:
+            ckpt.append({"id": "a", "status": "ok"})
+        write_json(tmp_path / "summary.json", {"ok": True})
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"c.jsonl": OUTPUT_MODE, "summary.json": OUTPUT_MODE}
+
+
 def test_checkpoint_append_does_not_wait_for_the_disk(tmp_path, monkeypatch):
     """Lines are written by the checkpoint's writer thread: a slow disk delays the file,
     never the caller; close() writes everything, in order, and fsyncs."""

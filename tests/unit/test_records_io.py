@@ -199,3 +199,24 @@ def test_loads_list_errors_are_orjsons_own(data):
     with pytest.raises(orjson.JSONDecodeError) as exc:
         loads_list(data)
     assert str(exc.value) == str(plain.value)
+
+
+@pytest.mark.parametrize("name,data,where", [
+    ("whole.json", b'{"a": 1,\n "b": "caf\xe9"}', "line 2 column 11 (byte offset 19)"),
+    ("rows.jsonl", b'{"a": 1}\n{"b": "x"}\n{"c": "\xff"}\n', "line 3 column 8 (byte offset 27)"),
+])
+def test_a_byte_that_is_not_utf8_is_named_by_its_offset(tmp_path, name, data, where):
+    from simia.io import read_json
+    path = _write(tmp_path, data, name)
+    with pytest.raises(InputError) as exc:
+        read_jsonl(path) if name.endswith(".jsonl") else read_json(path)
+    assert "not valid UTF-8" in str(exc.value) and where in str(exc.value)
+    assert "char 0" not in str(exc.value)
+
+
+def test_a_raw_file_with_a_byte_that_is_not_utf8_names_it(tmp_path):
+    path = _write(tmp_path, b'[{"conversations": [{"from": "human", "value": "\x80"}]}]',
+                  "raw.json")
+    with pytest.raises(InputError) as exc:
+        load_raw(path)
+    assert "byte 0x80 at line 1 column 49 (byte offset 48)" in str(exc.value)

@@ -94,6 +94,59 @@ def parse_score_records(rows: Sequence[Any], path: str | Path) -> dict[int, Labe
     return labels
 
 
+#: fields of a score record that must equal the processed row's (the reference judge's
+#: ``based_on_sample``/``simulator_mode``; its rule scores call the mode ``mode``)
+_SAME_AS_ROW = (("based_on_sample", "based_on_sample"), ("simulator_mode", "simulator_mode"),
+                ("mode", "simulator_mode"))
+
+
+def check_scores_match(records: Sequence[Any], path: str | Path,
+                       rows: Sequence[dict[str, Any]], processed_path: str | Path, *,
+                       raw_count: int | None = None) -> int:
+    """Refuse score records (as :func:`parse_score_records` accepted them) that do not
+    belong to the conversations of the processed file ``rows``; returns how many records
+    label one of its rows.
+
+    A record's conversation (its ``source_index``, else ``conv_idx``, else ``index``) must
+    be a row of the processed file, or a conversation that processing rejected: an index
+    below ``raw_count`` (the raw file's length, when known; else the largest
+    ``source_index`` of the rows). Of a record labelling a row, the fields it carries must
+    match the row: ``index`` beside another key (the position in the processed file),
+    ``content_sha256`` (:func:`content_hash` of the row), ``based_on_sample`` and the
+    simulator mode. The first mismatch raises :class:`InputError` naming the score file,
+    its line, the field, and the value expected (from ``processed_path``) and found.
+    """
+    by_index = {row["source_index"]: pos for pos, row in enumerate(rows)}
+    known = max([raw_count or 0, *(i + 1 for i in by_index)])
+    matched = 0
+
+    def refuse(line: int, idx: int, field: str, expected: Any, found: Any) -> InputError:
+        return InputError(path, f"line {line}: conversation {idx} does not belong to "
+                          f"{processed_path}: {field} is {found!r}, expected {expected!r}",
+                          field=field)
+
+    for line, rec in enumerate(records, start=1):
+        key = next(k for k in ("source_index", "conv_idx", "index") if k in rec)
+        idx = rec[key]
+        pos = by_index.get(idx)
+        if pos is None:
+            if idx >= known:
+                raise InputError(path, f"line {line}: conversation {idx} is not in "
+                                 f"{processed_path}, whose raw conversations are numbered "
+                                 f"0..{known - 1}", field=key)
+            continue  # a conversation that processing rejected: it labels nothing
+        row = rows[pos]
+        if key != "index" and "index" in rec and rec["index"] != pos:
+            raise refuse(line, idx, "index", pos, rec["index"])
+        if "content_sha256" in rec and rec["content_sha256"] != (want := content_hash(row)):
+            raise refuse(line, idx, "content_sha256", want, rec["content_sha256"])
+        for field, row_field in _SAME_AS_ROW:
+            if field in rec and row_field in row and rec[field] != row[row_field]:
+                raise refuse(line, idx, field, row[row_field], rec[field])
+        matched += 1
+    return matched
+
+
 @lru_cache(maxsize=64)
 def _text_sha256(text: str | None) -> str | None:
     return None if text is None else hashlib.sha256(text.encode()).hexdigest()

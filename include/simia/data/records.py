@@ -19,7 +19,7 @@ import orjson
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 
 from simia.errors import InputError
-from simia.io import loads_list, read_bytes
+from simia.io import json_error, loads_list, read_bytes
 
 Role = Literal["human", "gpt", "function_call", "observation"]
 ROLES: tuple[str, ...] = ("human", "gpt", "function_call", "observation")
@@ -158,7 +158,7 @@ def _load(
     try:
         parsed = loads_list(data)
     except orjson.JSONDecodeError as jexc:
-        raise InputError(path, f"malformed JSON: {jexc}") from None
+        raise InputError(path, f"malformed JSON: {json_error(jexc, data)}") from None
     del data  # the parsed records are all that is needed from here on
     if not isinstance(parsed, list):
         raise InputError(path, "expected a JSON list of conversations, got "

@@ -51,7 +51,7 @@ from typing import Any
 import orjson
 
 from simia.errors import InputError
-from simia.io import read_bytes
+from simia.io import json_error, read_bytes
 from simia.layout import EvalFiles
 from simia.redaction import redact
 from simia.report.stats import task_pass_hat_k as pass_hat_k_task
@@ -359,7 +359,7 @@ def _load_json(path: Path, what: str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise InputError(path, f"malformed JSON: {exc}") from None
+        raise InputError(path, f"malformed JSON: {json_error(exc, data)}") from None
 
 
 def _participant(info: _Fields, name: str) -> AgentUserInfo:

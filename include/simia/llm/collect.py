@@ -53,7 +53,9 @@ from simia.data.processing import OutputFormat, process_conversations
 from simia.data.rules import score_conversation
 from simia.domains import DOMAINS
 from simia.errors import ConfigError, InputError, SimiaError
-from simia.io import dumps, dumps_jsonl, read_bytes, sha256_bytes, write_bytes, write_json
+from simia.data.datasets import content_hash
+from simia.io import (dumps, dumps_jsonl, read_bytes, sha256_bytes, sha256_file, write_bytes,
+                      write_json)
 from simia.layout import CollectFiles, RunLayout, shard_params
 from simia.llm.accounting import COST_DECIMALS, TOKEN_KEYS, add_usage, usage_of
 from simia.llm.client import LLMCallError, LLMClient
@@ -65,6 +67,7 @@ from simia.llm.judge import (SCHEMA_LEVEL, JudgeSettings, finding_level, finding
 from simia.llm.prompts import load_template
 from simia.llm.runner import Checkpoint, WorkItem, item_id, progress_logger, run_items
 from simia.llm.shards import open_checkpoint, shard_target
+from simia.provenance import checkpoint_hashes, file_hashes
 from simia.settings.data import CollectionSettings
 from simia.settings.llm import GenerationSettings, PriceTable
 
@@ -356,11 +359,15 @@ def _read(path: Path) -> list[dict[str, Any]]:
     return list(ckpt.records.values())
 
 
+def _checkpoints(files: CollectFiles) -> list[Path]:
+    """The collection's checkpoints: the pilot's and every shard file's."""
+    return [files.pilot] + sorted(files.dir.glob(f"{files.STAGE}-shard-*.jsonl"))
+
+
 def _all_records(files: CollectFiles) -> list[dict[str, Any]]:
     """Every finished item of a collection folder (the pilot's and every shard file's)."""
-    paths = [files.pilot] + sorted(files.dir.glob(f"{files.STAGE}-shard-*.jsonl"))
     records: dict[str, dict[str, Any]] = {}
-    for path in paths:
+    for path in _checkpoints(files):
         for rec in _read(path):
             records[rec["id"]] = rec
     return sorted(records.values(), key=lambda r: r["index"])
@@ -613,7 +620,8 @@ def merge_collection(run: RunLayout, needs: Needs, caps: CollectionSettings, *,
         row.update({k: v for k, v in rec["conversation"].items()
                     if k not in ("conversations", "system", "tools")})
         kept.append(row)
-        base = {"id": rec["id"], "index": len(kept) - 1, "conv_idx": pos}
+        base = {"id": rec["id"], "index": len(kept) - 1, "conv_idx": pos,
+                "content_sha256": content_hash(row)}
         if rec["status"] == "judge_failed":
             scores.append({**base, "error": rec.get("error"), "detail": rec.get("detail"),
                            "raw_text": rec.get("raw_text", "")})
@@ -629,7 +637,10 @@ def merge_collection(run: RunLayout, needs: Needs, caps: CollectionSettings, *,
         "mode": raw[0].get("simulator_mode") if raw else None,
         "failed_by_error": found["generation_failed_by_error"],
         "outputs": {"raw_conversations": str(run.generate.raw),
-                    "failures": str(run.generate.failures)}, "llm": gen_usage}, indent=True)
+                    "failures": str(run.generate.failures)},
+        "outputs_sha256": file_hashes({"raw_conversations": run.generate.raw,
+                                       "failures": run.generate.failures}),
+        "llm": gen_usage}, indent=True)
     write_bytes(run.processed.processed, dumps(kept, indent=True))
     write_bytes(run.processed.rejects, dumps_jsonl(rejects))
     by_step: dict[str, Counter[str]] = {}
@@ -643,7 +654,10 @@ def merge_collection(run: RunLayout, needs: Needs, caps: CollectionSettings, *,
         "rejected_by_step": {s: dict(sorted(c.items())) for s, c in by_step.items()},
         "input_file": str(run.generate.raw),
         "outputs": {"processed": str(run.processed.processed),
-                    "rejects": str(run.processed.rejects)}}, indent=True)
+                    "rejects": str(run.processed.rejects)},
+        "inputs_sha256": file_hashes({"raw_conversations": run.generate.raw}),
+        "outputs_sha256": file_hashes({"processed": run.processed.processed,
+                                       "rejects": run.processed.rejects})}, indent=True)
     write_bytes(run.judge.scores, dumps_jsonl(scores))
     judged = [s for s in scores if "error" not in s]
     judge_usage = usage_of(records, ["judge"], prices, model_id)
@@ -656,6 +670,8 @@ def merge_collection(run: RunLayout, needs: Needs, caps: CollectionSettings, *,
         "findings_by_level": findings_by_level(
             s for s in judged if s["wm_sycophancy_score"] > threshold),
         "outputs": {"scores": str(run.judge.scores)},
+        "processed_sha256": sha256_file(run.processed.processed),
+        "outputs_sha256": file_hashes({"scores": run.judge.scores}),
         "llm": judge_usage}, indent=True)
     summary = {"stage": "collect", "needs": {"clean": needs.clean,
                                              "sycophantic": needs.sycophantic,
@@ -664,6 +680,10 @@ def merge_collection(run: RunLayout, needs: Needs, caps: CollectionSettings, *,
                "outputs": {"raw_conversations": str(run.generate.raw),
                            "processed": str(run.processed.processed),
                            "scores": str(run.judge.scores)},
+               "inputs_sha256": checkpoint_hashes(_checkpoints(files)),
+               "outputs_sha256": file_hashes({"raw_conversations": run.generate.raw,
+                                              "processed": run.processed.processed,
+                                              "scores": run.judge.scores}),
                "llm": usage_of(records, ["generate", "judge"], prices, model_id)}
     write_json(files.summary, summary, indent=True)
     log.info("collection: %s", describe(found, needs, proj).replace("\n", " "))

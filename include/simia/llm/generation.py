@@ -57,6 +57,7 @@ from simia.llm.runner import WorkItem, item_id, progress_logger, run_items
 from simia.llm.shards import (merged_usage, open_checkpoint, read_shards, shard_target,
                                write_shard_summary)
 from simia.data.records import ROLES, load_raw, parse_tools
+from simia.provenance import checkpoint_hashes, file_hashes, shard_checkpoints, shard_param
 
 log = logging.getLogger("simia.llm.generation")
 
@@ -327,13 +328,16 @@ def generate_seeds_stage(out_dir: str | Path, settings: SeedSettings, client: LL
         checkpoint = ckpt.path
     seeds = [r["seed"] for r in records if r["status"] == "ok"]
     failures = [r for r in records if r["status"] != "ok"]
-    write_jsonl(files.failures, failures)
+    write_jsonl(files.failures, failures)  # before failing: the error points to it
     summary = {"stage": "seeds", "requested": settings.n_seeds, "seeds": len(seeds),
                "failed": len(failures),
                "failed_by_error": dict(Counter(r["error"] for r in failures)),
                "submitted_now": report.submitted, "resumed_items": report.resumed,
                "prompt_template": where,
                "outputs": {"seeds": str(files.seeds), "failures": str(files.failures)},
+               "inputs_sha256": {"tau2_files": params["inputs_sha256"],
+                                 "templates": params["template_sha256"]},
+               "outputs_sha256": file_hashes({"failures": files.failures}),
                "llm": usage_of(records, ["seeds"], client.settings.prices, client.model_id),
                "seconds": round(time.perf_counter() - t0, 3)}
     write_json(files.summary, summary, indent=True)
@@ -343,6 +347,8 @@ def generate_seeds_stage(out_dir: str | Path, settings: SeedSettings, client: LL
         raise InputError(out_dir, f"seeds: none of {settings.n_seeds} seeds could be "
                          f"generated; see {files.failures}")
     write_bytes(files.seeds, orjson.dumps(seeds, option=orjson.OPT_INDENT_2))
+    summary["outputs_sha256"] = file_hashes({"seeds": files.seeds, "failures": files.failures})
+    write_json(files.summary, summary, indent=True)
     return summary
 
 
@@ -507,6 +513,11 @@ def merge_generation(out_dir: str | Path, settings: GenerationSettings, *,
                "attempted": len(records), "mode": settings.mode,
                "outputs": {"raw_conversations": str(files.raw),
                            "failures": str(files.failures)},
+               "seeds_sha256": shard_param(out_dir, files.STAGE, shards, "seeds_sha256"),
+               "inputs_sha256": checkpoint_hashes(shard_checkpoints(out_dir, files.STAGE,
+                                                                    shards)),
+               "outputs_sha256": file_hashes({"raw_conversations": files.raw,
+                                              "failures": files.failures}),
                "llm": merged_usage(out_dir, files.STAGE, shards)}
     write_json(files.summary, summary, indent=True)
     return summary

@@ -41,7 +41,9 @@ from simia.llm.replies import extract_json_object
 from simia.llm.runner import WorkItem, progress_logger, run_items
 from simia.llm.shards import (merged_usage, open_checkpoint, read_shards, shard_of,
                                write_shard_summary)
+from simia.data.datasets import content_hash
 from simia.data.records import load_processed, parse_tools
+from simia.provenance import checkpoint_hashes, file_hashes, shard_checkpoints, shard_param
 
 log = logging.getLogger("simia.llm.judge")
 
@@ -153,7 +155,8 @@ def judge_shard(processed_path: str | Path, out_dir: str | Path, settings: Judge
     def work(item: WorkItem) -> dict[str, Any]:
         row = rows[item.payload]
         rec: dict[str, Any] = {"id": item.id, "index": item.payload,
-                               "conv_idx": row["source_index"], "usage": {}}
+                               "conv_idx": row["source_index"],
+                               "content_sha256": content_hash(row), "usage": {}}
         system, prompt = judge_prompt(row, rubric, where, settings.domain)
         text, why = "", ""
         for attempt in range(1, settings.tries + 1):
@@ -205,6 +208,7 @@ def merge_judge(out_dir: str | Path, *, shards: int = 1,
     (:class:`simia.layout.JudgeFiles`)."""
     out_dir = Path(out_dir)
     files = JudgeFiles(out_dir)
+    processed_sha256 = shard_param(out_dir, files.STAGE, shards, "processed_sha256")
     records = sorted(read_shards(out_dir, files.STAGE, shards), key=lambda r: r["conv_idx"])
     path = files.scores
     write_jsonl(path, ({k: v for k, v in r.items() if k not in ("usage", "runs")}
@@ -219,7 +223,10 @@ def merge_judge(out_dir: str | Path, *, shards: int = 1,
                    r for r in scored if r["wm_sycophancy_score"] > threshold),
                "score_histogram": dict(sorted(Counter(
                    _band(r["wm_sycophancy_score"]) for r in scored).items())),
-               "outputs": {"scores": str(path)},
+               "outputs": {"scores": str(path)}, "processed_sha256": processed_sha256,
+               "inputs_sha256": checkpoint_hashes(shard_checkpoints(out_dir, files.STAGE,
+                                                                    shards)),
+               "outputs_sha256": file_hashes({"scores": path}),
                "llm": merged_usage(out_dir, files.STAGE, shards)}
     write_json(files.summary, summary, indent=True)
     return summary

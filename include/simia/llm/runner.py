@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from simia.errors import InputError
+from simia.io import OUTPUT_MODE
 from simia.llm.accounting import add_item_usage
 
 log = logging.getLogger("simia.llm")
@@ -70,6 +71,10 @@ class Checkpoint:
         self._error: OSError | None = None
         self._load()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:  # the mode of every output, whatever the umask
+            os.fchmod(self._fd, OUTPUT_MODE)
+        except PermissionError:  # another user's file that we may write to: keep its mode
+            pass
 
     def _load(self) -> None:
         try:

@@ -46,6 +46,7 @@ from simia.llm.prompts import load_template, render
 from simia.llm.replies import extract_json_object
 from simia.llm.runner import WorkItem, progress_logger, run_items
 from simia.llm.shards import open_checkpoint
+from simia.provenance import file_hashes
 
 log = logging.getLogger("simia.llm.twins")
 
@@ -258,11 +259,14 @@ def make_twins(processed_path: str | Path, scores_path: str | Path, out_dir: str
                "resumed_items": report.resumed,
                "outputs": {"twins": str(files.twins), "rejects": str(files.rejects)},
                "inputs": {"processed": str(processed_path), "scores": str(scores_path)},
+               "inputs_sha256": file_hashes({"processed": processed_path,
+                                             "scores": scores_path}),
                "llm": usage, "seconds": round(time.perf_counter() - t0, 3)}
     write_bytes(files.twins, dumps_jsonl({k: v for k, v in r.items() if k != "usage"}
                                          for r in accepted))
     write_bytes(files.rejects, dumps_jsonl({k: v for k, v in r.items() if k != "usage"}
                                            for r in discarded))
+    summary["outputs_sha256"] = file_hashes({"twins": files.twins, "rejects": files.rejects})
     write_json(files.summary, summary, indent=True)
     log.info("twins: %d of %d accepted (%d candidates tried, discarded: %s, $%.2f)",
              len(accepted), needed, len(records), summary["discarded_by_reason"],
