@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from simia.errors import InputError, SimiaError
 from simia.io import dumps
 from simia.output_paths import check_output_dir, check_output_file
+from simia.redaction import install_log_redaction
 from simia.settings import (CollectionSettings, DatasetDesign, GenerationSettings, LLMSettings,
                             PriceTable, SeedSettings, TrainingConfig)
 from simia.settings.cli import add_options, add_setting, options_model
@@ -497,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    install_log_redaction()  # no level prints credentials (botocore's debug log would)
     from simia.data import stages  # after logging is set up; keeps --help fast
 
     try:
