@@ -20,6 +20,8 @@ from pydantic import BaseModel, ValidationError
 
 from simia.errors import InputError, SimiaError
 from simia.io import dumps
+from simia.output_paths import check_output_dir, check_output_file
+from simia.redaction import install_log_redaction
 from simia.settings import (CollectionSettings, DatasetDesign, GenerationSettings, LLMSettings,
                             PriceTable, SeedSettings, TrainingConfig)
 from simia.settings.cli import add_options, add_setting, options_model
@@ -30,11 +32,47 @@ def _default(model: type[BaseModel], field: str):
     return model.model_fields[field].get_default(call_default_factory=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``simia CMD: error: argument --x: ...``), not the
+    usage block first, as every other error of the command line."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+_POSITIVE = _at_least(1)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="simia", description=__doc__.splitlines()[0])
+    p = _Parser(prog="simia", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"simia {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     pr = sub.add_parser("process", help="filter and convert raw conversations for SFT")
     pr.add_argument("raw", help="raw generated conversations (JSON list)")
@@ -78,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
                                                "policy over a scenario taxonomy (LLM)")
     gs.add_argument("-o", "--out-dir", required=True, help="writes seeds.json here")
     add_options(gs, SeedSettings)
-    gs.add_argument("--tries", type=int, default=_default(SeedSettings, "tries"),
+    gs.add_argument("--tries", type=_POSITIVE, default=_default(SeedSettings, "tries"),
                     help="calls per seed until it is valid")
     gs.add_argument("--tau2-data-dir", default=None,
                     help="tau2's telecom data folder (default: $TAU2_DATA_DIR)")
@@ -93,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     ge.add_argument("-o", "--out-dir", required=True,
                     help="writes raw_conversations.json (after all shards) here")
     add_options(ge, GenerationSettings)
-    ge.add_argument("--max-tokens", type=int, default=_default(GenerationSettings, "max_tokens"))
+    ge.add_argument("--max-tokens", type=_POSITIVE,
+                    default=_default(GenerationSettings, "max_tokens"))
     _shard_args(ge)
     _llm_args(ge)
 
@@ -102,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     ju.add_argument("-o", "--out-dir", required=True,
                     help="writes judge_scores.jsonl (after all shards) here")
     add_setting(ju, "label_threshold")
-    ju.add_argument("--tries", type=int, default=3, help="calls per conversation until the "
+    ju.add_argument("--tries", type=_POSITIVE, default=3, help="calls per conversation until the "
                                                          "reply parses")
     _shard_args(ju)
     _llm_args(ju)
@@ -124,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     co.add_argument("--format", choices=["native", "hermes"], default="native")
     co.add_argument("--tau2-data-dir", default=None,
                     help="folder with tau2's telecom policy files (default: $TAU2_DATA_DIR)")
-    co.add_argument("--shards", type=int, default=1,
+    co.add_argument("--shards", type=_POSITIVE, default=1,
                     help="split the items after the pilot into this many shards (run here one "
                          "after another)")
     _llm_args(co)
@@ -136,9 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     tw.add_argument("--scores", required=True, help="LLM judge scores (judge_scores.jsonl)")
     tw.add_argument("-o", "--out-dir", required=True,
                     help="writes twins.jsonl, rejects.jsonl, summary.json here")
-    tw.add_argument("--needed", type=int, required=True, help="twins to make")
+    tw.add_argument("--needed", type=_POSITIVE, required=True, help="twins to make")
     tw.add_argument("--seed", type=int, default=42, help="the candidates' order")
-    tw.add_argument("--budget-usd", type=float, default=_default(CollectionSettings,
+    tw.add_argument("--budget-usd", type=_positive_float, default=_default(CollectionSettings,
                                                                  "collect_budget_usd"))
     add_setting(tw, "label_threshold")
     _llm_args(tw, keep_failures=False)
@@ -147,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     tc.add_argument("--datasets", required=True,
                     help="folder written by build-datasets (dataset_info.json, metadata.json)")
     tc.add_argument("--level", type=float, required=True, help="sycophancy level in %%")
-    tc.add_argument("--replicate", type=int, default=1,
+    tc.add_argument("--replicate", type=_POSITIVE, default=1,
                     help="training run of the level (1-based): its dataset draw, and the "
                          "seed + replicate - 1 the DAG trains it with (default 1)")
     tc.add_argument("-o", "--out", required=True,
@@ -169,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     cm.add_argument("run_dir", help="the run directory (holding run.json)")
     cm.add_argument("--level", type=float, action="append", default=None,
                     help="only this level (%%); repeatable (default: every level)")
-    cm.add_argument("--replicate", type=int, action="append", default=None,
+    cm.add_argument("--replicate", type=_POSITIVE, action="append", default=None,
                     help="only this training run of each level (1-based); repeatable "
                          "(default: every replicate)")
     cm.add_argument("-o", "--out", default=None, help="write the script here (default: stdout)")
@@ -184,7 +223,7 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("-o", "--out-dir", default=None,
                     help="writes report.md, report.html, report.json and PNGs here "
                          "(default: RUN_DIR/report)")
-    rp.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+    rp.add_argument("--resamples", type=_POSITIVE, default=DEFAULT_RESAMPLES,
                     help=f"bootstrap resamples over tasks (default {DEFAULT_RESAMPLES})")
     rp.add_argument("--seed", type=int, default=DEFAULT_SEED,
                     help="seed of the per-run bootstrap CIs")
@@ -209,7 +248,7 @@ def _analysis_parsers(sub) -> None:
     an.add_argument("--levels", type=levels_type, default=None,
                     help="the declared levels (%%), e.g. 0,5,10,20: one without results makes "
                          "the verdict invalid")
-    an.add_argument("--replicates", type=int, default=None,
+    an.add_argument("--replicates", type=_POSITIVE, default=None,
                     help="declared training runs per level (with --levels, or the levels given)")
     an.add_argument("--split-tasks", default=None,
                     help="tau2 split_tasks.json whose 'test' tasks are analysed on their own "
@@ -219,16 +258,17 @@ def _analysis_parsers(sub) -> None:
                                            "smallest effect (JSON)")
     pp.add_argument("--levels", type=levels_type, default=(0, 5, 10, 20),
                     help="sycophancy levels (%%) (default: 0,5,10,20)")
-    pp.add_argument("--tasks", type=int, default=114, help="tasks evaluated (default: 114, "
+    pp.add_argument("--tasks", type=_POSITIVE, default=114, help="tasks evaluated (default: 114, "
                                                             "telecom base)")
-    pp.add_argument("--trials", type=int, default=_default(EvalSettings, "num_trials"),
+    pp.add_argument("--trials", type=_POSITIVE, default=_default(EvalSettings, "num_trials"),
                     help="trials per task")
     add_options(pp.add_argument_group("declared test and planning"), AnalysisSettings,
                 exclude=("primary_endpoint",))
-    pp.add_argument("--sd-pass1", type=float, default=None,
+    pp.add_argument("--sd-pass1", type=_positive_float, default=None,
                     help="SD of a run's pass^1 between runs of a level, if known (overrides the "
                          "model and --run-variance-from)")
-    pp.add_argument("--max-replicates", type=int, default=20)
+    pp.add_argument("--max-replicates", type=_at_least(2), default=20,
+                    help="the most training runs per level to consider (default 20)")
 
 
 def _analysis_command(args: argparse.Namespace) -> dict:
@@ -291,7 +331,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
 
 
 def _shard_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shards", type=int, default=1, help="split the items into this many "
+    p.add_argument("--shards", type=_POSITIVE, default=1, help="split the items into this many "
                                                          "shards")
     p.add_argument("--shard", type=int, default=None,
                    help="run only this shard (no merge); default: every shard, then merge")
@@ -312,7 +352,7 @@ def _llm_args(p: argparse.ArgumentParser, *, keep_failures: bool = True) -> None
     g.add_argument("--region", default=None, help="Bedrock region (default: $AWS_REGION or "
                                                   "us-east-1)")
     g.add_argument("--endpoint-url", default=None, help="Bedrock endpoint override")
-    g.add_argument("--call-attempts", type=int, default=_default(LLMSettings, "max_attempts"),
+    g.add_argument("--call-attempts", type=_POSITIVE, default=_default(LLMSettings, "max_attempts"),
                    help="attempts per call on throttling, timeouts and 5xx")
     g.add_argument("--prices", default=None,
                    help="JSON price table {default: {input_per_mtok, output_per_mtok}, "
@@ -394,14 +434,84 @@ def _llm_command(args: argparse.Namespace) -> dict:
         lambda: judge.merge_judge(args.out_dir, shards=args.shards, threshold=args.label_threshold))
 
 
+#: each command's outputs: (argument's dest, "dir" or "file", the option as shown)
+_OUTPUTS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "process": (("out_dir", "dir", "-o/--out-dir"),),
+    "score-rules": (("out", "file", "-o/--out"),),
+    "build-datasets": (("out_dir", "dir", "-o/--out-dir"),),
+    "generate-seeds": (("out_dir", "dir", "-o/--out-dir"),),
+    "generate": (("out_dir", "dir", "-o/--out-dir"),),
+    "judge": (("out_dir", "dir", "-o/--out-dir"),),
+    "collect": (("run_dir", "dir", "-o/--run-dir"),),
+    "twins": (("out_dir", "dir", "-o/--out-dir"),),
+    "train-config": (("out", "file", "-o/--out"),),
+    "commands": (("out", "file", "-o/--out"),),
+    "analyze": (("out", "file", "-o/--out"),),
+    "report": (("out_dir", "dir", "-o/--out-dir"),),
+}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output path that cannot be written before any work is done."""
+    for dest, kind, option in _OUTPUTS.get(args.command, ()):
+        path = getattr(args, dest)
+        if path is None and args.command == "report" and os.path.isdir(args.run_dir):
+            path, option = os.path.join(args.run_dir, "report"), "the report folder"
+        if path is not None:
+            (check_output_dir if kind == "dir" else check_output_file)(path, option)
+
+
+#: fields the command line sets from options of another name: (model, field) -> option
+_HAND_OPTIONS = {("LLMSettings", "max_attempts"): "--call-attempts",
+                 ("TrainingConfig", "extra"): "--set"}
+
+
+def _option_name(model: str, field: str) -> str:
+    """The command-line option that sets ``model.field``."""
+    from simia.settings.fields import run_settings
+
+    if (model, field) in _HAND_OPTIONS:
+        return _HAND_OPTIONS[(model, field)]
+    for cls in (CollectionSettings, DatasetDesign, GenerationSettings, LLMSettings,
+                SeedSettings, TrainingConfig):
+        if cls.__name__ == model:
+            for s in run_settings(cls):
+                if s.field == field:
+                    from simia.settings import defined_settings
+
+                    return "--" + (s.cli if s.defined else defined_settings()[s.param].cli)
+    return "--" + field.replace("_", "-")
+
+
+def _validation_message(exc: ValidationError) -> str:
+    """pydantic's errors on one line, each naming its option: ``--target: Input should be
+    greater than or equal to 1 (got 0)``."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = err.get("loc") or ()
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if loc and isinstance(loc[0], str):
+            where = _option_name(exc.title, loc[0]) + "".join(
+                f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc[1:])
+            got = err.get("input")
+            shown = repr(got) if isinstance(got, str) else got
+            parts.append(f"{where}: {msg}" + ("" if isinstance(got, (dict, list)) or got is None
+                                              else f" (got {shown})"))
+        else:
+            parts.append(f"{exc.title}: {msg}")
+    return "; ".join(parts).replace("\n", " ")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    install_log_redaction()  # no level prints credentials (botocore's debug log would)
     from simia.data import stages  # after logging is set up; keeps --help fast
 
     try:
+        _check_outputs(args)
         if args.command == "process":
             result = stages.process_stage(
                 args.raw, args.out_dir, fmt=args.format, tau2_data_dir=args.tau2_data_dir,
@@ -456,8 +566,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             design = options_model(DatasetDesign, args, name_prefix=args.name_prefix)
             result = stages.build_datasets_stage(args.conversations, args.scores, args.out_dir,
                                                  design, twins_path=args.twins, force=args.force)
-    except (SimiaError, ValidationError) as exc:
+    except SimiaError as exc:
         print(f"simia {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"simia {args.command}: error: {_validation_message(exc)}", file=sys.stderr)
         return 2
     result.pop("signature", None)
     sys.stdout.write(dumps(result, indent=True).decode() + "\n")

@@ -3,7 +3,9 @@
 ``BedrockRuntimeHook`` reads credentials, region and ``endpoint_url`` from the Airflow
 connection (``aws_conn_id``); we hand it the same botocore config (retry mode,
 timeouts, connection pool) that plain boto3 gets outside Airflow. Nothing here logs or
-returns credentials.
+returns credentials, and a task that makes a client redacts credentials, signatures and
+tokens from every log record it writes from then on (botocore's debug log prints each
+request's signed headers): :func:`simia.redaction.install_log_redaction`.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ def llm_connection_problems(params: dict[str, Any]) -> list[str]:
 def llm_client(params: dict[str, Any]):
     """An :class:`simia.llm.client.LLMClient` for this task."""
     from simia.llm.client import botocore_config, make_client
+    from simia.redaction import install_log_redaction
 
+    install_log_redaction()
     settings = llm_settings(params)
     if settings.backend != "bedrock":
         return make_client(settings)

@@ -159,3 +159,26 @@ def test_eval_results_counts_infrastructure_errors_as_failures(capsys, tmp_path)
     bad.write_text('{"tasks": [], "simulations": [{"task_id": 3}]}')
     assert main(["eval-results", str(bad)]) == 2
     assert str(bad) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, record, words", [
+    ({"trial": 99}, 0, "trial 99 is outside 0..2"),
+    ({"reward_info": {"reward": 7.5}}, 0, "must be within [0, 1], got 7.5"),
+    # simulations[0] becomes trial 1 of its task, which simulations[1] runs again
+    ({"trial": 1}, 1, "already has simulations[0]"),
+])
+def test_eval_results_refuses_an_impossible_simulation(capsys, tmp_path, change, record, words):
+    """trial 99 of 3 made pass^1 0.0075 and 389 "missing" runs; a reward of 7.5 and a
+    duplicated simulation went into the averages: each now exits 2 naming the simulation."""
+    fixture = Path(__file__).resolve().parents[1] / "fixtures/tau2/results_every_reason.json"
+    doc = json.loads(fixture.read_text())
+    doc["simulations"][0] = {**doc["simulations"][0], **change}
+    bad = tmp_path / "results.json"
+    bad.write_text(json.dumps(doc))
+    assert main(["eval-results", str(bad)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and "\n" not in err and "Traceback" not in err
+    sim_id = doc["simulations"][record]["id"]
+    assert err.startswith(f"simia eval-results: error: {bad}, record {record}")
+    assert f"simulations[{record}] (id {sim_id!r})" in err and words in err

@@ -220,3 +220,24 @@ def test_a_raw_file_with_a_byte_that_is_not_utf8_names_it(tmp_path):
     with pytest.raises(InputError) as exc:
         load_raw(path)
     assert "byte 0x80 at line 1 column 49 (byte offset 48)" in str(exc.value)
+
+
+def test_many_invalid_fields_are_listed_on_one_line(tmp_path):
+    """The command line prints one line per error: the listing is joined with "; "."""
+    path = _write(tmp_path, json.dumps([{**GOOD, "system": 1}, {**GOOD, "domain": []}]))
+    with pytest.raises(InputError) as exc:
+        load_raw(path)
+    assert "\n" not in str(exc.value)
+    assert ("2 invalid field(s): record 0, field 'system': Input should be a valid string; "
+            "record 1, field 'domain'") in str(exc.value)
+
+
+def test_processed_rows_of_a_native_file_all_need_tools(tmp_path):
+    """A native file whose row 1 lost its tools failed later with KeyError: 'tools'."""
+    rows = [{**GOOD, "source_index": i, "tools": "[]"} for i in range(3)]
+    del rows[1]["tools"]
+    with pytest.raises(InputError, match="record 0 has tools") as exc:
+        load_processed(_write(tmp_path, json.dumps(rows)))
+    assert (exc.value.record, exc.value.field) == (1, "tools")
+    hermes = [{**GOOD, "source_index": i} for i in range(2)]  # no row has tools: fine
+    assert len(load_processed(_write(tmp_path, json.dumps(hermes)))) == 2

@@ -422,6 +422,23 @@ def test_stand_in_evaluator_and_unreadable_results_are_flagged(tmp_path):
     assert any("info.num_trials" in p for p in report["problems"])
 
 
+def test_a_results_file_with_an_impossible_trial_is_not_carried_into_the_report(tmp_path):
+    """A simulation numbered trial 99 of 4 used to widen the matrix to 100 trials (pass^1
+    of the run a hundredth of its value): the run now has no results, named as unreadable."""
+    run = tmp_path / "run"
+    for lv in (0, 10, 20):
+        add_eval(run, lv, decreasing(lv))
+    path = run / "eval" / "20pct" / "results.json"
+    doc = json.loads(path.read_text())
+    doc["simulations"][5]["trial"] = 99
+    path.write_text(json.dumps(doc))
+    out = write_report(run, resamples=200)
+    assert out["verdict"] == "invalid"
+    run20 = next(r for r in _report(run)["runs"] if r["level"] == 20)
+    assert run20["problem"].startswith("unreadable:")
+    assert "simulations[5]" in run20["problem"] and "trial 99 is outside 0..3" in run20["problem"]
+
+
 def test_same_inputs_same_bytes(full_run, tmp_path):
     run, _ = full_run
     first = {p.name: p.read_bytes() for p in (run / "report").iterdir()}

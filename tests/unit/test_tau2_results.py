@@ -232,23 +232,47 @@ def test_is_success_tolerance():
     assert not is_success(0.99) and not is_success(None) and not is_success(0.0)
 
 
-def test_duplicate_cell_prefers_a_real_run_over_an_infrastructure_error(tmp_path):
-    doc = make_results({"t1": ["infra", True]})
-    real = dict(doc["simulations"][1], id="again", trial=0)
-    doc["simulations"].append(real)
-    r = read_tau2_results(write_results(tmp_path / "results.json", doc))
-    assert r.matrix == ((True, True),)
-    assert r.duplicate_simulations == 1
-    assert any("repeat" in n for n in r.notes)
+@pytest.mark.parametrize("mutate, record, field, words", [
+    # tau2 numbers trials 0 .. num_trials-1: trial 3 of a 2-trial run cannot exist
+    (lambda d: d["simulations"][3].update(trial=99), 3, "trial",
+     "trial 99 is outside 0..1 (info.num_trials is 2"),
+    (lambda d: d["simulations"][1].update(trial=2), 1, "trial", "outside 0..1"),
+    (lambda d: d["simulations"][2]["reward_info"].update(reward=7.5), 2, "reward_info.reward",
+     "must be within [0, 1], got 7.5"),
+    (lambda d: d["simulations"][0]["reward_info"].update(reward=-0.5), 0,
+     "reward_info.reward", "must be within [0, 1]"),
+    # the same cell twice, even an infrastructure error and then a real run: tau2's
+    # auto-resume drops the error before running the cell again
+    (lambda d: d["simulations"].append(dict(d["simulations"][1], id="again")), 4, "trial",
+     "task 't1' trial 1 already has simulations[1] (id 'sim-0-1')"),
+    (lambda d: d["simulations"].__setitem__(0, dict(d["simulations"][0], termination_reason=
+                                                    "infrastructure_error", reward_info=None))
+     or d["simulations"].append(dict(d["simulations"][1], id="again", trial=0)), 4, "trial",
+     "already has simulations[0]"),
+    (lambda d: d["simulations"][2].update(task_id="t9"), 2, "task_id",
+     "task 't9' is not in the file's 'tasks'"),
+    (lambda d: d["simulations"][3].update(task_id=7), 3, "task_id", "task '7' is not in"),
+])
+def test_impossible_simulations_are_refused(tmp_path, mutate, record, field, words):
+    exc = _bad(tmp_path, mutate)
+    assert (exc.record, exc.field) == (record, field)
+    assert words in str(exc), str(exc)
+    sim_id = "again" if record == 4 else f"sim-{record // 2}-{record % 2}"
+    assert f"simulations[{record}] (id {sim_id!r})" in str(exc)
 
 
-def test_tasks_only_in_simulations_and_unknown_reason(tmp_path):
+def test_reward_within_tau2s_tolerance_of_the_bounds_is_accepted(tmp_path):
     doc = make_results({"t1": [True, False]})
-    extra = dict(doc["simulations"][0], id="x", task_id=7, termination_reason="novel_reason")
-    doc["simulations"].append(extra)
+    doc["simulations"][0]["reward_info"]["reward"] = 1.0000005
+    doc["simulations"][1]["reward_info"]["reward"] = -5e-7
     r = read_tau2_results(write_results(tmp_path / "results.json", doc))
-    assert r.task_ids == ("t1", "7")
-    assert r.matrix == ((True, False), (True, False))  # "7": trial 0 success, trial 1 missing
+    assert r.matrix == ((True, False),)
+
+
+def test_unknown_termination_reason_is_counted(tmp_path):
+    doc = make_results({"t1": [True, False]})
+    doc["simulations"][1]["termination_reason"] = "novel_reason"
+    r = read_tau2_results(write_results(tmp_path / "results.json", doc))
     assert r.termination_counts["novel_reason"] == 1
     assert r.unknown_termination_reasons == ("novel_reason",)
 

@@ -28,6 +28,7 @@ from simia.containers.training import (
     read_training_result,
     to_yaml,
     write_summary,
+    write_train_config,
 )
 
 
@@ -201,6 +202,21 @@ def test_container_spec(datasets_dir, tmp_path):
     with pytest.raises(ConfigError, match="local path"):
         container_spec(TrainingConfig(model=str(tmp_path / "missing")), plan, run,
                        ContainerSettings(model_cache_dir=str(tmp_path / "cache")))
+
+
+def test_train_config_that_cannot_be_written_leaves_deepspeed_json_as_it_was(datasets_dir,
+                                                                             tmp_path):
+    cfg = TrainingConfig(deepspeed="zero3")
+    folder = tmp_path / "cfg"
+    folder.mkdir()  # the YAML's path is a folder: writing it fails
+    with pytest.raises(OSError):
+        write_train_config(cfg, datasets_dir=datasets_dir, level=10, out_file=folder)
+    assert not (tmp_path / "deepspeed.json").exists()  # not left behind
+    (tmp_path / "deepspeed.json").write_text("{\"earlier\": true}\n")
+    with pytest.raises(OSError):
+        write_train_config(cfg, datasets_dir=datasets_dir, level=10, out_file=folder)
+    assert (tmp_path / "deepspeed.json").read_text() == "{\"earlier\": true}\n"  # put back
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg", "deepspeed.json"]
 
 
 def test_cli_train_config_and_summary(datasets_dir, tmp_path, capsys):

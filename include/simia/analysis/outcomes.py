@@ -145,14 +145,8 @@ def read_run(spec: RunSpec) -> RunOutcomes:
     res = read_tau2_results(spec.path)
     path = Path(res.path)
     raw = _raw_simulations(path if not path.is_dir() else EvalFiles(path).results)
-    # the cell's simulation, chosen as read_tau2_results chose it: the last one, a real
-    # run beating an infrastructure error
-    chosen: dict[tuple[str, int], Any] = {}
-    for s in res.simulations:
-        prev = chosen.get((s.task_id, s.trial))
-        if prev is not None and s.infrastructure_error and not prev.infrastructure_error:
-            continue
-        chosen[(s.task_id, s.trial)] = s
+    # each cell's simulation (read_tau2_results refuses a task x trial run twice)
+    chosen = {(s.task_id, s.trial): s for s in res.simulations}
     shape = (len(res.task_ids), res.trials)
     status = np.full(shape, MISSING, dtype=np.int8)
     env_met = np.full(shape, math.nan)

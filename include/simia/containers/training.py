@@ -425,20 +425,32 @@ def write_train_config(cfg: TrainingConfig, *, datasets_dir: str | Path, level: 
     on). ``cfg`` is the run's config: the replicate's seed is derived here, as the DAG
     does.
 
-    ``output_dir`` defaults to ``<folder of out_file>/<dataset name>``.
+    ``output_dir`` defaults to ``<folder of out_file>/<dataset name>``. Nothing is
+    written when it fails: a ``deepspeed.json`` written before the YAML could not be is
+    put back as it was (removed, if it was new).
     """
     cfg = cfg.for_replicate(replicate)
     out_file = Path(out_file).resolve()
     datasets_dir = Path(datasets_dir).resolve()
     dataset = dataset_for_level(datasets_dir, level, replicate)
-    ds_path = None
-    if (ds := deepspeed_config(cfg.deepspeed)) is not None:
-        ds_path = TrainRoot(out_file.parent).deepspeed
-        write_json(ds_path, ds, indent=True)
+    ds = deepspeed_config(cfg.deepspeed)
+    ds_path = TrainRoot(out_file.parent).deepspeed if ds is not None else None
     output_dir = Path(output_dir).resolve() if output_dir else out_file.parent / dataset
     mapping = level_train_config(cfg, dataset=dataset, dataset_dir=datasets_dir,
                                  output_dir=output_dir, deepspeed_path=ds_path)
-    write_bytes(out_file, to_yaml(mapping).encode())
+    if ds_path is None:
+        write_bytes(out_file, to_yaml(mapping).encode())
+    else:
+        before = ds_path.read_bytes() if ds_path.is_file() else None
+        write_json(ds_path, ds, indent=True)
+        try:
+            write_bytes(out_file, to_yaml(mapping).encode())
+        except BaseException:
+            if before is None:
+                ds_path.unlink(missing_ok=True)
+            else:
+                write_bytes(ds_path, before)
+            raise
     return {"config": str(out_file), "deepspeed": str(ds_path) if ds_path else None,
             "dataset": dataset, "output_dir": str(output_dir),
             "config_sha256": config_sha256(mapping)}

@@ -137,7 +137,7 @@ def _raise_invalid(path: Path, invalid: list[InvalidRecord], total_errors: int) 
     more = f" (and {total_errors - _MAX_LISTED} more)" if total_errors > _MAX_LISTED else ""
     raise InputError(
         path,
-        f"{total_errors} invalid field(s){more}:\n  " + "\n  ".join(lines),
+        f"{total_errors} invalid field(s){more}: " + "; ".join(lines),
         record=first.index,
         field=first.field,
     )
@@ -212,6 +212,13 @@ def load_processed(path: str | Path, *, data: bytes | None = None) -> list[dict[
                        "processed conversations file", False, data)
     if not records:
         raise InputError(path, "the list of processed conversations is empty")
+    # one format per file: native rows all carry their tools, hermes rows none
+    with_tools = [i for i, row in enumerate(records) if "tools" in row]
+    if with_tools and len(with_tools) < len(records):
+        first = next(i for i, row in enumerate(records) if "tools" not in row)
+        raise InputError(path, f"missing, but record {with_tools[0]} has tools (the native "
+                               "format): every row of a native file needs them",
+                         record=first, field="tools")
     # every row repeats the same system prompt and tool list (~30 KB with tau2's policy):
     # keep one copy of each instead of one per row
     shared: dict[str, str] = {}

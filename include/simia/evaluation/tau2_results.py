@@ -12,8 +12,15 @@ and ``duration``; ``seed``, ``agent_cost``, ``user_cost``, ``messages`` and
 ``reward_info`` (with a numeric ``reward``) may be null. A run succeeds when its reward
 is within 1e-6 of 1.0, as tau2 decides it.
 
-Three views of the same file, each over every task of the run (``tasks``, plus any task
-only the simulations name) x trials ``0 .. num_trials-1``:
+A file tau2 cannot have written is refused (:class:`~simia.errors.InputError` naming the
+file and the simulation's index and id), since every figure would silently absorb it: a
+``trial`` outside ``0 .. num_trials-1``, a reward outside [0, 1] (beyond tau2's 1e-6
+tolerance), a second simulation of the same task x trial (tau2's ``--auto-resume`` drops
+an infrastructure error before running its cell again, so a cell never has two) and a
+simulation of a task not in the file's ``tasks``.
+
+Three views of the same file, each over every task of the run (``tasks``) x trials
+``0 .. num_trials-1``:
 
 * **outcomes for the analysis** (:attr:`Tau2Results.outcomes`, :meth:`Tau2Results.
   outcome_matrix`): per task x trial a :class:`CellOutcome`, ``success``, ``failure`` or
@@ -34,9 +41,9 @@ only the simulations name) x trials ``0 .. num_trials-1``:
   ``num_trials``). (Under pandas 3 tau2's own script stops dropping them: its enum
   comparison on a string column matches nothing; the evaluator image pins pandas 2.)
 
-Bad input (unreadable, empty, not JSON, a missing key, a wrong type) raises
-:class:`~simia.errors.InputError` naming the file, the simulation's index (``record``)
-and the field.
+Bad input (unreadable, empty, not JSON, a missing key, a wrong type, an impossible
+value) raises :class:`~simia.errors.InputError` naming the file, the simulation's index
+(``record``) and id, and the field.
 """
 
 from __future__ import annotations
@@ -226,7 +233,7 @@ class Tau2Results:
     agent: AgentUserInfo
     user: AgentUserInfo
     task_ids: tuple[str, ...]  # rows of the matrix, in the file's task order
-    trials: int  # columns of the matrix: num_trials (more if a simulation has a higher trial)
+    trials: int  # columns of the matrix: num_trials
     matrix: tuple[tuple[bool, ...], ...]  # [task][trial]: success
     #: [task][trial]: success | failure | infrastructure_error | missing
     cells: tuple[tuple[str, ...], ...]
@@ -235,7 +242,6 @@ class Tau2Results:
     unknown_termination_reasons: tuple[str, ...]
     infrastructure_errors: int  # simulations ending in infrastructure_error
     missing_cells: tuple[tuple[str, int], ...]  # (task_id, trial) without a simulation
-    duplicate_simulations: int  # simulations for a task x trial already filled
     pass_hat_k: dict[int, float]  # ours: k = 1..trials, every cell counted
     avg_reward: float  # ours: mean reward over all cells, 0 for failed/missing ones
     tau2_pass_hat_k: dict[int, float]
@@ -290,7 +296,6 @@ class Tau2Results:
             "unknown_termination_reasons": list(self.unknown_termination_reasons),
             "infrastructure_errors": self.infrastructure_errors,
             "missing_cells": [list(c) for c in self.missing_cells],
-            "duplicate_simulations": self.duplicate_simulations,
             "pass_hat_k": {str(k): v for k, v in self.pass_hat_k.items()},
             "avg_reward": self.avg_reward,
             "tau2_pass_hat_k": {str(k): v for k, v in self.tau2_pass_hat_k.items()},
@@ -392,6 +397,8 @@ def _simulation(path: Path, obj: Any, index: int) -> Simulation:
     if reward_info is not None:
         rf = _Fields(path, reward_info, record=index, prefix="reward_info.", what=f.what)
         reward = float(rf.get("reward", _NUM))
+        if not -SUCCESS_TOLERANCE <= reward <= 1.0 + SUCCESS_TOLERANCE:
+            rf.fail("reward", f"must be within [0, 1], got {reward}")
         checks = _checks(rf)
     messages = f.get("messages", (list,), required=False, nullable=True)
     return Simulation(
@@ -462,6 +469,24 @@ def _raw_simulations(path: Path, top: _Fields) -> list[tuple[Path, Any]]:
     raise AssertionError  # unreachable
 
 
+def _check_cell(path: Path, sim: Simulation, num_trials: int, tasks: set[str],
+                earlier: Simulation | None) -> None:
+    """Refuse a simulation tau2 cannot have written: a trial outside ``0 ..
+    num_trials-1``, a task not in ``tasks``, or a second one of a task x trial."""
+    what = f"simulations[{sim.index}] (id {sim.id!r})"
+    if sim.trial >= num_trials:
+        raise InputError(path, f"{what}: trial {sim.trial} is outside 0..{num_trials - 1} "
+                               f"(info.num_trials is {num_trials}; tau2 numbers trials from 0)",
+                         record=sim.index, field="trial")
+    if sim.task_id not in tasks:
+        raise InputError(path, f"{what}: task {sim.task_id!r} is not in the file's 'tasks'",
+                         record=sim.index, field="task_id")
+    if earlier is not None:
+        raise InputError(path, f"{what}: task {sim.task_id!r} trial {sim.trial} already has "
+                               f"simulations[{earlier.index}] (id {earlier.id!r}); tau2 runs "
+                               "each task x trial once", record=sim.index, field="trial")
+
+
 def tau2_metrics(simulations: Sequence[Simulation], num_trials: int
                  ) -> tuple[dict[int, float], float | None, int, int]:
     """pass^k, average reward, simulations and tasks counted, as tau2-bench v1.0.1's
@@ -505,35 +530,20 @@ def read_tau2_results(path: str | Path) -> Tau2Results:
     for i, task in enumerate(tasks):
         tf = _Fields(path, task, record=None, prefix=f"tasks[{i}].", what="tau2 results")
         task_ids.append(_task_id(tf, "id"))
-    sims = [_simulation(p, obj, i) for i, (p, obj) in enumerate(_raw_simulations(path, top))]
+    known = set(task_ids)
+    chosen: dict[tuple[str, int], Simulation] = {}
+    sims: list[Simulation] = []
+    for i, (p, obj) in enumerate(_raw_simulations(path, top)):
+        s = _simulation(p, obj, i)
+        _check_cell(p, s, num_trials, known, chosen.get((s.task_id, s.trial)))
+        chosen[(s.task_id, s.trial)] = s
+        sims.append(s)
 
     notes: list[str] = []
-    known = set(task_ids)
-    extra = sorted({s.task_id for s in sims} - known)
-    if extra:
-        notes.append(f"{len(extra)} task(s) only in the simulations, not in 'tasks': "
-                     f"{extra[:5]}")
     if len(known) != len(task_ids):
         notes.append("'tasks' lists some task ids twice; each counts once")
-    order = list(dict.fromkeys(task_ids + extra))
-    trials = max([num_trials] + [s.trial + 1 for s in sims])
-    if trials > num_trials:
-        notes.append(f"simulations with trial >= info.num_trials ({num_trials}): the matrix "
-                     f"has {trials} trials")
-
-    chosen: dict[tuple[str, int], Simulation] = {}
-    duplicates = 0
-    for s in sims:
-        key = (s.task_id, s.trial)
-        prev = chosen.get(key)
-        if prev is not None:
-            duplicates += 1
-            if s.infrastructure_error and not prev.infrastructure_error:
-                continue  # a real run beats an infrastructure error for the same cell
-        chosen[key] = s
-    if duplicates:
-        notes.append(f"{duplicates} simulation(s) repeat a task x trial already present; "
-                     "the matrix keeps the last one that is not an infrastructure error")
+    order = list(dict.fromkeys(task_ids))
+    trials = num_trials
 
     matrix: list[tuple[bool, ...]] = []
     cells: list[tuple[str, ...]] = []
@@ -586,7 +596,7 @@ def read_tau2_results(path: str | Path) -> Tau2Results:
         simulations=tuple(sims), termination_counts=termination,
         unknown_termination_reasons=unknown,
         infrastructure_errors=counts.get(INFRASTRUCTURE_ERROR, 0),
-        missing_cells=tuple(missing), duplicate_simulations=duplicates,
+        missing_cells=tuple(missing),
         pass_hat_k=pass_k, avg_reward=reward_sum / n_cells if n_cells else 0.0,
         tau2_pass_hat_k=tau2_k, tau2_avg_reward=tau2_avg,
         tau2_evaluated_simulations=tau2_sims, tau2_evaluated_tasks=tau2_tasks,

@@ -84,7 +84,6 @@ def _run_stats(r: Tau2Results, *, resamples: int, seed: int) -> RunStats:
         tau2_avg_reward=r.tau2_avg_reward,
         tau2_evaluated_simulations=r.tau2_evaluated_simulations,
         infrastructure_errors=r.infrastructure_errors, missing_cells=len(r.missing_cells),
-        duplicate_simulations=r.duplicate_simulations,
         termination_counts=r.termination_counts,
         agent_cost_usd=r.agent_cost_total, user_cost_usd=r.user_cost_total,
         duration_total_s=r.duration_total_s,

@@ -107,7 +107,6 @@ class RunStats:
     tau2_evaluated_simulations: int
     infrastructure_errors: int
     missing_cells: int
-    duplicate_simulations: int
     termination_counts: dict[str, int]
     agent_cost_usd: float
     user_cost_usd: float
