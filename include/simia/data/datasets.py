@@ -12,6 +12,7 @@ levels differ only in the swapped slots. Everything is drawn with one seeded RNG
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import orjson
 from simia.io import read_jsonl
 from simia.settings.data import DatasetDesign, format_level as _fmt
 from simia.errors import DesignError, InputError
+
+log = logging.getLogger("simia.datasets")
 
 #: LLaMA-Factory's ShareGPT tags for our records
 SHAREGPT_TAGS = {
@@ -109,8 +112,10 @@ def check_scores_match(records: Sequence[Any], path: str | Path,
 
     A record's conversation (its ``source_index``, else ``conv_idx``, else ``index``) must
     be a row of the processed file, or a conversation that processing rejected: an index
-    below ``raw_count`` (the raw file's length, when known; else the largest
-    ``source_index`` of the rows). Of a record labelling a row, the fields it carries must
+    below ``raw_count`` (the raw file's length, read from the processing summary beside
+    the processed file). Without it (a processed file without its summary) an index past
+    the last row cannot be told from a trailing rejected conversation: such records are
+    ignored with a warning, not refused. Of a record labelling a row, the fields it carries must
     match the row: ``index`` beside another key (the position in the processed file),
     ``content_sha256`` (:func:`content_hash` of the row), ``based_on_sample`` and the
     simulator mode. The first mismatch raises :class:`InputError` naming the score file,
@@ -119,6 +124,7 @@ def check_scores_match(records: Sequence[Any], path: str | Path,
     by_index = {row["source_index"]: pos for pos, row in enumerate(rows)}
     known = max([raw_count or 0, *(i + 1 for i in by_index)])
     matched = 0
+    beyond: list[int] = []
 
     def refuse(line: int, idx: int, field: str, expected: Any, found: Any) -> InputError:
         return InputError(path, f"line {line}: conversation {idx} does not belong to "
@@ -131,6 +137,9 @@ def check_scores_match(records: Sequence[Any], path: str | Path,
         pos = by_index.get(idx)
         if pos is None:
             if idx >= known:
+                if raw_count is None:
+                    beyond.append(idx)
+                    continue
                 raise InputError(path, f"line {line}: conversation {idx} is not in "
                                  f"{processed_path}, whose raw conversations are numbered "
                                  f"0..{known - 1}", field=key)
@@ -144,6 +153,11 @@ def check_scores_match(records: Sequence[Any], path: str | Path,
             if field in rec and row_field in row and rec[field] != row[row_field]:
                 raise refuse(line, idx, field, row[row_field], rec[field])
         matched += 1
+    if beyond:
+        log.warning("%s: %d score record(s) name conversations past the last row of %s "
+                    "(first: %d); without its processing summary the raw file's length is "
+                    "unknown, so they are ignored", path, len(beyond), processed_path,
+                    beyond[0])
     return matched
 
 
