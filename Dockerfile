@@ -17,7 +17,7 @@ COPY --chown=airflow:0 requirements.txt constraints.txt pyproject.toml /opt/simi
 COPY --chown=airflow:0 include /opt/simia/include
 RUN pip install --no-cache-dir -r /opt/simia/requirements.txt -c /opt/simia/constraints.txt \
  && pip install --no-cache-dir --no-deps -c /opt/simia/constraints.txt /opt/simia \
- && python -c "import simia.cli, airflow.providers.amazon, airflow.providers.docker, psycopg2"
+ && python -c "import simia.cli, airflow.providers.amazon, airflow.providers.celery, airflow.providers.docker, psycopg2"
 
 COPY --chown=airflow:0 dags /opt/airflow/dags
 COPY --chown=airflow:0 plugins /opt/airflow/plugins
