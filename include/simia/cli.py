@@ -213,6 +213,15 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: every replicate)")
     cm.add_argument("-o", "--out", default=None, help="write the script here (default: stdout)")
 
+    ir = sub.add_parser("init-data-root", help="mark a data root shared by several hosts: "
+                                               "writes DIR/.simia-data-root with its id")
+    ir.add_argument("data_root", help="the shared data root (created if missing)")
+    ir.add_argument("--id", default=None, dest="root_id",
+                    help="the id to write (default: $SIMIA_DATA_ROOT_ID, else the marker's, "
+                         "else a new random one); every host sets SIMIA_DATA_ROOT_ID to it")
+    ir.add_argument("--force", action="store_true",
+                    help="replace a marker that holds another id")
+
     _analysis_parsers(sub)
 
     from simia.report.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
@@ -448,6 +457,7 @@ _OUTPUTS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "commands": (("out", "file", "-o/--out"),),
     "analyze": (("out", "file", "-o/--out"),),
     "report": (("out_dir", "dir", "-o/--out-dir"),),
+    "init-data-root": (("data_root", "dir", "DATA_ROOT"),),
 }
 
 
@@ -553,6 +563,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_bytes(args.out, script.encode())
             os.chmod(args.out, 0o755)
             result = {"script": str(args.out)}
+        elif args.command == "init-data-root":
+            from simia.placement import DATA_ROOT_ID_ENV, write_data_root_marker
+
+            root_id = args.root_id or os.environ.get(DATA_ROOT_ID_ENV, "").strip() or None
+            result = write_data_root_marker(args.data_root, root_id, force=args.force)
         elif args.command in ("analyze", "plan-power"):
             result = _analysis_command(args)
             if not result:

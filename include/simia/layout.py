@@ -16,6 +16,7 @@ A run of the experiment writes under ``<data_root>/<experiment>/<run_id>/``::
     report/                        ReportFiles
     failures/<task>[.<i>].json     failure summaries (the DAG's failure callback)
     failure_summary.json           earlier runs' list of failures (read only)
+    placement.json                 which host trains each run (SIMIA_GPU_HOSTS only)
 
 Each stage folder has a small class naming its files, so that a stage writing into any
 folder (the ``simia`` command line's ``-o``) and everything reading a run folder (the
@@ -31,11 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "DATA_ROOT_MARKER",
     "CollectFiles", "DataRoot", "DatasetFiles", "EvalFiles", "GenerateFiles", "JudgeFiles",
     "ProcessedFiles", "ReportFiles", "RuleScoreFiles", "RunLayout", "START_STAGES", "SeedFiles",
     "TrainFiles", "TrainRoot", "TwinFiles", "level_slug", "run_slug", "safe_name", "shard_file",
     "shard_params", "shard_summary", "starts_after",
 ]
+
+#: the file that names a shared data root (:attr:`DataRoot.marker`)
+DATA_ROOT_MARKER = ".simia-data-root"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -360,8 +365,19 @@ class DataRoot:
 
     @property
     def gpu_locks(self) -> Path:
-        """The GPU leases' lock files."""
+        """The GPU leases' lock files (one host)."""
         return self._child(".locks/gpus")
+
+    def host_gpu_locks(self, host: str) -> Path:
+        """The GPU leases' lock files of one host of ``SIMIA_GPU_HOSTS``
+        (``.locks/gpus/<host>``): leases stay per host when the data root is shared."""
+        return self._child(f".locks/gpus/{safe_name(host)}")
+
+    @property
+    def marker(self) -> Path:
+        """``.simia-data-root``: the id of a data root shared by several hosts (written by
+        ``simia init-data-root``, checked against ``SIMIA_DATA_ROOT_ID``). Not created."""
+        return self.root / DATA_ROOT_MARKER
 
     def run(self, experiment: str, run_id: str) -> RunLayout:
         """The layout of one run, ``<root>/<experiment>/<run_id>`` (folder created)."""
@@ -383,6 +399,11 @@ class RunLayout:
     @property
     def run_json(self) -> Path:
         return self.root / "run.json"
+
+    @property
+    def placement(self) -> Path:
+        """Which host of ``SIMIA_GPU_HOSTS`` trains each run (``plan_levels``)."""
+        return self.root / "placement.json"
 
     @property
     def seeds(self) -> SeedFiles:

@@ -26,24 +26,13 @@ from pathlib import Path
 from types import TracebackType
 
 from simia.errors import ConfigError
+from simia.settings.hosts import parse_gpu_ids  # the one definition, also used at parse time
 
 __all__ = ["GpuLease", "GpuLeaseTimeout", "check_request", "parse_gpu_ids", "release_claims"]
 
 
 class GpuLeaseTimeout(TimeoutError):
     """Not enough free GPUs within the wait limit."""
-
-
-def parse_gpu_ids(text: str | None) -> list[str]:
-    """``"0,1, 3"`` -> ``["0", "1", "3"]``; empty or None -> ``[]`` (no GPUs)."""
-    ids = [part.strip() for part in (text or "").split(",") if part.strip()]
-    bad = [i for i in ids if not (i.isdigit() or i.startswith("GPU-"))]
-    if bad:
-        raise ConfigError(f"GPU ids must be numbers or GPU-UUIDs separated by commas, got "
-                          f"{', '.join(repr(b) for b in bad)}")
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"GPU ids repeat: {text!r}")
-    return ids
 
 
 def check_request(gpu_ids: list[str], count: int) -> None:

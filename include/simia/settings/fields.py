@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
 
 __all__ = ["RunSetting", "SettingsModel", "env_default", "from_setting", "gpu_ids_default",
-           "has_gpus", "run_settings", "setting", "settings_values"]
+           "gpus_per_training_default", "has_gpus", "run_settings", "setting", "settings_values"]
 
 _KEY = "simia_setting"
 
@@ -130,8 +130,26 @@ def gpu_ids_default() -> str | None:
 
 
 def has_gpus() -> bool:
-    """Whether this host has GPUs for the pipeline (``SIMIA_GPU_IDS`` is not empty)."""
+    """Whether the pipeline has GPUs: ``SIMIA_GPU_IDS`` is not empty, or with
+    ``SIMIA_GPU_HOSTS`` (several hosts) one of its hosts has GPU ids."""
+    from simia.settings.hosts import gpu_hosts
+
+    hosts = gpu_hosts()
+    if hosts:
+        return any(h.gpus for h in hosts)
     return gpu_count() > 0
+
+
+def gpus_per_training_default() -> int:
+    """The default GPUs per training: every GPU of ``SIMIA_GPU_IDS`` on one host; with
+    ``SIMIA_GPU_HOSTS``, the GPUs of the smallest GPU host (so that every GPU host can
+    train; 0 when none has GPUs)."""
+    from simia.settings.hosts import gpu_hosts
+
+    hosts = gpu_hosts()
+    if hosts:
+        return min((h.gpus for h in hosts if h.gpus), default=0)
+    return gpu_count()
 
 
 def gpu_count() -> int:

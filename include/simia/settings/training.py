@@ -9,8 +9,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, field_validator
 
 from simia.settings.data import replicate_seed
-from simia.settings.fields import (SettingsModel, env_default, from_setting, gpu_count,
-                                   gpu_ids_default, has_gpus, setting)
+from simia.settings.fields import (SettingsModel, env_default, from_setting,
+                                   gpu_ids_default, gpus_per_training_default, has_gpus,
+                                   setting)
 
 __all__ = ["ContainerSettings", "DeepSpeedMode", "TrainingConfig", "TrainingRunSettings",
            "default_trainer_image"]
@@ -127,9 +128,10 @@ class ContainerSettings(SettingsModel):
                          description="simia/trainer:cuda (docker/trainer/Dockerfile) or "
                                      "simia/trainer:cpu for machines without a GPU.")
     gpus_per_training: int = setting(
-        default_factory=gpu_count, ge=0, title="GPUs per training",
+        default_factory=gpus_per_training_default, ge=0, title="GPUs per training",
         description="Each level trains on this many leased GPUs; with 8 GPUs and 2 per "
-                    "training, 4 levels train at once. 0: CPU.")
+                    "training, 4 levels train at once. 0: CPU. Default: every GPU of "
+                    "SIMIA_GPU_IDS; with SIMIA_GPU_HOSTS, those of the smallest GPU host.")
     model_cache_dir: str | None = setting(
         default_factory=env_default("SIMIA_HF_CACHE"), title="Model cache (HF_HOME)",
         description="Host folder for hub downloads, mounted at the same path. Empty: "
