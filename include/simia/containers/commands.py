@@ -152,6 +152,7 @@ def run_script(run_dir: str | Path, *, levels: Sequence[float] | None = None,
     ``run.json``. Raises :class:`InputError` for a folder that is not a run, or a level
     the run does not have."""
     from simia.run_config import datasets_dir, level_plans
+    from simia.settings.hosts import parse_gpu_hosts
 
     run = Path(run_dir).resolve()
     run_json = RunLayout(run).run_json
@@ -162,8 +163,10 @@ def run_script(run_dir: str | Path, *, levels: Sequence[float] | None = None,
                          "by validate_params", field="params")
     params = {**params, "train_models": True}  # show the containers even if it skipped them
     try:
+        hosts = parse_gpu_hosts(manifest.get("gpu_hosts"))  # the run's SIMIA_GPU_HOSTS
         plans = level_plans(params, run_dir=run, run_id=manifest["run_id"],
-                            dag_id=manifest["dag_id"], dataset_dir=datasets_dir(params, run))
+                            dag_id=manifest["dag_id"], dataset_dir=datasets_dir(params, run),
+                            hosts=hosts)
     except KeyError as exc:  # a run.json written by another version of the DAG
         raise InputError(run_json, f"no {exc.args[0]!r}: this run.json was written "
                          "by another version of the DAG", field=str(exc.args[0])) from None
@@ -194,6 +197,9 @@ def run_script(run_dir: str | Path, *, levels: Sequence[float] | None = None,
              "set -euo pipefail"]
     for plan in plans:
         lines += ["", f"# ---- level {plan['level']:g} %, replicate {plan.get('replicate', 1)}"]
+        if plan.get("host"):
+            lines.append(f"# placed on host {plan['host']} (GPUs {plan['gpu_ids'] or 'none'}, "
+                         f"queue {plan['queue']}): run these there")
         for what, commands in level_commands(plan):
             lines += [f"# {what}", *commands]
     return "\n".join(lines) + "\n"
