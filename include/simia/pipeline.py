@@ -99,6 +99,9 @@ def validate(p: Params, run: RunLayout, *, dag_id: str, run_id: str, run_type: s
     if power is not None:
         print(f"power plan: {power['line']}")
     if hosts and p["train_models"]:
+        if p.get("gpu_ids"):
+            print(f"gpu_ids = {p['gpu_ids']} is not used: with SIMIA_GPU_HOSTS each host's "
+                  "GPUs are those it lists")
         print("placement of the training runs on SIMIA_GPU_HOSTS:")
         for line in placement(p, hosts).lines():
             print(f"  {line}")

@@ -186,8 +186,9 @@ def test_validate_logs_the_placement_and_records_the_hosts(built_run, tmp_path, 
     hosts = parse_gpu_hosts("gpu-a:0,1;gpu-b:4,5,6,7")
     run = RunLayout(tmp_path / "run")
     run.root.mkdir()
-    pipeline.validate(p, run, dag_id=DAG_ID, run_id="r1", hosts=hosts)
+    pipeline.validate({**p, "gpu_ids": "0"}, run, dag_id=DAG_ID, run_id="r1", hosts=hosts)
     out = capsys.readouterr().out
+    assert "gpu_ids = 0 is not used: with SIMIA_GPU_HOSTS" in out
     assert "placement of the training runs on SIMIA_GPU_HOSTS:" in out
     from simia.run_config import placement
 

@@ -11,7 +11,8 @@ check, so a level can be re-run, debugged or continued outside Airflow.
 Secrets are never written: the Hugging Face token and the user simulator's OpenAI key go
 in by name only (``-e HF_TOKEN``, ``-e OPENAI_API_KEY``), from the caller's environment.
 GPUs: the DAG leases free ones at run time; the script asks for the first ones of the
-run's ``gpu_ids`` (or for a count when none are listed).
+run's ``gpu_ids`` (or for a count when none are listed). A run recorded with
+``SIMIA_GPU_HOSTS`` says on which host each training run was placed, and uses its GPUs.
 """
 
 from __future__ import annotations
