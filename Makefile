@@ -43,6 +43,7 @@ bench: venv
 	$(VENV)/bin/python benchmarks/bench_llm.py
 	$(VENV)/bin/python benchmarks/bench_calibration.py
 	$(VENV)/bin/python benchmarks/bench_collection_cost.py
+	$(VENV)/bin/python benchmarks/bench_placement.py
 
 clean:
 	rm -rf $(VENV) $(LF_VENV) .airflow .data .pytest_cache

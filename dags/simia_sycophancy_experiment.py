@@ -75,6 +75,12 @@ training a Docker engine with the trainer image (`docker/trainer/`), the NVIDIA 
 for GPUs (`SIMIA_GPU_IDS`), and optionally a `huggingface_default` connection whose
 password is a Hugging Face token; for tau2's user simulator an `openai_default`
 connection whose password is the OpenAI key (or another litellm model in `user_llm`).
+
+**Several GPU hosts** (CeleryExecutor): `SIMIA_GPU_HOSTS=gpu-a:0,1,2,3;gpu-b:0,1,2,3`
+(the same on every component and worker) makes one `level_<host>` group per host, its
+tasks on the Celery queue `simia-<host>`; `validate_params` logs which host trains each
+run and `placement.json` records it. The data root is shared by every host
+(`.simia-data-root`, checked against `SIMIA_DATA_ROOT_ID`).
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, Param, TriggerRule, dag, get_current_context, task, task_group
 from simia.settings.fields import gpu_count
+from simia.settings.hosts import LEVEL_GROUP, gpu_hosts
 from simia.settings import param_specs
 from simia_airflow.callbacks import record_failure
 from simia_airflow.evaluation import EvaluateTau2Operator
@@ -96,6 +103,10 @@ _SCHEDULE = os.environ.get("SIMIA_SCHEDULE", "").strip()
 SCHEDULE = None if _SCHEDULE.lower() in ("", "none", "manual") else _SCHEDULE
 # at most one training per GPU can ever run; GPU leases enforce the exact split
 TRAINING_SLOTS = max(1, gpu_count())
+# SIMIA_GPU_HOSTS ("gpu-a:0,1,2,3;gpu-b:0,1,2,3,4,5,6,7"): one level_<host> group per host,
+# its tasks on the host's Celery queue simia-<host>; empty: one `level` group, default queue.
+# Every Airflow component and worker needs the same value (a worker parses this file).
+GPU_HOSTS = gpu_hosts()
 
 RAW = Asset(name="simia_raw_conversations", uri="simia://experiment/raw_conversations")
 PROCESSED = Asset(name="simia_processed_conversations", uri="simia://experiment/processed")
@@ -199,14 +210,16 @@ def simia_sycophancy_experiment():
     @task(retries=0)
     def validate_params() -> dict:
         """Check the run's Params together (what one Param's schema cannot) and record the
-        run in run.json; every problem is listed, each naming its Param."""
+        run in run.json; every problem is listed, each naming its Param. With
+        SIMIA_GPU_HOSTS it logs which host trains each run; with SIMIA_DATA_ROOT_ID it
+        checks the data root is the shared one."""
         from simia_airflow.llm import llm_connection_problems
 
         ctx = get_current_context()
         return _step("validate", dag_id=DAG_ID, run_id=ctx["run_id"],
                      run_type=str(getattr(ctx["dag_run"], "run_type", "")),
                      logical_date=str(ctx.get("logical_date") or ""),
-                     check_connections=llm_connection_problems)
+                     check_connections=llm_connection_problems, hosts=GPU_HOSTS)
 
     @task(execution_timeout=timedelta(hours=6))
     def generate_seeds(valid: dict) -> str:
@@ -282,30 +295,58 @@ def simia_sycophancy_experiment():
         return _step("build_datasets", processed, scores, collected, twins, asset=DATASETS)
 
     @task
-    def plan_levels(built: dict) -> list[dict]:
+    def plan_levels(built: dict) -> list[dict] | dict[str, list[dict]]:
         """Per level: the LLaMA-Factory YAML (train/<level>/train_config.yaml) and the
         trainer container, then the server and evaluator settings; none when
         train_models is off. Bad training, GPU, serving or evaluation Params fail here,
-        once, before any container starts."""
+        once, before any container starts. With SIMIA_GPU_HOSTS: the plans by host
+        (placement.json says which host trains each run)."""
         return _step("plan_levels", built, dag_id=DAG_ID,
-                     run_id=get_current_context()["run_id"])
+                     run_id=get_current_context()["run_id"], hosts=GPU_HOSTS)
 
-    @task_group(group_id="level")
-    def level(plan):
-        """One level: train, then serve and evaluate (server torn down on every path)."""
-        trained = TrainModelOperator(
-            task_id="train_model", level=plan, doc_md=TRAIN_DOC, outlets=[MODELS],
-            max_active_tis_per_dag=TRAINING_SLOTS, retries=1,
-            execution_timeout=timedelta(hours=48))
-        served = ServeModelOperator(task_id="serve_model", level=plan, doc_md=SERVE_DOC,
-                                    retries=1, execution_timeout=timedelta(hours=8))
-        evaluated = EvaluateTau2Operator(
-            task_id="evaluate_tau2", level=plan, server=served.output, doc_md=EVAL_DOC,
-            outlets=[EVALUATIONS], retries=1, execution_timeout=timedelta(hours=48))
-        stopped = StopModelServerOperator(task_id="stop_model_server", level=plan,
-                                          doc_md=STOP_DOC, retries=3)
-        trained >> served >> evaluated >> stopped
-        stopped.as_teardown(setups=served)
+    def level_group(group_id: str, slots: int, queue: str | None):
+        """The per-level task group ``group_id``: its tasks on ``queue`` (None: the
+        default queue), at most ``slots`` trainings at once."""
+        on_queue = {"queue": queue} if queue else {}  # a partial argument (not mappable)
+
+        @task_group(group_id=group_id)
+        def level(plan):
+            """One level: train, then serve and evaluate (server torn down on every path)."""
+            trained = TrainModelOperator(
+                task_id="train_model", level=plan, doc_md=TRAIN_DOC, outlets=[MODELS],
+                max_active_tis_per_dag=slots, retries=1,
+                execution_timeout=timedelta(hours=48), **on_queue)
+            served = ServeModelOperator(task_id="serve_model", level=plan, doc_md=SERVE_DOC,
+                                        retries=1, execution_timeout=timedelta(hours=8),
+                                        **on_queue)
+            evaluated = EvaluateTau2Operator(
+                task_id="evaluate_tau2", level=plan, server=served.output, doc_md=EVAL_DOC,
+                outlets=[EVALUATIONS], retries=1, execution_timeout=timedelta(hours=48),
+                **on_queue)
+            stopped = StopModelServerOperator(task_id="stop_model_server", level=plan,
+                                              doc_md=STOP_DOC, retries=3, **on_queue)
+            trained >> served >> evaluated >> stopped
+            stopped.as_teardown(setups=served)
+
+        return level
+
+    def host_plans(host):
+        """The task that hands ``host``'s plans to its group (Airflow maps over a task's
+        whole return value only)."""
+        @task(task_id=f"plans_{host.name}",
+              doc_md=f"The plans of the training runs placed on host {host.name} (from "
+                     f"plan_levels); none: its `{host.group_id}` group is skipped.")
+        def pick(plans: dict) -> list[dict]:
+            if host.name not in plans:
+                from airflow.sdk.exceptions import AirflowFailException
+
+                raise AirflowFailException(
+                    f"plan_levels made no plans for host {host.name} (it planned for "
+                    f"{', '.join(plans) or 'no host'}): the worker that ran it has another "
+                    "SIMIA_GPU_HOSTS; give every component and worker the same value")
+            return plans[host.name]
+
+        return pick
 
     @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[REPORT], retries=1)
     def report_results() -> dict:
@@ -327,7 +368,13 @@ def simia_sycophancy_experiment():
     collected = merge_collection(collect_conversations.expand(plan=collect_pilot(seeds)))
     twins = make_twins(processed, scores, collected)
     built = build_sft_datasets(processed, scores, collected, twins)
-    level.expand(plan=plan_levels(built)) >> report_results()
+    plans = plan_levels(built)
+    report = report_results()
+    if not GPU_HOSTS:
+        level_group(LEVEL_GROUP, TRAINING_SLOTS, None).expand(plan=plans) >> report
+    for host in GPU_HOSTS:  # an empty list for a host skips its group
+        level_group(host.group_id, host.max_trainings, host.queue).expand(
+            plan=host_plans(host)(plans)) >> report
 
 
 simia_sycophancy_experiment()

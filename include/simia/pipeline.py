@@ -10,12 +10,13 @@ LLM stages get a client *factory*, so a skipped stage never needs a connection.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from simia.errors import ConfigError, SimiaError
 from simia.layout import DataRoot, RunLayout, starts_after
+from simia.settings.hosts import GpuHost, format_gpu_hosts, level_task_id
 
 __all__ = ["Done", "Skipped", "build_datasets", "collect_pilot", "collect_shard", "collecting",
            "generate_seeds", "generate_shard", "judge_shard", "make_twins", "merge_collection",
@@ -67,16 +68,24 @@ _BY_COLLECTION = "collection = design: the collect tasks generate, validate and 
 
 def validate(p: Params, run: RunLayout, *, dag_id: str, run_id: str, run_type: str = "",
              logical_date: str = "",
-             check_connections: Callable[[Params], list[str]] | None = None) -> Done:
+             check_connections: Callable[[Params], list[str]] | None = None,
+             hosts: Sequence[GpuHost] = ()) -> Done:
     """Check the run's Params together (and, with ``check_connections``, the connections
     they name) and record them in ``run.json`` (kept when it exists: a retried run keeps
-    its first record)."""
+    its first record). With ``hosts`` (``SIMIA_GPU_HOSTS``) it prints where each
+    training run goes and records the hosts; with ``SIMIA_DATA_ROOT_ID`` set it checks
+    that the data root is the shared one."""
     from simia import __version__
     from simia.io import write_json
-    from simia.run_config import check_run_params, power_plan
+    from simia.placement import check_shared_data_root
+    from simia.run_config import check_run_params, placement, power_plan
 
     power = None
-    problems = check_run_params(p)
+    problems = check_run_params(p, hosts)
+    try:
+        check_shared_data_root(p["data_root"])
+    except SimiaError as exc:
+        problems.append(f"data_root: {exc}")
     if check_connections is not None:
         problems += check_connections(p)
     if not problems:
@@ -89,10 +98,18 @@ def validate(p: Params, run: RunLayout, *, dag_id: str, run_id: str, run_type: s
                           "again:\n- " + "\n- ".join(problems))
     if power is not None:
         print(f"power plan: {power['line']}")
+    if hosts and p["train_models"]:
+        if p.get("gpu_ids"):
+            print(f"gpu_ids = {p['gpu_ids']} is not used: with SIMIA_GPU_HOSTS each host's "
+                  "GPUs are those it lists")
+        print("placement of the training runs on SIMIA_GPU_HOSTS:")
+        for line in placement(p, hosts).lines():
+            print(f"  {line}")
     manifest = {"dag_id": dag_id, "run_id": run_id, "run_type": run_type,
                 "logical_date": logical_date, "simia_version": __version__,
                 "start_from": p["start_from"], "source_run": p["source_run"],
-                "params": dict(p), "power_plan": power}
+                "params": dict(p), "power_plan": power,
+                "gpu_hosts": format_gpu_hosts(tuple(hosts)) or None}
     if not run.run_json.exists():
         write_json(run.run_json, manifest, indent=True)
     return Done({"run_dir": str(run.root), "start_from": p["start_from"]})
@@ -380,18 +397,53 @@ def build_datasets(p: Params, run: RunLayout, processed: dict[str, Any] | None,
 # --------------------------------------------------------------------------- models and report
 
 def plan_levels(p: Params, run: RunLayout, built: dict[str, Any], *, dag_id: str,
-                run_id: str) -> Done:
+                run_id: str, hosts: Sequence[GpuHost] = ()) -> Done:
     """Per level: its training YAML and containers (see
-    :func:`simia.run_config.level_plans`)."""
-    from simia.run_config import level_plans
+    :func:`simia.run_config.level_plans`). With ``hosts`` (``SIMIA_GPU_HOSTS``): the
+    plans by host name (every host, an empty list for one without runs), each host's in
+    the order its runs are planned to start, and the placement in ``placement.json``."""
+    from simia.io import write_json
+    from simia.run_config import level_plans, placement
 
-    return Done(level_plans(p, run_dir=run.root, run_id=run_id, dag_id=dag_id,
-                            dataset_dir=built["dataset_dir"]))
+    plans = level_plans(p, run_dir=run.root, run_id=run_id, dag_id=dag_id,
+                        dataset_dir=built["dataset_dir"], hosts=hosts)
+    if not hosts:
+        return Done(plans)
+    by_host: dict[str, list[dict[str, Any]]] = {h.name: [] for h in hosts}
+    if plans:
+        placed = placement(p, hosts)
+        write_json(run.placement, placed.as_dict(), indent=True)
+        index = {(pl["level"], pl["replicate"]): pl for pl in plans}
+        for name, runs in placed.by_host().items():
+            by_host[name] = [index[(r.level, r.replicate)] for r in runs]
+        for line in placed.lines():
+            print(line)
+    return Done(by_host)
 
 
-def _runs(runs: list[tuple[float, int]]) -> str:
-    """``5 % (replicate 2), 10 % (replicate 1)``."""
-    return ", ".join(f"{level:g} % (replicate {k})" for level, k in runs)
+def _runs(runs: list[tuple[float, int]], hosts: Mapping[tuple[float, int], str] | None = None,
+          task: str = "") -> str:
+    """``5 % (replicate 2), 10 % (replicate 1)``; with the placement's hosts, each run's
+    task: ``5 % (replicate 2, level_gpu-b.train_model)``."""
+    def where(level: float, k: int) -> str:
+        host = (hosts or {}).get((level, k))
+        return f", {level_task_id(task, host)}" if host and task else ""
+    return ", ".join(f"{level:g} % (replicate {k}{where(level, k)})" for level, k in runs)
+
+
+def _placed_hosts(run: RunLayout) -> dict[tuple[float, int], str]:
+    """(level, replicate) -> host name, from the run's ``placement.json`` (empty on one
+    host, or when it cannot be read)."""
+    from simia.io import read_json
+
+    if not run.placement.is_file():
+        return {}
+    try:
+        placed = read_json(run.placement, what="placement")
+        return {(float(r["level"]), int(r["replicate"])): str(r["host"])
+                for r in placed["runs"]}
+    except (SimiaError, KeyError, TypeError, ValueError):
+        return {}
 
 
 def report(p: Params, run: RunLayout, *, validated: bool, datasets_built: bool) -> Done:
@@ -409,16 +461,18 @@ def report(p: Params, run: RunLayout, *, validated: bool, datasets_built: bool) 
         problems.append("the datasets were not built (see the failed data stage)")
     if p["train_models"]:
         replicates = p.get("replicates", 1)
+        hosts = _placed_hosts(run)
         untrained = missing_trainings(run.root, p["levels"], replicates)
         if untrained:
-            problems.append(f"training run(s) {_runs(untrained)} were not trained (see "
-                            "train_model)")
+            problems.append(f"training run(s) {_runs(untrained, hosts, 'train_model')} were "
+                            "not trained (see train_model)")
         if p["evaluate_models"]:
             missing = [m for m in missing_evaluations(run.root, p["levels"], p["num_trials"],
                                                       replicates) if m not in untrained]
             if missing:
-                problems.append(f"training run(s) {_runs(missing)} have no complete evaluation "
-                                "results (see serve_model and evaluate_tau2)")
+                problems.append(f"training run(s) {_runs(missing, hosts, 'evaluate_tau2')} "
+                                "have no complete evaluation results (see serve_model and "
+                                "evaluate_tau2)")
     if problems:
         raise SimiaError(f"the report is written ({run.report.markdown}), but "
                          f"{'; '.join(problems)}. Fix the failed task of that level and clear "

@@ -18,14 +18,15 @@ enough.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from simia.errors import SimiaError
 from simia.layout import DataRoot, RunLayout
+from simia.settings.hosts import GpuHost
 from simia.settings import (AnalysisSettings, CollectionSettings, ContainerSettings,
                             DatasetDesign, DataSettings, EvalSettings, GenerationSettings,
                             InputSettings, JudgingSettings,
@@ -33,7 +34,10 @@ from simia.settings import (AnalysisSettings, CollectionSettings, ContainerSetti
                             TrainingConfig, TrainingRunSettings, build, require, run_settings)
 
 __all__ = ["calls_the_llm", "check_run_params", "datasets_dir", "eval_settings",
-           "level_plans", "power_plan", "training_config"]
+           "level_plans", "placement", "power_plan", "training_config"]
+
+if TYPE_CHECKING:
+    from simia.placement import Placement
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -86,8 +90,9 @@ def _must_exist(problems: list[str], name: str, path: str, *, folder: bool = Fal
                         "workers can read")
 
 
-def check_run_params(p: Mapping[str, Any]) -> list[str]:
-    """Every problem with a run's Params (empty list: the run may start)."""
+def check_run_params(p: Mapping[str, Any], hosts: Sequence[GpuHost] = ()) -> list[str]:
+    """Every problem with a run's Params (empty list: the run may start). ``hosts``: the
+    GPU hosts of ``SIMIA_GPU_HOSTS`` (empty: one host, its GPUs in ``gpu_ids``)."""
     problems: list[str] = []
     data = _validated(problems, DataSettings, p)
     if data is None:
@@ -149,7 +154,7 @@ def check_run_params(p: Mapping[str, Any]) -> list[str]:
         except SimiaError as exc:
             problems.append(f"datasets: {exc}")
     if p.get("train_models"):  # without trained models there is nothing to serve either
-        problems += _training_problems(p)
+        problems += _training_problems(p, hosts)
     analysis = _validated(problems, AnalysisSettings, p)
     if analysis is not None and analysis.run_variance_from:
         _must_exist(problems, "run_variance_from", analysis.run_variance_from)
@@ -253,18 +258,25 @@ def power_plan(p: Mapping[str, Any]) -> dict[str, Any] | None:
             "line": line}
 
 
-def _training_problems(p: Mapping[str, Any]) -> list[str]:
+def _training_problems(p: Mapping[str, Any], hosts: Sequence[GpuHost] = ()) -> list[str]:
     from simia.containers.gpus import check_request, parse_gpu_ids
 
     problems: list[str] = []
     cfg = _validated(problems, TrainingConfig, p)
     _validated(problems, ContainerSettings, p)
-    try:
-        ids = parse_gpu_ids(p["gpu_ids"])
-        check_request(ids, p["gpus_per_training"])
-    except SimiaError as exc:
-        problems.append(f"gpu_ids / gpus_per_training: {exc}")
-        ids = []
+    if hosts:  # the hosts' GPUs, not gpu_ids; the placement refuses what no host can run
+        ids = [str(i) for i in range(max(h.gpus for h in hosts))]  # the largest host
+        try:
+            placement(p, hosts)
+        except SimiaError as exc:
+            problems.append(f"gpus_per_training / gpus_per_server: {exc}")
+    else:
+        try:
+            ids = parse_gpu_ids(p["gpu_ids"])
+            check_request(ids, p["gpus_per_training"])
+        except SimiaError as exc:
+            problems.append(f"gpu_ids / gpus_per_training: {exc}")
+            ids = []
     if cfg is not None and Path(cfg.model).is_absolute() and not Path(cfg.model).is_dir():
         problems.append(f"base_model: {cfg.model!r} looks like a local path but is not a "
                         "folder the workers can see")
@@ -297,8 +309,28 @@ def datasets_dir(p: Mapping[str, Any], run_dir: str | Path) -> Path:
     return RunLayout(run_dir).datasets.dir
 
 
+def _server_gpus(p: Mapping[str, Any]) -> int:
+    """GPUs one model server leases (0 unless the run evaluates with vLLM)."""
+    if not p.get("evaluate_models") or p.get("serve_backend") != "vllm":
+        return 0
+    return int(p.get("gpus_per_server") or 0)
+
+
+def placement(p: Mapping[str, Any], hosts: Sequence[GpuHost]) -> Placement:
+    """Which host of ``hosts`` trains each of the run's training runs (equal durations:
+    the runs of a design train on equal datasets with equal settings). Raises
+    :class:`simia.placement.PlacementError` when no host has the GPUs a training (or a
+    server) needs."""
+    from simia.placement import plan_placement, training_runs
+
+    runs = training_runs(p["levels"], int(p.get("replicates", 1)))
+    return plan_placement(runs, hosts, int(p["gpus_per_training"]),
+                          gpus_per_server=_server_gpus(p))
+
+
 def level_plans(p: Mapping[str, Any], *, run_dir: str | Path, run_id: str, dag_id: str,
-                dataset_dir: str | Path) -> list[dict[str, Any]]:
+                dataset_dir: str | Path, hosts: Sequence[GpuHost] = ()
+                ) -> list[dict[str, Any]]:
     """Per level, everything its tasks need, as plain JSON-able data: the LLaMA-Factory
     YAML (written to ``train/<level>/train_config.yaml``, unchanged when identical) and
     the trainer container, then the server and evaluator settings. Empty when
@@ -308,17 +340,25 @@ def level_plans(p: Mapping[str, Any], *, run_dir: str | Path, run_id: str, dag_i
 
     The DAG's ``plan_levels`` task returns this (one mapped ``level`` group per entry),
     and ``simia commands`` prints the containers it describes as ``docker`` commands.
+
+    With ``hosts`` (``SIMIA_GPU_HOSTS``) each plan is placed on a host
+    (:func:`placement`): it records ``host`` and ``queue``, its ``gpu_ids`` are that
+    host's and its ``lock_dir`` is the host's own (``.locks/gpus/<host>``), so GPU
+    leases stay on the host even when the data root is shared.
     """
     from simia.containers.gpus import check_request, parse_gpu_ids
     from simia.containers.training import container_spec, plan_level
+    from simia.placement import TrainingRun
 
     p = {"replicates": 1, **p}  # a run.json from before replicates: one run per level
     require(p, TrainingRunSettings, ServingRunSettings, DatasetDesign, TrainingConfig,
              ContainerSettings, ServerSettings, EvalSettings)
     if not p["train_models"]:
         return []
-    gpu_ids = parse_gpu_ids(p["gpu_ids"])
-    check_request(gpu_ids, p["gpus_per_training"])
+    placed = placement(p, hosts) if hosts else None
+    if placed is None:
+        gpu_ids = parse_gpu_ids(p["gpu_ids"])
+        check_request(gpu_ids, p["gpus_per_training"])
     cfg = training_config(p)
     root = DataRoot(p["data_root"])
     cache = p["model_cache_dir"] or str(root.hf_cache)
@@ -326,7 +366,8 @@ def level_plans(p: Mapping[str, Any], *, run_dir: str | Path, run_id: str, dag_i
     server = build(ServerSettings, p, model_cache_dir=cache)
     if server.backend != "vllm":
         server = server.model_copy(update={"gpus_per_server": 0})
-    check_request(gpu_ids, server.gpus_per_server)
+    if placed is None:
+        check_request(gpu_ids, server.gpus_per_server)
     evaluation = eval_settings(p)
     layout = RunLayout(run_dir)
     run = str(layout.root)
@@ -342,10 +383,17 @@ def level_plans(p: Mapping[str, Any], *, run_dir: str | Path, run_id: str, dag_i
                               train_dir=str(layout.train_root), level=level, run_key=run_key,
                               replicate=replicate)
             spec = container_spec(run_cfg, plan, run, settings)
+            where: dict[str, Any] = {"lock_dir": lock_dir, "gpu_ids": p["gpu_ids"]}
+            if placed is not None:
+                host = placed.host_of(TrainingRun(float(level), replicate))
+                where = {"host": host.name, "queue": host.queue,
+                         "lock_dir": str(root.host_gpu_locks(host.name)),
+                         "gpu_ids": host.gpu_ids_text}
+            lock_dir = where["lock_dir"]
             out.append({
                 "level": float(level), "replicate": replicate, "run_dir": run,
-                "run_key": run_key, "run_id": run_id, "lock_dir": lock_dir,
-                "gpu_ids": p["gpu_ids"], "train_dir": str(layout.train(level, replicate).dir),
+                "run_key": run_key, "run_id": run_id, "data_root": str(root.root), **where,
+                "train_dir": str(layout.train(level, replicate).dir),
                 "evaluate": p["evaluate_models"],
                 "train": {**spec, "plan": plan.as_dict(),
                           "labels": {"simia.dag_id": dag_id, "simia.run_id": run_id,
@@ -353,7 +401,7 @@ def level_plans(p: Mapping[str, Any], *, run_dir: str | Path, run_id: str, dag_i
                                      "simia.replicate": str(replicate),
                                      "simia.stage": "train"},
                           "gpus_per_training": p["gpus_per_training"],
-                          "gpu_ids": p["gpu_ids"], "lock_dir": lock_dir},
+                          "gpu_ids": where["gpu_ids"], "lock_dir": lock_dir},
                 "server": server.model_dump(mode="json"),
                 "eval": evaluation.model_dump(mode="json")})
     return out

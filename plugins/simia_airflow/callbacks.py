@@ -2,11 +2,12 @@
 
 ``record_failure`` (every task's ``on_failure_callback``) writes a short summary of a
 failed try into the run directory, ``<run>/failures/<task_id>[.<map_index>].json``: what
-failed, on which try, the error's last line, and what to do. The UI plugin shows these
-next to the run, so a researcher sees at a glance which level or shard failed and why,
-without opening every task log. It never raises (a callback error must not hide the
-task's own error) and never writes secrets (only the exception text, which the pipeline
-keeps free of them, cut to 2,000 characters).
+failed, on which try, the error's last line, what to do and, for a level's task with
+``SIMIA_GPU_HOSTS``, the host it ran on (task ids ``level_<host>.<task>``). The UI
+plugin shows these next to the run, so a researcher sees at a glance which level or
+shard failed and why, without opening every task log. It never raises (a callback
+error must not hide the task's own error) and never writes secrets (only the exception
+text, which the pipeline keeps free of them, cut to 2,000 characters).
 
 Imported when the DAG is parsed: no ``simia`` import at module level.
 """
@@ -55,6 +56,10 @@ def record_failure(context: dict[str, Any]) -> None:
                 record["by_hand"] += f" --replicate {level['replicate']}"
             record["log_hint"] += (f" To run this training run's containers by hand: "
                                    f"{record['by_hand']}")
+            if level.get("host"):  # SIMIA_GPU_HOSTS: the host its tasks run on
+                record["host"], record["queue"] = level["host"], level.get("queue")
+                record["log_hint"] += (f" (on host {level['host']}, whose worker serves "
+                                       f"queue {level.get('queue')})")
         path = run.failure(record["task_id"], record["map_index"])
         write_json(path, record, indent=True)
         log.info("failure summary written to %s", path)

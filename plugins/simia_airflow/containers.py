@@ -21,7 +21,10 @@ A ``DockerOperator`` (providers-docker) whose engine calls go through
   ``DockerOperator``; a detached one (the model server) through
   :meth:`SimiaDockerHook.following_log <simia_airflow.hooks.SimiaDockerHook.following_log>`;
 - **GPU leases**: explicit device ids leased with ``flock``
-  (:class:`simia.containers.gpus.GpuLease`), a server's claim checked against the engine.
+  (:class:`simia.containers.gpus.GpuLease`), a server's claim checked against the engine;
+- **the right host**: with ``SIMIA_GPU_HOSTS`` a plan names its host and GPUs, and
+  :meth:`SimiaContainerOperator.check_host` refuses a worker whose ``SIMIA_GPU_IDS``
+  differ, or a data root that is not the shared one, before any container starts.
 
 Imported when the DAG is parsed: no ``simia`` import at module level.
 """
@@ -139,6 +142,17 @@ class SimiaContainerOperator(DockerOperator):
                         log=self.log.info, claim_alive=self.hook.container_alive)
 
     # -- the lifecycle ---------------------------------------------------------------
+    def check_host(self) -> None:
+        """Before anything starts: refuse a worker that is not the host the level's plan
+        was placed on (its ``SIMIA_GPU_IDS``), and, with ``SIMIA_DATA_ROOT_ID`` set, a
+        data root that is not the shared one (:mod:`simia.placement`)."""
+        from simia.placement import check_shared_data_root, check_worker_gpus
+
+        level = self.level if isinstance(self.level, Mapping) else {}
+        check_worker_gpus(level)
+        if level.get("data_root"):
+            check_shared_data_root(level["data_root"])
+
     def remove_leftovers(self, log: LogFn | None = None) -> list[str]:
         """Force-remove this container's name or label holders; their ids."""
         return self.hook.remove_containers(self.deterministic_name, log or self.log.warning)

@@ -52,6 +52,7 @@ class EvaluateTau2Operator(SimiaContainerOperator):
     def execute(self, context: Any) -> dict[str, Any]:  # type: ignore[override]
         from simia.evaluation.evaluator import EvalSettings, evaluator_spec, finished_results
 
+        self.check_host()
         settings = EvalSettings(**self.level["eval"])
         spec = evaluator_spec(settings, server=self.server, run_dir=self.level["run_dir"])
         counts = finished_results(spec["results"], spec["num_trials"])

@@ -77,6 +77,7 @@ class ServeModelOperator(SimiaContainerOperator):
             from airflow.sdk.exceptions import AirflowSkipException
 
             raise AirflowSkipException("evaluate_models is off: no server, no evaluation")
+        self.check_host()
         settings = ServerSettings(**plan["server"])
         model = trained_model(plan["train_dir"])
         spec = server_spec(settings, model=model, level=plan["level"],

@@ -100,6 +100,7 @@ class TrainModelOperator(SimiaContainerOperator):
         )
 
         if self.level is not None:
+            self.check_host()
             self._apply_level()
         plan = TrainingPlan(**self.plan)
         done = completed_summary(plan.output_dir, plan.config_sha256)

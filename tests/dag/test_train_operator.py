@@ -380,3 +380,37 @@ def test_infrastructure_errors_fail_the_evaluation_while_a_retry_is_left(
         done = op.execute({"run_id": "r1", "ti": ti})
         assert done["infrastructure_errors"] == 1
         assert "treats them as missing data" in _task_log(capfd)
+
+
+# --------------------------------------------------------------------------- several hosts
+
+def _placed(tmp_path: Path) -> dict[str, Any]:
+    """A level's plan placed on host gpu-b of SIMIA_GPU_HOSTS (what the checks read)."""
+    return {"level": 5.0, "replicate": 1, "run_id": "r1", "run_dir": str(tmp_path),
+            "host": "gpu-b", "queue": "simia-gpu-b", "gpu_ids": "4,5,6,7",
+            "data_root": str(tmp_path), "evaluate": True,
+            "eval": {"evaluator": "simia-ci", "num_trials": 1}}
+
+
+@pytest.mark.parametrize("which", ["train", "serve", "evaluate"])
+def test_a_worker_of_another_host_refuses_before_any_container(which, tmp_path, engine,
+                                                                monkeypatch):
+    from simia.placement import DataRootError, WrongHostError
+
+    level = _placed(tmp_path)
+    op = {"train": lambda: TrainModelOperator(task_id="train_model", level=level),
+          "serve": lambda: ServeModelOperator(task_id="serve_model", level=level),
+          "evaluate": lambda: EvaluateTau2Operator(task_id="evaluate_tau2", level=level,
+                                                   server=_server(tmp_path))}[which]()
+    monkeypatch.setenv("SIMIA_GPU_IDS", "0,1,2,3")
+    with pytest.raises(WrongHostError, match="worker whose GPUs are 0,1,2,3 .* planned for "
+                                             "host gpu-b with 4,5,6,7"):
+        op.execute({"run_id": "r1"})
+    assert engine.events == [] and engine.created == []
+    # the right GPUs, but the data root is not the shared one
+    monkeypatch.setenv("SIMIA_GPU_IDS", "7,6,5,4")
+    monkeypatch.setenv("SIMIA_DATA_ROOT_ID", "lab-1")
+    with pytest.raises(DataRootError, match="is not the shared one: it has no "
+                                            ".simia-data-root marker"):
+        op.execute({"run_id": "r1"})
+    assert engine.events == [] and engine.created == []

@@ -95,3 +95,27 @@ def test_dag_from_seeds_to_datasets_with_the_llm_judge(dag, tau2_dir, tmp_path,
     agents = converse_server.stats["user_agents"]
     assert agents and all(a.startswith("Botocore/") and " simia/" in a and " Airflow/" in a
                           for a in agents), agents
+
+
+def test_on_several_hosts_a_run_without_trainings_skips_every_hosts_group(
+        experiment_dag, raw_file, tau2_dir, tmp_path, monkeypatch):
+    """SIMIA_GPU_HOSTS: plan_levels hands every host an empty list when nothing is trained;
+    each host's group is skipped and the run succeeds."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("SIMIA_GPU_HOSTS", "gpu-a:0,1;cpu-a:")
+    dag = DagBag(dag_folder=str(ROOT / "dags"), safe_mode=False).dags[experiment_dag.dag_id]
+    defaults = {name: param.value for name, param in dag.params.items()}
+    conf = {**defaults, "raw_conversations": str(raw_file), "data_root": str(tmp_path),
+            "tau2_data_dir": str(tau2_dir), "train_models": False, "levels": [0, 10],
+            "dataset_size": 20, "shared_clean": 15, "replicates": 1, "label_source": "rules",
+            "sycophancy_source": "natural"}
+    dr = dag.test(run_conf=conf)
+    states = _states(dr)
+    assert dr.state == "success", states
+    assert states["plans_gpu-a"] == states["plans_cpu-a"] == "success"
+    for host in ("gpu-a", "cpu-a"):
+        assert states[f"level_{host}.train_model"] == "skipped", states
+    assert states["report_results"] == "success"
+    run = next((tmp_path / "simia_sycophancy_experiment").iterdir())
+    assert json.loads((run / "run.json").read_text())["gpu_hosts"] == "gpu-a:0,1;cpu-a:"

@@ -11,7 +11,8 @@ check, so a level can be re-run, debugged or continued outside Airflow.
 Secrets are never written: the Hugging Face token and the user simulator's OpenAI key go
 in by name only (``-e HF_TOKEN``, ``-e OPENAI_API_KEY``), from the caller's environment.
 GPUs: the DAG leases free ones at run time; the script asks for the first ones of the
-run's ``gpu_ids`` (or for a count when none are listed).
+run's ``gpu_ids`` (or for a count when none are listed). A run recorded with
+``SIMIA_GPU_HOSTS`` says on which host each training run was placed, and uses its GPUs.
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ def run_script(run_dir: str | Path, *, levels: Sequence[float] | None = None,
     ``run.json``. Raises :class:`InputError` for a folder that is not a run, or a level
     the run does not have."""
     from simia.run_config import datasets_dir, level_plans
+    from simia.settings.hosts import parse_gpu_hosts
 
     run = Path(run_dir).resolve()
     run_json = RunLayout(run).run_json
@@ -162,8 +164,10 @@ def run_script(run_dir: str | Path, *, levels: Sequence[float] | None = None,
                          "by validate_params", field="params")
     params = {**params, "train_models": True}  # show the containers even if it skipped them
     try:
+        hosts = parse_gpu_hosts(manifest.get("gpu_hosts"))  # the run's SIMIA_GPU_HOSTS
         plans = level_plans(params, run_dir=run, run_id=manifest["run_id"],
-                            dag_id=manifest["dag_id"], dataset_dir=datasets_dir(params, run))
+                            dag_id=manifest["dag_id"], dataset_dir=datasets_dir(params, run),
+                            hosts=hosts)
     except KeyError as exc:  # a run.json written by another version of the DAG
         raise InputError(run_json, f"no {exc.args[0]!r}: this run.json was written "
                          "by another version of the DAG", field=str(exc.args[0])) from None
@@ -194,6 +198,9 @@ def run_script(run_dir: str | Path, *, levels: Sequence[float] | None = None,
              "set -euo pipefail"]
     for plan in plans:
         lines += ["", f"# ---- level {plan['level']:g} %, replicate {plan.get('replicate', 1)}"]
+        if plan.get("host"):
+            lines.append(f"# placed on host {plan['host']} (GPUs {plan['gpu_ids'] or 'none'}, "
+                         f"queue {plan['queue']}): run these there")
         for what, commands in level_commands(plan):
             lines += [f"# {what}", *commands]
     return "\n".join(lines) + "\n"
