@@ -344,6 +344,9 @@ def simia_sycophancy_experiment():
                     f"plan_levels made no plans for host {host.name} (it planned for "
                     f"{', '.join(plans) or 'no host'}): the worker that ran it has another "
                     "SIMIA_GPU_HOSTS; give every component and worker the same value")
+            print(f"{len(plans[host.name])} training run(s) placed on host {host.name}: "
+                  f"their tasks go to the Celery queue {host.queue} and wait there until a "
+                  f"worker serving it is up (airflow celery worker --queues {host.queue})")
             return plans[host.name]
 
         return pick
