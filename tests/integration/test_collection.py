@@ -13,27 +13,18 @@ from simia.data.datasets import content_hash
 from simia.data.stages import build_datasets_stage, validate_scores_file
 from simia.errors import SimiaError
 from simia.layout import RunLayout
-from simia.llm.client import LLMSettings, make_client
+from simia.llm.client import LLMSettings
 from simia.llm.collect import CapReached, Collector, Needs, collect_all, merge_collection
 from simia.llm.judge import JudgeSettings
 from simia.llm.twins import make_twins
 from simia.settings import CollectionSettings, DatasetDesign, GenerationSettings
-from support.synthetic import generate_raw
+from support.llm_clients import local_client
 
 DESIGN = DatasetDesign(levels=(0, 10), size=10, shared_clean=8, replicates=2)
 
 
 def _client(server, **extra):
-    fields = {"endpoint_url": server.url, "concurrency": 4, "backoff_base_s": 0.01,
-              "backoff_max_s": 0.05, "timeout_s": 5.0, **extra}
-    return make_client(LLMSettings(**fields))
-
-
-@pytest.fixture()
-def seeds_file(tmp_path: Path) -> Path:
-    path = tmp_path / "seeds.json"
-    path.write_text(json.dumps(generate_raw(8, seed=5, mode="strict")))
-    return path
+    return local_client(server, **{"concurrency": 4, **extra})
 
 
 def _collector(server, seeds, tau2_dir, mode="sycophantic"):

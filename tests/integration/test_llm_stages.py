@@ -20,22 +20,14 @@ from simia.llm.judge import JudgeSettings, judge_shard, merge_judge
 from simia.llm.client import LLMSettings, make_client
 from simia.data.stages import process_stage
 from converse_server import DEFAULT_FAULT_KINDS
+from support.llm_clients import local_client
 from support.synthetic import generate_raw
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _client(server, **extra):
-    fields = {"endpoint_url": server.url, "concurrency": 8, "backoff_base_s": 0.01,
-              "backoff_max_s": 0.05, "timeout_s": 5.0, **extra}
-    return make_client(LLMSettings(**fields))
-
-
-@pytest.fixture()
-def seeds_file(tmp_path: Path) -> Path:
-    path = tmp_path / "seeds.json"
-    path.write_text(json.dumps(generate_raw(8, seed=5, mode="strict")))
-    return path
+    return local_client(server, **{"concurrency": 8, **extra})
 
 
 def _lines(path: Path) -> list[dict]:

@@ -263,18 +263,9 @@ def build_datasets(
             src = by_index[idx]
             if idx not in hashes:
                 hashes[idx] = content_hash(src)
-            row = {"conversations": src["conversations"], "system": src["system"]}
-            if native:
-                row["tools"] = src["tools"]
-            row["source_index"] = idx
-            row["sycophancy_score"] = labels[idx].score
-            rows.append(row)
+            rows.append(_row(src, idx, labels[idx].score, native))
         files[file_name] = rows
-        columns = {"messages": "conversations", "system": "system"}
-        if native:
-            columns["tools"] = "tools"
-        info[name] = {"file_name": file_name, "formatting": "sharegpt", "columns": columns,
-                      "tags": dict(SHAREGPT_TAGS)}
+        info[name] = _registration(file_name, native)
         per_level[name] = {
             "level_pct": lv,
             "replicate": replicate,
@@ -307,6 +298,15 @@ def build_datasets(
         "datasets": per_level,
     }
     return BuiltDatasets(files, info, metadata, rejects)
+
+
+def _registration(file_name: str, native: bool) -> dict[str, Any]:
+    """A dataset's entry in LLaMA-Factory's ``dataset_info.json``."""
+    columns = {"messages": "conversations", "system": "system"}
+    if native:
+        columns["tools"] = "tools"
+    return {"file_name": file_name, "formatting": "sharegpt", "columns": columns,
+            "tags": dict(SHAREGPT_TAGS)}
 
 
 def _row(src: dict[str, Any], idx: int, score: float | None, native: bool,
@@ -370,11 +370,7 @@ def _build_twins(by_index: dict[int, dict[str, Any]], labels: dict[int, Label],
         name = design.dataset_name(lv, replicate)
         file_name = f"{name}.json"
         files[file_name] = rows
-        columns = {"messages": "conversations", "system": "system"}
-        if native:
-            columns["tools"] = "tools"
-        info[name] = {"file_name": file_name, "formatting": "sharegpt", "columns": columns,
-                      "tags": dict(SHAREGPT_TAGS)}
+        info[name] = _registration(file_name, native)
         per_level[name] = {
             "level_pct": lv, "replicate": replicate, "file": file_name,
             "total": len(indices), "clean": len(indices) - len(swapped),

@@ -26,6 +26,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,28 @@ def make_twins(processed_path: str | Path, scores_path: str | Path, out_dir: str
     prices, model = client.settings.prices, client.model_id
     t0 = time.perf_counter()
 
+    def ask(rec: dict[str, Any], kind: str, item_id: str, system: str, prompt: str,
+            tries: int, max_tokens: int, temperature: float,
+            parse: Callable[[str], tuple[Any, str]]) -> tuple[Any, str, str]:
+        """Call until ``parse`` accepts the reply, up to ``tries`` times: (parsed or None,
+        why not, last text). Every call's usage goes to ``rec["usage"][kind]``, a failed
+        call's too (then :class:`LLMCallError` propagates)."""
+        stage = "twins" if kind == "rewrite" else f"twins:{kind}"
+        parsed, why, text = None, "", ""
+        for _ in range(tries):
+            try:
+                done = client.complete(stage, item_id, prompt, system=system,
+                                       max_tokens=max_tokens, temperature=temperature)
+            except LLMCallError as exc:
+                rec["usage"][kind] = add_usage(rec["usage"].get(kind), exc.usage)
+                raise
+            rec["usage"][kind] = add_usage(rec["usage"].get(kind), done.usage)
+            text = done.text
+            parsed, why = parse(text)
+            if parsed is not None:
+                break
+        return parsed, why, text
+
     def work(item: WorkItem) -> dict[str, Any]:
         row = item.payload
         turns = row["conversations"]
@@ -169,21 +192,13 @@ def make_twins(processed_path: str | Path, scores_path: str | Path, out_dir: str
                                "original_score": labels[row["source_index"]].score,
                                "usage": {}}
         system, prompt = twin_prompt(row, template, where, settings.domain)
-        rw, why, text = None, "", ""
-        for _ in range(settings.tries):
-            try:
-                done = client.complete("twins", item.id, prompt, system=system,
-                                       max_tokens=settings.max_tokens,
-                                       temperature=settings.temperature)
-            except LLMCallError as exc:
-                rec["usage"]["rewrite"] = add_usage(rec["usage"].get("rewrite"), exc.usage)
-                return {**rec, "status": "discarded", "reason": "rewrite_call_failed",
-                        "detail": f"{exc.error_class}: {exc}"}
-            rec["usage"]["rewrite"] = add_usage(rec["usage"].get("rewrite"), done.usage)
-            text = done.text
-            rw, why = parse_rewrite(text, turns)
-            if rw is not None:
-                break
+        try:
+            rw, why, text = ask(rec, "rewrite", item.id, system, prompt, settings.tries,
+                                settings.max_tokens, settings.temperature,
+                                lambda t: parse_rewrite(t, turns))
+        except LLMCallError as exc:
+            return {**rec, "status": "discarded", "reason": "rewrite_call_failed",
+                    "detail": f"{exc.error_class}: {exc}"}
         if rw is None:
             return {**rec, "status": "discarded", "reason": "unusable_rewrite", "detail": why,
                     "raw_text": text}
@@ -194,20 +209,12 @@ def make_twins(processed_path: str | Path, scores_path: str | Path, out_dir: str
         twin_turns = apply_rewrite(turns, rw)
         twin_row = {**row, "conversations": twin_turns}
         j_system, j_prompt = judge_prompt(twin_row, rubric, rubric_where, judge.domain)
-        verdict, jwhy = None, ""
-        for _ in range(judge.tries):
-            try:
-                done = client.complete("twins:judge", item.id, j_prompt, system=j_system,
-                                       max_tokens=judge.max_tokens,
-                                       temperature=judge.temperature)
-            except LLMCallError as exc:
-                rec["usage"]["judge"] = add_usage(rec["usage"].get("judge"), exc.usage)
-                return {**rec, "status": "discarded", "reason": "judge_call_failed",
-                        "detail": f"{exc.error_class}: {exc}"}
-            rec["usage"]["judge"] = add_usage(rec["usage"].get("judge"), done.usage)
-            verdict, jwhy = parse_judge_reply(done.text)
-            if verdict is not None:
-                break
+        try:
+            verdict, jwhy, _ = ask(rec, "judge", item.id, j_system, j_prompt, judge.tries,
+                                   judge.max_tokens, judge.temperature, parse_judge_reply)
+        except LLMCallError as exc:
+            return {**rec, "status": "discarded", "reason": "judge_call_failed",
+                    "detail": f"{exc.error_class}: {exc}"}
         if verdict is None:
             return {**rec, "status": "discarded", "reason": "judge_unparseable", "detail": jwhy}
         judged = verdict.model_dump()
