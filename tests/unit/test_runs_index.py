@@ -69,9 +69,12 @@ def test_stages_are_what_has_output(tmp_path):
     (run / "train" / "5pct").mkdir(parents=True)
     (run / "train" / "5pct" / "train_config.yaml").write_text("x: 1\n")
     (run / "train" / "10pct").mkdir()
+    (run / "collect").mkdir()  # a collection in progress: its checkpoints
+    (run / "collect" / "collect-pilot-shard-000-of-001.jsonl").write_text("{}\n")
+    (run / "twins").mkdir()  # no twins yet
     info = run_detail(tmp_path, "r1")
     assert info is not None
-    assert info.stages == ("seeds", "train")
+    assert info.stages == ("seeds", "collect", "train")
     assert info.train_levels == ("5pct",) and info.eval_levels == ()
     assert info.headline is None and info.levels == () and info.notes == ()
     assert info.report_files == () and not info.has_report_html

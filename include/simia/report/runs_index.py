@@ -31,9 +31,9 @@ DATA_ROOT_ENV = "SIMIA_DATA_ROOT"
 
 #: the layout's paths relative to a run folder: the names notes give, the stage folders
 _REL = RunLayout(Path())
-_STAGE_DIRS = (_REL.seeds.dir, _REL.generate.dir, _REL.processed.dir, _REL.rule_scores.dir,
-               _REL.judge.dir, _REL.datasets.dir, _REL.train_root, _REL.eval_root,
-               _REL.report.dir)
+_STAGE_DIRS = (_REL.seeds.dir, _REL.collect.dir, _REL.generate.dir, _REL.processed.dir,
+               _REL.rule_scores.dir, _REL.judge.dir, _REL.twins.dir, _REL.datasets.dir,
+               _REL.train_root, _REL.eval_root, _REL.report.dir)
 #: stage folders in pipeline order (seeds ... report)
 STAGES = tuple(str(d) for d in _STAGE_DIRS)
 #: the stages with one subfolder per level
