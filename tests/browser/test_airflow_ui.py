@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from support.airflow_api import AirflowAPI, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "simia_sycophancy_experiment"
@@ -42,36 +43,12 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"{reason}; {hint}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Airflow:
+class Airflow(AirflowAPI):
     """A running `airflow standalone` and a small REST client for checks."""
 
     def __init__(self, url: str, home: Path, data_root: Path, password: str) -> None:
-        self.url, self.home, self.data_root, self.password = url, home, data_root, password
-        self._token: str | None = None
-
-    def api(self, method: str, path: str, body: dict | None = None) -> dict:
-        if self._token is None:
-            self._token = self._call("POST", "/auth/token",
-                                     {"username": "admin", "password": self.password},
-                                     auth=False)["access_token"]
-        return self._call(method, path, body)
-
-    def _call(self, method: str, path: str, body: dict | None, auth: bool = True) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if auth:
-            headers["Authorization"] = f"Bearer {self._token}"
-        req = urllib.request.Request(self.url + path, method=method, headers=headers,
-                                     data=json.dumps(body).encode() if body is not None
-                                     else None)
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            text = resp.read()
-        return json.loads(text) if text else {}
+        super().__init__(url, password)
+        self.home, self.data_root = home, data_root
 
     def wait_run(self, run_id: str, timeout: float = 600) -> str:
         deadline = time.monotonic() + timeout
@@ -109,7 +86,7 @@ def airflow(tmp_path_factory, converse, tau2_dir):
         _unavailable("the playwright package is not installed")
     base = tmp_path_factory.mktemp("airflow_ui")
     home, data = base / "home", base / "data"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "AIRFLOW_HOME": str(home), "SIMIA_DATA_ROOT": str(data),
            "SIMIA_AIRFLOW_PORT": str(port), "TAU2_DATA_DIR": str(tau2_dir),
            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",

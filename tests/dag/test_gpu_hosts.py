@@ -111,19 +111,12 @@ def test_parse_time_imports_stay_light_with_hosts():
 @pytest.fixture(scope="module")
 def built_run(defaults, tmp_path_factory, raw_file, tau2_dir):
     """A run with datasets for levels 0 and 10, two replicates, 2 GPUs per training."""
-    from simia.data.datasets import DatasetDesign
-    from simia.data.stages import build_datasets_stage, process_stage, score_rules_stage
+    from support.runs import DESIGN_PARAMS, run_with_datasets
 
     root = tmp_path_factory.mktemp("hosts")
-    run = root / DAG_ID / "manual__2026-12-01"
-    process_stage(raw_file, run / "processed", tau2_data_dir=tau2_dir)
-    score_rules_stage(run / "processed" / "processed.json", run / "scores.jsonl")
-    build_datasets_stage(run / "processed" / "processed.json", run / "scores.jsonl",
-                         run / "datasets", DatasetDesign(levels=(0, 10), size=20,
-                                                         shared_clean=15, replicates=2))
+    run = run_with_datasets(root / DAG_ID / "manual__2026-12-01", raw_file, tau2_dir)
     params = {**defaults, "data_root": str(root), "tau2_data_dir": str(tau2_dir),
-              "levels": [0, 10], "dataset_size": 20, "shared_clean": 15, "replicates": 2,
-              "gpu_ids": "", "gpus_per_training": 2, "serve_backend": "vllm",
+              **DESIGN_PARAMS, "gpu_ids": "", "gpus_per_training": 2, "serve_backend": "vllm",
               "gpus_per_server": 1, "train_models": True, "evaluate_models": True}
     return run, params
 

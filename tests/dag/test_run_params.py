@@ -113,19 +113,12 @@ def test_a_failure_summary_is_written_to_the_run(tmp_path):
 def recorded_run(defaults, tmp_path_factory, raw_file, tau2_dir):
     """A run folder as validate_params and build_sft_datasets leave it: run.json with the
     DAG's defaults (GPU settings of a 2-GPU host) and datasets for levels 0 and 10."""
-    from simia.data.datasets import DatasetDesign
-    from simia.data.stages import build_datasets_stage, process_stage, score_rules_stage
+    from support.runs import DESIGN_PARAMS, run_with_datasets
 
     root = tmp_path_factory.mktemp("commands")
-    run = root / DAG_ID / "manual__2026-11-22"
-    process_stage(raw_file, run / "processed", tau2_data_dir=tau2_dir)
-    score_rules_stage(run / "processed" / "processed.json", run / "scores.jsonl")
-    build_datasets_stage(run / "processed" / "processed.json", run / "scores.jsonl",
-                         run / "datasets", DatasetDesign(levels=(0, 10), size=20,
-                                                         shared_clean=15, replicates=2))
+    run = run_with_datasets(root / DAG_ID / "manual__2026-11-22", raw_file, tau2_dir)
     params = {**defaults, "data_root": str(root), "tau2_data_dir": str(tau2_dir),
-              "levels": [0, 10], "dataset_size": 20, "shared_clean": 15, "replicates": 2,
-              "gpu_ids": "0,1",
+              **DESIGN_PARAMS, "gpu_ids": "0,1",
               "gpus_per_training": 2, "serve_backend": "vllm", "gpus_per_server": 1}
     (run / "run.json").write_text(json.dumps(
         {"dag_id": DAG_ID, "run_id": "manual__2026-11-22", "params": params}))

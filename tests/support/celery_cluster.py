@@ -30,19 +30,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support.airflow_api import AirflowAPI, free_port
+
 WORKER_NAME_VAR = "SIMIA_TEST_WORKER_HOSTNAME"
 
 
 def worker_hostname() -> str:
     """``[core] hostname_callable`` of the cluster: the worker's name, else the FQDN."""
     return os.environ.get(WORKER_NAME_VAR) or socket.getfqdn()
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def redis_server_binary() -> str | None:
@@ -86,7 +81,7 @@ class CeleryCluster:
         self.api_port = free_port()
         self.url = f"http://127.0.0.1:{self.api_port}"
         self._procs: dict[str, subprocess.Popen] = {}
-        self._token: str | None = None
+        self._client = AirflowAPI(self.url, "admin")
         root = Path(__file__).resolve().parents[2]
         paths = [str(p) for p in (python_path or [])] + [
             str(root / "tests"), str(root / "include"), str(root / "plugins")]
@@ -240,24 +235,7 @@ class CeleryCluster:
 
     def api(self, method: str, path: str, body: dict | None = None) -> dict:
         """A call to the REST API as the admin user (token fetched once)."""
-        if self._token is None:
-            self._token = self._call("POST", "/auth/token",
-                                     {"username": "admin", "password": "admin"},
-                                     auth=False)["access_token"]
-        return self._call(method, path, body)
-
-    def _call(self, method: str, path: str, body: dict | None, auth: bool = True) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if auth:
-            headers["Authorization"] = f"Bearer {self._token}"
-        req = urllib.request.Request(self.url + path, method=method, headers=headers,
-                                     data=None if body is None else json.dumps(body).encode())
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                text = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"{method} {path}: {exc.code} {exc.read()[:2000]!r}") from exc
-        return json.loads(text) if text else {}
+        return self._client.api(method, path, body)
 
     def wait_dag(self, dag_id: str, timeout: float = 120) -> None:
         """Until the dag-processor has stored ``dag_id``; then unpause it."""
@@ -267,7 +245,7 @@ class CeleryCluster:
             try:
                 self.api("GET", f"/api/v2/dags/{dag_id}")
                 break
-            except RuntimeError:
+            except OSError:  # not up yet, or the DAG not stored yet
                 time.sleep(2)
         else:
             raise RuntimeError(f"DAG {dag_id} was not parsed:\n"
